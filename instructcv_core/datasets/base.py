@@ -1,0 +1,85 @@
+"""What every source dataset module declares: where its files come from and how to read them.
+
+Each module in `instructcv_core.datasets` has the same shape:
+- ``SPEC``: a `DatasetSpec` (published URLs with mirrors and checksums, licence, the marker path
+  that identifies the dataset root once extracted);
+- ``read(root, **options) -> ReadResult``: parse the real on-disk format into `ImageRecord`s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from instructcv_core.records import Category, ImageRecord, QuarantineEntry
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One published file: its name on disk, URLs (primary first, then mirrors) and checksum.
+
+    ``checksum`` is ``"<algo>:<hexdigest>"`` with algo md5, sha1 or sha256, or None where the
+    host publishes none (the download then records the sha256 it saw).
+    ``extract``: whether the file is an archive to unpack into the dataset folder.
+    """
+
+    filename: str
+    urls: tuple[str, ...]
+    checksum: str | None = None
+    size: int | None = None
+    extract: bool = True
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A source dataset as published."""
+
+    name: str
+    title: str
+    licence: str
+    citation: str
+    homepage: str
+    files: tuple[RemoteFile, ...]
+    # Path (relative to the extraction folder) of the folder the reader takes as its root,
+    # and a file inside that root whose presence says the layout is right.
+    root_subdir: str
+    marker: str
+    registration_only: bool = False
+
+
+@dataclass
+class ReadResult:
+    """Everything a reader found: records, the category table, and files it could not use."""
+
+    records: list[ImageRecord]
+    categories: list[Category]
+    quarantine: list[QuarantineEntry] = field(default_factory=list)
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The folder given to a reader is not the dataset's on-disk layout (a file is missing)."""
+
+
+def require(path: Path, what: str) -> Path:
+    """Return ``path`` or raise a `DatasetLayoutError` naming the missing file and what it is."""
+    if not path.exists():
+        raise DatasetLayoutError(f"{path}: missing {what}")
+    return path
+
+
+def check_image(path: Path) -> tuple[int, int] | str:
+    """Return (width, height) of a decodable image, or the reason it is unusable.
+
+    Decodes the whole image (``verify`` alone misses truncated JPEG data).
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.size
+    except FileNotFoundError:
+        return "file not found"
+    except Exception as exc:  # PIL raises many types for bad data; every one means "unusable"
+        return f"undecodable image ({type(exc).__name__}: {exc})"

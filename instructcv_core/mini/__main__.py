@@ -1,0 +1,3 @@
+from instructcv_core.mini.build import main
+
+main()

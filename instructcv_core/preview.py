@@ -1,0 +1,70 @@
+"""Small sample grids of raw records with their labels drawn on, for asset metadata and docs."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from instructcv_core.records import ImageRecord
+
+_TINT = np.array([255, 40, 200], np.float32)
+
+
+def record_thumbnail(record: ImageRecord, root: Path, size: int = 112) -> Image.Image:
+    """The image with its labels: masks tinted, boxes outlined, depth shown beside it, class named."""
+    from instructcv_core.labels import load_class_masks, load_depth_m
+
+    root = Path(root)
+    image = np.asarray(Image.open(root / record.image_path).convert("RGB"), np.float32)
+    if record.mask_format:
+        masks, void = load_class_masks(record, root)
+        if masks:
+            union = np.logical_or.reduce(list(masks.values()))
+            image[union] = 0.5 * image[union] + 0.5 * _TINT
+        if void is not None:
+            image[void] = 0.3 * image[void]
+    panel = Image.fromarray(image.astype(np.uint8))
+    draw = ImageDraw.Draw(panel)
+    for box in record.boxes:
+        draw.rectangle((box.x, box.y, box.x + box.w - 1, box.y + box.h - 1),
+                       outline=(0, 0, 255) if not box.iscrowd else (255, 255, 0), width=2)
+    panels = [panel]
+    if record.depth_path:
+        depth = load_depth_m(record, root)
+        gray = (np.clip(depth / 10.0, 0, 1) * 255).astype(np.uint8)
+        panels.append(Image.fromarray(gray).convert("RGB"))
+    thumbs = [p.resize((size, max(1, round(size * p.height / p.width))), Image.Resampling.BILINEAR) for p in panels]
+    tile = Image.new("RGB", (size * len(thumbs), max(t.height for t in thumbs) + 12), (255, 255, 255))
+    for i, t in enumerate(thumbs):
+        tile.paste(t, (i * size, 0))
+    caption = record.label_name or ", ".join(record.categories) or record.image_id
+    ImageDraw.Draw(tile).text((2, tile.height - 11), caption[:40], fill=(0, 0, 0))
+    return tile
+
+
+def sample_grid(records: list[ImageRecord], root: Path, n: int = 8, columns: int = 4, size: int = 112) -> Image.Image:
+    """Up to ``n`` records spread evenly over the list (deterministic), as one grid image."""
+    if not records:
+        raise ValueError("no records to preview")
+    picks = [records[int(i)] for i in np.linspace(0, len(records) - 1, min(n, len(records)))]
+    tiles = [record_thumbnail(r, root, size) for r in picks]
+    cols = min(columns, len(tiles))
+    rows = -(-len(tiles) // cols)
+    w, h = max(t.width for t in tiles), max(t.height for t in tiles)
+    grid = Image.new("RGB", (cols * w, rows * h), (255, 255, 255))
+    for i, t in enumerate(tiles):
+        grid.paste(t, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def png_markdown(image: Image.Image, alt: str, max_width: int = 448) -> str:
+    """A Markdown image with the PNG embedded as base64 (Dagster metadata has no image type)."""
+    if image.width > max_width:
+        image = image.resize((max_width, round(image.height * max_width / image.width)), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"

@@ -1,0 +1,1 @@
+"""Dagster wiring of the InstructCV reproduction: one `Definitions`, jobs, resources."""

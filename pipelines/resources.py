@@ -1,0 +1,108 @@
+"""Resources shared by the assets: the project settings and MLflow tracking."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Literal, Optional
+
+import dagster as dg
+from pydantic import Field, field_validator
+
+from pipelines.project import PROJECT_ROOT
+
+
+class InstructCVSettings(dg.ConfigurableResource):
+    """What many assets share: the profile, where data lives, the seed and the training resolution.
+
+    ``profile`` picks where raw data comes from (and, later, which base model loads): `mini` is the
+    bundled mini-benchmark that runs anywhere in minutes; `paper` is the full reproduction on the
+    real datasets. The asset graph is the same for both.
+    """
+
+    profile: Literal["mini", "paper"] = Field(default="mini", description="`mini` (bundled benchmark) or `paper` (real datasets).")
+    data_root: str = Field(default="data", description="Root folder of every artefact; relative paths are taken from the project root.")
+    seed: int = Field(default=0, description="Global seed (mini-benchmark content, sampling, training).")
+    resolution: int = Field(default=256, description="Square training/inference resolution in pixels (multiple of 64).")
+    mini_mirror_url: Optional[str] = Field(
+        default=None,
+        description="Where the mini-benchmark archives are fetched from (a mirror with index.json). "
+        "Unset: they are built locally and fetched from that folder.",
+    )
+    mini_sizes: dict[str, dict[str, int]] = Field(
+        default={}, description="Mini-benchmark image counts per dataset and split, overriding the defaults."
+    )
+    download_retries: int = Field(default=5, description="Retries per URL for transient download errors.")
+    progress_bars: bool = Field(default=True, description="Show tqdm progress bars on the console.")
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"settings.seed must be >= 0, got {value}")
+        return value
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution_multiple_of_64(cls, value: int) -> int:
+        if value < 64 or value % 64:
+            raise ValueError(f"settings.resolution must be a positive multiple of 64 (VAE x8, UNet x8), got {value}")
+        return value
+
+    @field_validator("download_retries")
+    @classmethod
+    def _retries_non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"settings.download_retries must be >= 0, got {value}")
+        return value
+
+    @property
+    def data_dir(self) -> Path:
+        """The data root as an absolute path."""
+        root = Path(self.data_root).expanduser()
+        return root if root.is_absolute() else PROJECT_ROOT / root
+
+    @property
+    def profile_dir(self) -> Path:
+        """Everything produced under this profile (mini and paper artefacts never mix)."""
+        return self.data_dir / self.profile
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """MLflow tracking for assets that log: one experiment, runs tagged with the Dagster run id.
+
+    ``tracking_uri`` unset means an absolute sqlite store under the data root
+    (``<data_root>/mlruns/mlflow.db``, artifacts in ``<data_root>/mlruns/artifacts``); set it to a
+    tracking server URL (``http://host:5000``) to log there instead.
+    """
+
+    tracking_uri: Optional[str] = Field(default=None, description="MLflow tracking URI; unset = sqlite under the data root.")
+    experiment: str = Field(default="instructcv", description="The one experiment every run is logged to.")
+    artifact_location: Optional[str] = Field(default=None, description="Artifact root for a new experiment; unset = <data_root>/mlruns/artifacts.")
+    ui_url: str = Field(default="http://127.0.0.1:5000", description="Where `mlflow ui` serves a local store (for run links).")
+
+    def resolved_uri(self, settings: InstructCVSettings) -> str:
+        from instructcv_core.tracking import default_tracking_uri
+
+        return self.tracking_uri or default_tracking_uri(settings.data_dir)
+
+    @contextmanager
+    def start_run(
+        self, context: dg.AssetExecutionContext, settings: InstructCVSettings, run_name: str,
+        tags: dict[str, str] | None = None,
+    ) -> Iterator[tuple[object, str]]:
+        """An MLflow run tagged with the Dagster run id, asset and profile; yields (run, run_url)."""
+        from instructcv_core import tracking
+
+        uri = self.resolved_uri(settings)
+        artifacts = self.artifact_location or tracking.default_artifact_location(settings.data_dir)
+        all_tags = {
+            "dagster_run_id": context.run.run_id,
+            "dagster_job": context.run.job_name,
+            "dagster_asset": context.asset_key.to_user_string(),
+            "profile": settings.profile,
+            **(tags or {}),
+        }
+        with tracking.mlflow_run(uri, self.experiment, artifacts, run_name, all_tags) as run:
+            url = tracking.run_url(uri, run.info.experiment_id, run.info.run_id, self.ui_url)
+            yield run, url
