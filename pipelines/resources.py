@@ -56,6 +56,16 @@ class InstructCVSettings(dg.ConfigurableResource):
             raise ValueError(f"settings.download_retries must be >= 0, got {value}")
         return value
 
+    @field_validator("mini_sizes")
+    @classmethod
+    def _known_datasets(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        from instructcv_core.datasets import DATASETS
+
+        unknown = sorted(set(value) - set(DATASETS))
+        if unknown:
+            raise ValueError(f"settings.mini_sizes: unknown dataset(s) {', '.join(unknown)} (known: {', '.join(DATASETS)})")
+        return value
+
     @property
     def data_dir(self) -> Path:
         """The data root as an absolute path."""

@@ -1,0 +1,321 @@
+"""Unpack one downloaded archive into its own folder: safely, atomically, once.
+
+`safe_extract(archive, dest)` guarantees:
+
+- Nothing is written outside ``dest``. Every member is checked before the first one is extracted,
+  and an archive holding an absolute path, a ``..`` component, a link (symbolic or hard, even one
+  pointing inside) or a device/FIFO is refused whole with `UnsafeArchiveError`. Tar extraction
+  also runs with tarfile's ``"data"`` filter as a second line of defence.
+- ``dest`` is never half-extracted: members go to a hidden sibling folder that is renamed to
+  ``dest`` only once complete, so ``dest`` is absent, the previous extraction, or the new one.
+- An unchanged archive is not extracted twice: ``dest/.extracted.json`` records the archive's
+  name, size and mtime, and a matching marker makes the call return at once.
+
+The format is detected by content, not by name (Oxford-IIIT Pet's ``images.tar.gz`` is an
+uncompressed tar): zip, or tar uncompressed or compressed with gzip, bzip2 or xz.
+
+Each archive gets its own ``dest`` (e.g. ``extracted/train2017.zip/``, ``extracted/val2017.zip/``):
+the caller picks it, and a re-extraction replaces only that archive's folder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import lzma
+import os
+import re
+import secrets
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+MARKER_NAME = ".extracted.json"
+PROGRESS_INTERVAL_S = 0.5  # least time between two calls of the progress callback
+
+# What the decompressors and archive readers raise for a damaged or truncated file.
+_DAMAGED_ARCHIVE_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    gzip.BadGzipFile,
+)
+_WINDOWS_DRIVE = re.compile(r"[A-Za-z]:")
+
+
+class UnsafeArchiveError(ValueError):
+    """A member that could write outside the destination, or is not a plain file or folder."""
+
+    def __init__(self, archive: Path, member: str, reason: str) -> None:
+        self.archive, self.member, self.reason = archive, member, reason
+        super().__init__(f"{archive}: refusing member '{member}': {reason}")
+
+
+def safe_extract(
+    archive: Path,
+    dest: Path,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    show_bar: bool = True,
+) -> Path:
+    """Extract ``archive`` (zip or tar) so that ``dest`` holds exactly its members; return ``dest``.
+
+    ``progress(done_members, total_members)`` is called at most every 0.5 s and once at the end;
+    ``show_bar`` also draws a tqdm bar on stderr (it stays off without a TTY).
+    A ``dest`` that exists without a marker matching ``archive`` is replaced, whatever it holds.
+
+    Raises `UnsafeArchiveError` (nothing extracted) for a dangerous member, ValueError for a file
+    that is not a zip or tar archive or is damaged, FileNotFoundError for a missing archive.
+    """
+    archive, dest = Path(archive), Path(dest)
+    identity = _archive_identity(archive)
+    if _marker_matches(dest, identity):
+        logger.info("%s: already extracted into %s", archive.name, dest)
+        return dest
+    try:
+        with _open_archive(archive) as source:
+            source.check()  # before anything touches the disk
+            _extract_atomically(source, dest, identity, progress=progress, show_bar=show_bar)
+    except tarfile.FilterError as exc:  # the "data" filter caught what check() should have
+        raise UnsafeArchiveError(archive, exc.tarinfo.name, str(exc)) from exc
+    except _DAMAGED_ARCHIVE_ERRORS as exc:
+        raise ValueError(
+            f"{archive}: damaged or truncated archive ({type(exc).__name__}: {exc}); "
+            "delete it so that it is downloaded again"
+        ) from exc
+    logger.info("%s: extracted %d members into %s", archive.name, len(source.members), dest)
+    return dest
+
+
+# --- the marker --------------------------------------------------------------------------------
+
+
+def _archive_identity(archive: Path) -> dict[str, object]:
+    """What tells one version of an archive from another, without reading it all."""
+    st = archive.stat()
+    return {"archive": archive.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _marker_matches(dest: Path, identity: dict[str, object]) -> bool:
+    try:
+        marker = json.loads((dest / MARKER_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and all(marker.get(k) == v for k, v in identity.items())
+
+
+# --- reading archives --------------------------------------------------------------------------
+
+
+class _TarSource:
+    """A tar archive (any compression) opened for reading."""
+
+    def __init__(self, archive: Path, tar: tarfile.TarFile) -> None:
+        self.archive, self._tar = archive, tar
+        # Reads the whole index up front; for a compressed tar this costs one extra decompression
+        # pass, the price of refusing a bad member before extracting any.
+        self.members = tar.getmembers()
+
+    def check(self) -> None:
+        for member in self.members:
+            reason = _name_problem(member.name) or _tar_type_problem(member)
+            if reason:
+                raise UnsafeArchiveError(self.archive, member.name, reason)
+
+    def extract(self, into: Path, on_member: Callable[[], None]) -> None:
+        # extractall rather than one extract() per member: it sets directory times and modes
+        # only after filling the directories.
+        members = _counting(self.members, on_member)
+        self._tar.extractall(into, members=members, filter="data")
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def __enter__(self) -> _TarSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _ZipSource:
+    """A zip archive opened for reading."""
+
+    def __init__(self, archive: Path, zf: zipfile.ZipFile) -> None:
+        self.archive, self._zip = archive, zf
+        self.members = zf.infolist()
+
+    def check(self) -> None:
+        for info in self.members:
+            reason = _name_problem(info.filename) or _zip_type_problem(info)
+            if reason:
+                raise UnsafeArchiveError(self.archive, info.filename, reason)
+
+    def extract(self, into: Path, on_member: Callable[[], None]) -> None:
+        for info in _counting(self.members, on_member):
+            self._zip.extract(info, into)
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> _ZipSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _open_archive(archive: Path) -> _TarSource | _ZipSource:
+    """Open by content: a zip, else a tar in any compression tarfile recognises."""
+    if zipfile.is_zipfile(archive):
+        return _ZipSource(archive, zipfile.ZipFile(archive))
+    try:
+        tar = tarfile.open(archive, mode="r:*")
+    except tarfile.ReadError as exc:
+        raise ValueError(
+            f"{archive}: not a zip or tar archive (tar may be uncompressed, gzip, bzip2 or xz), "
+            f"or a damaged one ({exc}); check the file, or delete it so that it is downloaded again"
+        ) from exc
+    try:
+        return _TarSource(archive, tar)
+    except BaseException:
+        tar.close()
+        raise
+
+
+def _name_problem(name: str) -> str | None:
+    """Why a member name could land outside the destination folder, or None if it cannot."""
+    if not name:
+        return "empty name"
+    if name.startswith(("/", "\\")):
+        return "absolute path"
+    if _WINDOWS_DRIVE.match(name):
+        return "absolute path (Windows drive letter)"
+    # Backslash too: archives made on Windows may use it as the separator.
+    if ".." in re.split(r"[/\\]", name):
+        return "'..' component leads outside the destination"
+    return None
+
+
+def _tar_type_problem(member: tarfile.TarInfo) -> str | None:
+    # Every link is refused, even one pointing inside: a later member written "through" a link
+    # is the classic way out of the destination, and the datasets ship none.
+    if member.issym():
+        return f"symbolic link (to '{member.linkname}')"
+    if member.islnk():
+        return f"hard link (to '{member.linkname}')"
+    if member.ischr() or member.isblk():
+        return "device file"
+    if member.isfifo():
+        return "FIFO"
+    if not (member.isreg() or member.isdir()):
+        return f"unsupported member type {member.type!r}"
+    return None
+
+
+def _zip_type_problem(info: zipfile.ZipInfo) -> str | None:
+    # Unix archivers put st_mode in the high 16 bits of external_attr; zero when none was recorded.
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+        return "special file (device, FIFO or socket)"
+    if info.flag_bits & 0x1:
+        return "encrypted (password-protected members are not supported)"
+    return None
+
+
+# --- writing the destination -------------------------------------------------------------------
+
+
+def _extract_atomically(
+    source: _TarSource | _ZipSource,
+    dest: Path,
+    identity: dict[str, object],
+    *,
+    progress: Callable[[int, int], None] | None,
+    show_bar: bool,
+) -> None:
+    """Extract into a hidden sibling of ``dest``, add the marker, then swap it in as ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling, so that the final rename stays on one file system and is atomic.
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        with _MemberProgress(source.archive.name, len(source.members), progress, show_bar) as meter:
+            source.extract(staging, meter.advance)
+            meter.finish()
+        marker = {**identity, "members": len(source.members)}
+        (staging / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
+        _swap_into_place(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(new: Path, dest: Path) -> None:
+    """Rename the complete folder ``new`` to ``dest``, replacing whatever ``dest`` was."""
+    if not dest.exists() and not dest.is_symlink():
+        os.rename(new, dest)
+        return
+    old = dest.with_name(f".{dest.name}.old-{secrets.token_hex(4)}")
+    os.rename(dest, old)
+    try:
+        os.rename(new, dest)
+    except BaseException:
+        os.rename(old, dest)  # keep the previous extraction rather than none
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
+
+
+def _counting(items: Iterable, on_item: Callable[[], None]) -> Iterator:
+    """Yield ``items``, calling ``on_item`` once the consumer is done with each."""
+    for item in items:
+        yield item
+        on_item()
+
+
+class _MemberProgress:
+    """Members extracted so far: a tqdm bar plus a throttled callback."""
+
+    def __init__(
+        self, name: str, total: int, callback: Callable[[int, int], None] | None, show_bar: bool
+    ) -> None:
+        self.done, self.total = 0, total
+        self._callback = callback
+        # disable=None: tqdm turns itself off when stderr is not a terminal (logs, CI).
+        self._bar = tqdm(desc=name, total=total, unit="file", disable=None if show_bar else True)
+        self._last_report = float("-inf")
+
+    def __enter__(self) -> _MemberProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.close()
+
+    def advance(self) -> None:
+        self.done += 1
+        self._bar.update(1)
+        now = time.monotonic()
+        if self._callback is not None and now - self._last_report >= PROGRESS_INTERVAL_S:
+            self._last_report = now
+            self._callback(self.done, self.total)
+
+    def finish(self) -> None:
+        if self._callback is not None:
+            self._callback(self.done, self.total)
