@@ -25,7 +25,7 @@ from typing import Callable
 
 from instructcv_core.datasets import dataset_module
 from instructcv_core.datasets.base import DatasetLayoutError, DatasetSpec, RemoteFile
-from instructcv_core.download import fetch, file_digest, verify_checksum
+from instructcv_core.download import fetch, verify_checksum
 from instructcv_core.extract import safe_extract
 from instructcv_core.records import atomic_write_text, write_records
 
@@ -209,8 +209,11 @@ def _unpack(path: Path, remote: RemoteFile, extracted: Path, info: Logger, show_
     """
     markers = extracted / ".instructcv-unpacked"
     marker = markers / f"{remote.filename}.json"
-    digest = file_digest(path, "sha256")
-    if marker.exists() and json.loads(marker.read_text()).get("sha256") == digest:
+    # The verified file's size and mtime identify it (download.fetch only replaces it after a new
+    # verification), so re-runs never re-hash multi-GB archives.
+    stat = path.stat()
+    identity = {"filename": remote.filename, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if marker.exists() and json.loads(marker.read_text()) == identity:
         return
     extracted.mkdir(parents=True, exist_ok=True)
     if not remote.extract:
@@ -224,7 +227,7 @@ def _unpack(path: Path, remote: RemoteFile, extracted: Path, info: Logger, show_
                                     show_bar=show_bar)
             _merge_tree(unpacked, extracted)
     markers.mkdir(exist_ok=True)
-    atomic_write_text(marker, json.dumps({"sha256": digest, "filename": remote.filename}))
+    atomic_write_text(marker, json.dumps(identity))
 
 
 def _merge_tree(src: Path, dst: Path) -> None:
