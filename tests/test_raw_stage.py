@@ -1,0 +1,128 @@
+"""The raw stage end to end on mini archives: mirror -> verified download -> safe extraction -> records."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from instructcv_core.download import ChecksumMismatch
+from instructcv_core.mini.build import build_mirror
+from instructcv_core.mirror_server import MirrorRequestHandler, serve_directory
+from instructcv_core.raw_stage import SourceUnavailableError, build_raw_dataset, resolve_spec
+from instructcv_core.records import read_records
+
+SIZES = {"coco": {"train": 6, "val": 3}, "voc": {"train": 2, "val": 4}, "fss1000": {"classes": 2, "per_class": 3}}
+
+
+class CountingHandler(MirrorRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self):  # noqa: N802 (http.server naming)
+        CountingHandler.requests.append(self.path)
+        super().do_GET()
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mirror")
+    build_mirror(root, seed=7, sizes=SIZES, datasets=list(SIZES))
+    with serve_directory(root, handler_class=CountingHandler) as server:
+        yield root, server.url
+
+
+def _build(name, mirror_url, target, **kwargs):
+    spec = resolve_spec(name, "mini", mirror_dir=target / "unused", mirror_url=mirror_url, mini_sizes=SIZES[name])
+    return build_raw_dataset(name, spec, target, show_bar=False, **kwargs)
+
+
+def test_coco_from_a_loopback_mirror_merges_its_three_archives(mirror, tmp_path):
+    _, url = mirror
+    CountingHandler.requests.clear()
+    result = _build("coco", url, tmp_path / "coco")
+
+    assert result.split_counts == {"train": 6, "val": 3}
+    assert result.n_quarantined == 0
+    assert sorted(f["filename"] for f in result.files) == ["annotations_trainval2017.zip", "train2017.zip", "val2017.zip"]
+    assert all(f["url"].startswith(url) for f in result.files)
+    assert sorted(p.name for p in result.root.iterdir() if not p.name.startswith(".")) == ["annotations", "train2017", "val2017"]
+    records, root, categories = read_records(result.records_path)
+    assert root == result.root and len(records) == 9
+    assert {c.id for c in categories} <= {1, 3, 6, 16, 17, 18, 44, 62, 72}  # real, non-contiguous COCO ids
+    # the archives went through HTTP (index + 3 files), and nothing half-written is left behind
+    assert sorted(CountingHandler.requests) == sorted(["/index.json", "/train2017.zip", "/val2017.zip", "/annotations_trainval2017.zip"])
+    assert not list((tmp_path / "coco" / "downloads").glob("*.part"))
+
+
+def test_rerun_downloads_and_extracts_nothing(mirror, tmp_path):
+    _, url = mirror
+    first = _build("voc", url, tmp_path / "voc")
+    marker_times = {p: p.stat().st_mtime_ns for p in (tmp_path / "voc" / "extracted" / ".instructcv-unpacked").iterdir()}
+    CountingHandler.requests.clear()
+    second = _build("voc", url, tmp_path / "voc")
+    assert CountingHandler.requests == ["/index.json"]  # only the checksum list is re-read
+    assert all(f["reused"] for f in second.files)
+    assert {p: p.stat().st_mtime_ns for p in marker_times} == marker_times
+    assert second.split_counts == first.split_counts == {"train": 2, "val": 4}
+
+
+def test_checksum_mismatch_fails_and_leaves_nothing(mirror, tmp_path):
+    root, _ = mirror
+    bad = tmp_path / "bad_mirror"
+    shutil.copytree(root, bad)
+    index = json.loads((bad / "index.json").read_text())
+    index["files"]["fss1000"][0]["sha256"] = "0" * 64
+    (bad / "index.json").write_text(json.dumps(index))
+    with serve_directory(bad) as server:
+        with pytest.raises(ChecksumMismatch, match="fewshot_data.zip"):
+            _build("fss1000", server.url, tmp_path / "fss")
+    downloads = tmp_path / "fss" / "downloads"
+    assert not downloads.exists() or not any(downloads.iterdir())
+    assert not (tmp_path / "fss" / "extracted").exists()
+    assert not (tmp_path / "fss" / "records.parquet").exists()
+
+
+def test_archive_dir_is_verified_in_place(mirror, tmp_path):
+    root, url = mirror
+    result = _build("fss1000", url, tmp_path / "fss", archive_dir=root)
+    assert result.origin == "archive_dir"
+    assert result.files[0]["path"] == str(root / "fewshot_data.zip")
+    assert not (tmp_path / "fss" / "downloads").exists()
+    assert result.split_counts == {"test": 6}
+
+
+def test_corrupt_image_is_quarantined_not_fatal(mirror, tmp_path):
+    _, url = mirror
+    first = _build("coco", url, tmp_path / "coco")
+    victim = sorted((first.root / "val2017").glob("*.jpg"))[0]
+    victim.write_bytes(b"\xff\xd8 not really a jpeg")
+    result = build_raw_dataset("coco", resolve_spec("coco", "paper", mirror_dir=tmp_path),
+                               tmp_path / "coco_again", extracted_dir=first.root, show_bar=False)
+    assert result.origin == "extracted_dir"
+    assert result.split_counts == {"train": 6, "val": 2}
+    quarantine = json.loads(result.quarantine_path.read_text())
+    assert [q["path"] for q in quarantine] == [f"val2017/{victim.name}"]
+    assert "undecodable" in quarantine[0]["reason"] or "cannot" in quarantine[0]["reason"].lower()
+
+
+def test_downloads_disabled_names_the_missing_file(tmp_path):
+    spec = resolve_spec("voc", "paper", mirror_dir=tmp_path)
+    with pytest.raises(SourceUnavailableError, match="VOCtrainval_11-May-2012.tar.*allow_download"):
+        build_raw_dataset("voc", spec, tmp_path / "voc", allow_download=False, show_bar=False)
+
+
+def test_extracted_dir_that_is_not_the_dataset_is_refused(tmp_path):
+    (tmp_path / "somewhere").mkdir()
+    spec = resolve_spec("voc", "paper", mirror_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"not a PASCAL VOC.*ImageSets/Segmentation/val.txt"):
+        build_raw_dataset("voc", spec, tmp_path / "voc", extracted_dir=tmp_path / "somewhere", show_bar=False)
+
+
+def test_paper_spec_carries_published_urls_and_checksums(tmp_path):
+    spec = resolve_spec("coco", "paper", mirror_dir=tmp_path)
+    by_name = {f.filename: f for f in spec.files}
+    assert by_name["val2017.zip"].urls[0] == "http://images.cocodataset.org/zips/val2017.zip"
+    assert by_name["val2017.zip"].checksum == "md5:442b8da7639aecaf257c1dceb8ba8c80"
+    assert "CC BY 4.0" in spec.licence  # shown before a download starts
