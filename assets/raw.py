@@ -7,6 +7,7 @@ safely extracted and parsed into the common `ImageRecord` table. The work is don
 
 
 import json
+import warnings
 from typing import Any, Optional
 
 import dagster as dg
@@ -165,7 +166,9 @@ def raw_catalog(context: dg.AssetExecutionContext, settings: InstructCVSettings,
             mlflow.log_metric(f"raw/{name}/records", summary["n_records"])
             mlflow.log_metric(f"raw/{name}/quarantined", summary["n_quarantined"])
             records = pd.read_parquet(summary["records_path"], columns=["image_id", "split", "image_path", "width", "height"])
-            dataset = mlflow.data.from_pandas(records, source=summary["records_path"], name=f"raw_{name}")
+            with warnings.catch_warnings():  # MLflow's hint about integer columns in *model* schemas
+                warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+                dataset = mlflow.data.from_pandas(records, source=summary["records_path"], name=f"raw_{name}")
             mlflow.log_input(dataset, context="raw")
         mlflow.log_artifact(str(catalog_path), artifact_path="raw")
         mlflow.log_table(table, artifact_file="raw/catalog_table.json")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import colorsys
 import io
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,13 @@ from PIL import Image, ImageDraw
 
 from instructcv_core.records import ImageRecord
 
-_TINT = np.array([255, 40, 200], np.float32)
+
+
+def category_colour(name: str) -> np.ndarray:
+    """A stable, saturated colour per category name (the same in every grid)."""
+    h = zlib.crc32(name.encode()) / 2**32
+    rgb = np.array(colorsys.hsv_to_rgb(h, 0.9, 1.0), np.float32) * 255
+    return rgb
 
 
 def record_thumbnail(record: ImageRecord, root: Path, size: int = 112) -> Image.Image:
@@ -22,9 +30,8 @@ def record_thumbnail(record: ImageRecord, root: Path, size: int = 112) -> Image.
     image = np.asarray(Image.open(root / record.image_path).convert("RGB"), np.float32)
     if record.mask_format:
         masks, void = load_class_masks(record, root)
-        if masks:
-            union = np.logical_or.reduce(list(masks.values()))
-            image[union] = 0.5 * image[union] + 0.5 * _TINT
+        for name, mask in masks.items():
+            image[mask] = 0.45 * image[mask] + 0.55 * category_colour(name)
         if void is not None:
             image[void] = 0.3 * image[void]
     panel = Image.fromarray(image.astype(np.uint8))

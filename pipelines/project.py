@@ -13,8 +13,8 @@ DAGSTER_HOME = PROJECT_ROOT / "dagster_home"
 def ensure_dagster_home() -> Path:
     """Point DAGSTER_HOME at the project's ``dagster_home`` when it is unset (absolute, existing).
 
-    The CLI reads DAGSTER_HOME before it imports our code, so the setup script also writes it to
-    ``.env`` (which the Dagster CLI loads first); this covers Python-API use and `dg` commands.
+    The CLI reads DAGSTER_HOME before it imports our code, so the setup script also makes the
+    virtualenv's interpreter default it at start-up; this covers other interpreters and the Python API.
     """
     home = os.environ.get("DAGSTER_HOME")
     if not home:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the project on a fresh machine (idempotent, quick when nothing changed):
 # a virtualenv in .venv with the locked dependencies and the CPU build of torch, the project
-# installed in editable mode, and DAGSTER_HOME written to .env (the Dagster CLI reads it first).
+# installed in editable mode, and a default DAGSTER_HOME (the project's dagster_home/) for every
+# program of the virtualenv.
 #
 # Environment: PYTHON (interpreter to use, default python3),
 #   INSTRUCTCV_TORCH_INDEX (extra package index for torch, e.g. https://download.pytorch.org/whl/cu128
@@ -36,6 +37,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# The Dagster CLI reads DAGSTER_HOME before it imports any project code, and it must be absolute:
+# a .pth file makes the venv's interpreter default it to this checkout's dagster_home/ at start-up.
+# An explicit DAGSTER_HOME in the environment still wins.
 mkdir -p dagster_home
-printf 'DAGSTER_HOME=%s\n' "$(pwd)/dagster_home" > .env
-echo "setup: ready (.venv, DAGSTER_HOME=$(pwd)/dagster_home)"
+site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+printf 'import os; os.environ.setdefault("DAGSTER_HOME", %s)\n' \
+  "$(python -c "import json, os; print(json.dumps(os.path.abspath('dagster_home')))")" > "$site/instructcv_dagster_home.pth"
+echo "setup: ready (.venv; default DAGSTER_HOME=$(pwd)/dagster_home)"
