@@ -89,6 +89,7 @@ def raw_dataset_asset(name: str, description: str) -> dg.AssetsDefinition:
                 "files": dg.MetadataValue.json([{k: f.get(k) for k in ("filename", "url", "checksum", "sha256", "bytes", "reused")} for f in result.files]),
                 "source_urls": dg.MetadataValue.md("\n".join(f"- {u}" for f in spec.files for u in f.urls) or "(local)"),
                 "origin": result.origin,
+                "reused_records": result.reused_records,
                 "licence": dg.MetadataValue.text(spec.licence),
                 "root": dg.MetadataValue.path(str(result.root)),
                 "records_path": dg.MetadataValue.path(str(result.records_path)),
@@ -166,10 +167,11 @@ def raw_catalog(context: dg.AssetExecutionContext, settings: InstructCVSettings,
             mlflow.log_metric(f"raw/{name}/records", summary["n_records"])
             mlflow.log_metric(f"raw/{name}/quarantined", summary["n_quarantined"])
             records = pd.read_parquet(summary["records_path"], columns=["image_id", "split", "image_path", "width", "height"])
-            with warnings.catch_warnings():  # MLflow's hint about integer columns in *model* schemas
-                warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+            with warnings.catch_warnings():
+                # MLflow's hints about model schemas and its duplicate local-source registration
+                warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
                 dataset = mlflow.data.from_pandas(records, source=summary["records_path"], name=f"raw_{name}")
-            mlflow.log_input(dataset, context="raw")
+                mlflow.log_input(dataset, context="raw")
         mlflow.log_artifact(str(catalog_path), artifact_path="raw")
         mlflow.log_table(table, artifact_file="raw/catalog_table.json")
     return dg.MaterializeResult(

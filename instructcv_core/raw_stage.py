@@ -13,6 +13,7 @@ Everything lands under ``<data_root>/<profile>/raw/<dataset>/``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -54,6 +55,8 @@ class RawDatasetResult:
     n_quarantined: int
     files: list[dict] = field(default_factory=list)  # filename, url, sha256, checksum, bytes, reused
     origin: str = "download"
+    input_identity: dict | None = None  # what the records were read from (see _input_identity)
+    reused_records: bool = False
 
 
 def dataset_dir(data_root: Path, profile: str, name: str) -> Path:
@@ -95,11 +98,13 @@ def acquire(
         info(f"{spec.name}: using the extracted dataset at {root} (nothing downloaded)")
         return root, [], "extracted_dir"
 
-    if spec.registration_only and archive_dir is None:
+    if spec.registration_only:
         raise SourceUnavailableError(
-            f"{spec.title} cannot be downloaded automatically (registration required: {spec.homepage}). "
-            f"Download {', '.join(f.filename for f in spec.files)} yourself and set this dataset's "
-            "`archive_dir` (folder with the archives) or `extracted_dir` (prepared folder) in the run config."
+            f"{spec.title} cannot be downloaded automatically: it needs registration at {spec.homepage}. "
+            f"Download {', '.join(f.filename for f in spec.files)} there, prepare the dataset folder "
+            f"(layout: {spec.root_subdir}/{spec.marker} must exist) and set `extracted_dir` in this "
+            "dataset's run config (ops.raw_<dataset>.config), or set `public_alternative: true` where "
+            "the dataset has a public alternative."
         )
 
     info(f"{spec.title}: licence terms — {spec.licence}")
@@ -157,12 +162,23 @@ def build_raw_dataset(
     show_bar: bool = True,
     origin_override: str | None = None,
 ) -> RawDatasetResult:
-    """Acquire, read and record one source dataset (idempotent: re-running re-reads, never re-downloads)."""
+    """Acquire, read and record one source dataset.
+
+    Idempotent: a re-run never downloads or extracts again, and when neither the archives, the
+    reader options nor the reader's code changed it reuses the records instead of re-reading
+    (re-checking every image of COCO takes minutes). A user's ``extracted_dir`` is always re-read.
+    """
     target = Path(target)
     root, files, origin = acquire(
         spec, target, archive_dir=archive_dir, extracted_dir=extracted_dir,
         allow_download=allow_download, retries=retries, info=info, show_bar=show_bar,
     )
+    identity = None if extracted_dir is not None else _input_identity(name, root, target, reader_options)
+    previous = _load_summary(target / "summary.json")
+    if identity is not None and previous is not None and previous.input_identity == identity:
+        info(f"{name}: archives, reader and options unchanged: reusing {previous.records_path}")
+        previous.files, previous.reused_records = files, True
+        return previous
     info(f"{name}: reading {root}")
     started = time.monotonic()
     result = dataset_module(name).read(root, **(reader_options or {}))
@@ -185,8 +201,40 @@ def build_raw_dataset(
         n_records=len(result.records), split_counts=split_counts,
         category_counts=dict(sorted(category_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         n_quarantined=len(result.quarantine), files=files, origin=origin_override or origin,
+        input_identity=identity,
     )
     atomic_write_text(summary.summary_path, json.dumps(_jsonable(asdict(summary)), indent=1))
+    return summary
+
+
+def _input_identity(name: str, root: Path, target: Path, reader_options: dict | None) -> dict:
+    """What a records table depends on: the unpacked archives, the reader options and reader code."""
+    from instructcv_core import records as records_module
+    from instructcv_core.datasets import base as base_module
+
+    markers = target / "extracted" / ".instructcv-unpacked"
+    code = hashlib.sha256()
+    for module in (dataset_module(name), base_module, records_module):
+        code.update(Path(module.__file__).read_bytes())
+    return {
+        "root": str(root),
+        "archives": [json.loads(m.read_text()) for m in sorted(markers.glob("*.json"))],
+        "reader_options": _jsonable(reader_options or {}),
+        "reader_code_sha256": code.hexdigest(),
+    }
+
+
+def _load_summary(path: Path) -> RawDatasetResult | None:
+    """The summary a previous run wrote, if it and the files it names are intact."""
+    try:
+        data = json.loads(path.read_text())
+        summary = RawDatasetResult(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    for key in ("root", "records_path", "categories_path", "quarantine_path", "summary_path"):
+        setattr(summary, key, Path(getattr(summary, key)))
+    if not summary.records_path.exists():
+        return None
     return summary
 
 

@@ -126,3 +126,25 @@ def test_paper_spec_carries_published_urls_and_checksums(tmp_path):
     assert by_name["val2017.zip"].urls[0] == "http://images.cocodataset.org/zips/val2017.zip"
     assert by_name["val2017.zip"].checksum == "md5:442b8da7639aecaf257c1dceb8ba8c80"
     assert "CC BY 4.0" in spec.licence  # shown before a download starts
+
+
+def test_unchanged_inputs_reuse_the_records_and_a_new_option_rereads(mirror, tmp_path):
+    _, url = mirror
+    first = _build("coco", url, tmp_path / "coco")
+    assert not first.reused_records
+    records_mtime = first.records_path.stat().st_mtime_ns
+    second = _build("coco", url, tmp_path / "coco")
+    assert second.reused_records and second.records_path.stat().st_mtime_ns == records_mtime
+    assert second.split_counts == first.split_counts
+    third = _build("coco", url, tmp_path / "coco", reader_options={"splits": ["val"]})
+    assert not third.reused_records
+    assert third.split_counts == {"val": 3}
+
+
+def test_registration_only_dataset_says_what_to_provide(tmp_path):
+    spec = resolve_spec("imagenet_sub", "paper", mirror_dir=tmp_path)
+    with pytest.raises(SourceUnavailableError, match=r"registration.*extracted_dir.*public_alternative"):
+        build_raw_dataset("imagenet_sub", spec, tmp_path / "imagenet", show_bar=False)
+    assert not (tmp_path / "imagenet").exists()  # failed before touching anything
+    public = resolve_spec("imagenet_sub", "paper", mirror_dir=tmp_path, public_alternative=True)
+    assert public.files[0].urls == ("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz",)
