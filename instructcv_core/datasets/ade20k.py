@@ -28,7 +28,7 @@ from instructcv_core.datasets.base import (
     DatasetSpec,
     ReadResult,
     RemoteFile,
-    check_image,
+    check_images,
     require,
 )
 from instructcv_core.records import Category, ImageRecord, QuarantineEntry
@@ -102,10 +102,10 @@ def read(root: Path, splits: tuple[str, ...] = tuple(FOLDERS)) -> ReadResult:
         folder = FOLDERS[split]
         images = require(root / "images" / folder, f"ADE20K {folder} image folder")
         require(root / "annotations" / folder, f"ADE20K {folder} annotation folder")
-        for path in sorted(images.glob("*.jpg")):
+        paths = sorted(images.glob("*.jpg"))
+        for path, size in zip(paths, check_images(paths)):
             rel_image = f"images/{folder}/{path.name}"
             rel_label = f"annotations/{folder}/{path.stem}.png"
-            size = check_image(path)
             if isinstance(size, str):
                 quarantine.append(QuarantineEntry(rel_image, size))
                 continue

@@ -34,7 +34,7 @@ from instructcv_core.datasets.base import (
     DatasetSpec,
     ReadResult,
     RemoteFile,
-    check_image,
+    check_images,
     require,
 )
 from instructcv_core.records import Box, Category, ImageRecord, QuarantineEntry
@@ -105,9 +105,9 @@ def read(root: Path, splits: tuple[str, ...] = SPLITS) -> ReadResult:
         anns_by_image: dict[int, list[dict]] = {}
         for ann in data["annotations"]:
             anns_by_image.setdefault(ann["image_id"], []).append(ann)
-        for image in data["images"]:
-            rel_image = f"{split}2017/{image['file_name']}"
-            size = check_image(root / rel_image)
+        rel_images = [f"{split}2017/{image['file_name']}" for image in data["images"]]
+        sizes = check_images([root / rel_image for rel_image in rel_images])
+        for image, rel_image, size in zip(data["images"], rel_images, sizes):
             if isinstance(size, str):
                 quarantine.append(QuarantineEntry(rel_image, size))
                 continue

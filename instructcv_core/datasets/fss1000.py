@@ -26,7 +26,7 @@ from instructcv_core.datasets.base import (
     DatasetSpec,
     ReadResult,
     RemoteFile,
-    check_image,
+    check_images,
     require,
 )
 from instructcv_core.records import Category, ImageRecord, QuarantineEntry
@@ -68,12 +68,18 @@ def read(root: Path, split_file: Path | None = None) -> ReadResult:
     categories = [Category(i + 1, name) for i, name in enumerate(classes)]
     records: list[ImageRecord] = []
     quarantine: list[QuarantineEntry] = []
-    for name, split in class_splits(classes, split_file).items():
-        if name not in classes:
+    # (class, split, its images; None where the class has no folder), then one pass of checks
+    listed = [
+        (name, split, sorted((root / name).glob("*.jpg"), key=_stem_order) if name in classes else None)
+        for name, split in class_splits(classes, split_file).items()
+    ]
+    sizes = iter(check_images([path for _, _, paths in listed for path in paths or ()]))
+    for name, split, paths in listed:
+        if paths is None:
             quarantine.append(QuarantineEntry(f"{name}/", f"class listed for split {split!r} has no folder"))
             continue
-        for path in sorted((root / name).glob("*.jpg"), key=_stem_order):
-            result = _record(root, name, path, split)
+        for path in paths:
+            result = _record(root, name, path, split, next(sizes))
             (quarantine if isinstance(result, QuarantineEntry) else records).append(result)
     return ReadResult(records, categories, quarantine)
 
@@ -110,9 +116,10 @@ def load_mask(path: Path) -> np.ndarray:
         return np.asarray(im.convert("L")) >= THRESHOLD
 
 
-def _record(root: Path, name: str, path: Path, split: str) -> ImageRecord | QuarantineEntry:
+def _record(
+    root: Path, name: str, path: Path, split: str, size: tuple[int, int] | str
+) -> ImageRecord | QuarantineEntry:
     rel_image, rel_mask = f"{name}/{path.name}", f"{name}/{path.stem}.png"
-    size = check_image(path)
     if isinstance(size, str):
         return QuarantineEntry(rel_image, size)
     if not (root / rel_mask).exists():

@@ -28,7 +28,7 @@ from instructcv_core.datasets.base import (
     DatasetSpec,
     ReadResult,
     RemoteFile,
-    check_image,
+    check_images,
 )
 from instructcv_core.records import Category, ImageRecord, QuarantineEntry
 
@@ -112,17 +112,21 @@ def read(root: Path) -> ReadResult:
     wnids = sorted({d.name for s in splits for d in (root / s).iterdir() if d.is_dir()})
     names = class_names(root, wnids)
     categories = [Category(i, names[w], w) for i, w in enumerate(wnids)]
+    labels = {w: i for i, w in enumerate(wnids)}
     records: list[ImageRecord] = []
     quarantine: list[QuarantineEntry] = []
     for split in splits:
-        for wnid in sorted(d.name for d in (root / split).iterdir() if d.is_dir()):
-            label = wnids.index(wnid)
-            for path in sorted((root / split / wnid).iterdir()):
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                record = _record(root, split, path, label, names[wnid], quarantine)
-                if record is not None:
-                    records.append(record)
+        images = [
+            (wnid, path)
+            for wnid in sorted(d.name for d in (root / split).iterdir() if d.is_dir())
+            for path in sorted((root / split / wnid).iterdir())
+            if path.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        sizes = check_images([path for _, path in images])
+        for (wnid, path), size in zip(images, sizes):
+            record = _record(root, split, path, size, labels[wnid], names[wnid], quarantine)
+            if record is not None:
+                records.append(record)
     return ReadResult(records, categories, quarantine)
 
 
@@ -150,9 +154,8 @@ def _mapping_file(root: Path) -> dict[str, str]:
     return {}
 
 
-def _record(root, split, path, label, name, quarantine) -> ImageRecord | None:
+def _record(root, split, path, size, label, name, quarantine) -> ImageRecord | None:
     rel = path.relative_to(root).as_posix()
-    size = check_image(path)
     if isinstance(size, str):
         quarantine.append(QuarantineEntry(rel, size))
         return None

@@ -42,7 +42,7 @@ from instructcv_core.datasets.base import (
     DatasetSpec,
     ReadResult,
     RemoteFile,
-    check_image,
+    check_images,
     require,
 )
 from instructcv_core.records import ImageRecord, QuarantineEntry, atomic_write, atomic_write_text
@@ -107,8 +107,9 @@ def read(root: Path, include_sync: bool = True) -> ReadResult:
     records: list[ImageRecord] = []
     quarantine: list[QuarantineEntry] = []
     for split, indices in splits.items():
-        for idx in indices:
-            record = _labeled_record(root, split, int(idx), scene_types[idx - 1], quarantine)
+        sizes = check_images([root / export_paths(split, int(idx))["rgb"] for idx in indices])
+        for idx, size in zip(indices, sizes):
+            record = _labeled_record(root, split, int(idx), size, scene_types[idx - 1], quarantine)
             if record is not None:
                 records.append(record)
     if include_sync and (root / SYNC_DIR).is_dir():
@@ -234,9 +235,8 @@ def _fingerprint(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _labeled_record(root, split, idx, scene_type, quarantine) -> ImageRecord | None:
+def _labeled_record(root, split, idx, size, scene_type, quarantine) -> ImageRecord | None:
     paths = export_paths(split, idx)
-    size = check_image(root / paths["rgb"])
     if isinstance(size, str):
         quarantine.append(QuarantineEntry(paths["rgb"], size))
         return None
@@ -264,7 +264,7 @@ def _sync_records(root: Path, quarantine: list[QuarantineEntry]) -> list[ImageRe
     list_path = root / SYNC_LIST_NAME
     if not list_path.exists():
         raise DatasetLayoutError(f"{list_path}: missing BTS sync pair list (the sync/ folder is present)")
-    records = []
+    pairs = []
     for lineno, line in enumerate(list_path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -272,7 +272,10 @@ def _sync_records(root: Path, quarantine: list[QuarantineEntry]) -> list[ImageRe
         if len(parts) < 2:
             raise ValueError(f"{list_path}:{lineno}: expected `<rgb> <depth> [focal]`, got {line!r}")
         rgb_rel, depth_rel = (f"{SYNC_DIR}/{p.lstrip('/')}" for p in parts[:2])
-        size = check_image(root / rgb_rel)
+        pairs.append((rgb_rel, depth_rel))
+    records = []
+    sizes = check_images([root / rgb_rel for rgb_rel, _ in pairs])
+    for (rgb_rel, depth_rel), size in zip(pairs, sizes):
         if isinstance(size, str):
             quarantine.append(QuarantineEntry(rgb_rel, size))
             continue

@@ -34,7 +34,7 @@ from instructcv_core.datasets.base import (
     DatasetSpec,
     ReadResult,
     RemoteFile,
-    check_image,
+    check_images,
     require,
 )
 from instructcv_core.records import Box, Category, ImageRecord, QuarantineEntry
@@ -105,10 +105,13 @@ def read(root: Path) -> ReadResult:
     quarantine: list[QuarantineEntry] = []
     for split in SPLITS:
         list_path = require(ann / f"{split}.txt", f"Oxford-IIIT Pet {split} list (annotations/{split}.txt)")
-        for image, class_id, species_id, _breed_id in _rows(list_path):
+        rows = _rows(list_path)
+        for image, class_id, _species_id, _breed_id in rows:
             if class_id not in table:
                 raise ValueError(f"{list_path}: {image} has CLASS-ID {class_id}, absent from list.txt")
-            record = _record(root, split, image, class_id, SPECIES[species_id], table, quarantine)
+        sizes = check_images([root / _image_rel(image) for image, *_ in rows])
+        for (image, class_id, species_id, _breed_id), size in zip(rows, sizes):
+            record = _record(root, split, image, size, class_id, SPECIES[species_id], table, quarantine)
             if record is not None:
                 records.append(record)
     return ReadResult(records, categories, quarantine)
@@ -159,9 +162,12 @@ def _rows(path: Path) -> list[tuple[str, int, int, int]]:
     return rows
 
 
-def _record(root, split, image, class_id, species, table, quarantine) -> ImageRecord | None:
-    image_rel = f"images/{image}.jpg"
-    size = check_image(root / image_rel)
+def _image_rel(image: str) -> str:
+    return f"images/{image}.jpg"
+
+
+def _record(root, split, image, size, class_id, species, table, quarantine) -> ImageRecord | None:
+    image_rel = _image_rel(image)
     if isinstance(size, str):
         quarantine.append(QuarantineEntry(image_rel, size))
         return None

@@ -30,7 +30,7 @@ from instructcv_core.datasets.base import (
     DatasetSpec,
     ReadResult,
     RemoteFile,
-    check_image,
+    check_images,
     require,
 )
 from instructcv_core.records import ImageRecord, QuarantineEntry
@@ -80,10 +80,19 @@ def read(
         pairs = [(scene, None) for scene in find_scenes(root)]
     records: list[ImageRecord] = []
     quarantine: list[QuarantineEntry] = []
-    for scene, listed in pairs:
-        if exclude_nyu and (scene + "/").startswith(NYU_PREFIX):
+    # (scene, (image, depth) or why the scene has no image), then one pass of checks
+    located = [
+        (scene, _locate(root, scene, listed, depth_variant))
+        for scene, listed in pairs
+        if not (exclude_nyu and (scene + "/").startswith(NYU_PREFIX))
+    ]
+    image_rels = [found[0] for _, found in located if not isinstance(found, QuarantineEntry)]
+    sizes = iter(check_images([root / image_rel for image_rel in image_rels]))
+    for scene, found in located:
+        if isinstance(found, QuarantineEntry):
+            quarantine.append(found)
             continue
-        record = _record(root, scene, listed, depth_variant, quarantine)
+        record = _record(root, scene, *found, next(sizes), depth_variant, quarantine)
         if record is not None:
             records.append(record)
     return ReadResult(records, [], quarantine)
@@ -125,20 +134,20 @@ def _relative_to_root(path: str, root_name: str) -> str:
     return "/".join(parts)
 
 
-def _record(root, scene, listed, depth_variant, quarantine) -> ImageRecord | None:
+def _locate(root, scene, listed, depth_variant) -> tuple[str, str | None] | QuarantineEntry:
+    """(image, depth path or None) of a scene, relative to ``root``; a quarantine entry if no image."""
     if listed is None:
         image = _single_file(root / scene / "image", IMAGE_SUFFIXES)
         depth = _single_file(root / scene / depth_variant, (".png",))
         if image is None:
-            quarantine.append(QuarantineEntry(f"{scene}/image", "no image file in the scene's image/ folder"))
-            return None
-        image_rel = f"{scene}/image/{image}"
-        depth_rel = f"{scene}/{depth_variant}/{depth}" if depth else None
-    else:
-        image_rel, depth_rel = listed
-        depth_path = Path(depth_rel)
-        depth_rel = (depth_path.parent.parent / depth_variant / depth_path.name).as_posix()
-    size = check_image(root / image_rel)
+            return QuarantineEntry(f"{scene}/image", "no image file in the scene's image/ folder")
+        return f"{scene}/image/{image}", (f"{scene}/{depth_variant}/{depth}" if depth else None)
+    image_rel, depth_rel = listed
+    depth_path = Path(depth_rel)
+    return image_rel, (depth_path.parent.parent / depth_variant / depth_path.name).as_posix()
+
+
+def _record(root, scene, image_rel, depth_rel, size, depth_variant, quarantine) -> ImageRecord | None:
     if isinstance(size, str):
         quarantine.append(QuarantineEntry(image_rel, size))
         return None

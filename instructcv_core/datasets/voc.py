@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from instructcv_core.datasets.base import DatasetSpec, ReadResult, RemoteFile, check_image, require
+from instructcv_core.datasets.base import DatasetSpec, ReadResult, RemoteFile, check_images, require
 from instructcv_core.records import Box, Category, ImageRecord, QuarantineEntry
 
 CLASSES = (
@@ -104,8 +104,10 @@ def read(root: Path, splits: tuple[str, ...] = SPLITS) -> ReadResult:
     for split in splits:
         main = set(read_list(root / "ImageSets" / "Main" / f"{split}.txt"))
         seg = set(read_list(root / "ImageSets" / "Segmentation" / f"{split}.txt"))
-        for image_id in sorted(main | seg):
-            record = _record(root, image_id, split, image_id in main, image_id in seg)
+        image_ids = sorted(main | seg)
+        sizes = check_images([root / _image_rel(image_id) for image_id in image_ids])
+        for image_id, size in zip(image_ids, sizes):
+            record = _record(root, image_id, size, split, image_id in main, image_id in seg)
             if isinstance(record, QuarantineEntry):
                 quarantine.append(record)
             else:
@@ -133,9 +135,14 @@ def load_label(path: Path) -> np.ndarray:
     return label
 
 
-def _record(root: Path, image_id: str, split: str, in_main: bool, in_seg: bool) -> ImageRecord | QuarantineEntry:
-    rel_image = f"JPEGImages/{image_id}.jpg"
-    size = check_image(root / rel_image)
+def _image_rel(image_id: str) -> str:
+    return f"JPEGImages/{image_id}.jpg"
+
+
+def _record(
+    root: Path, image_id: str, size: tuple[int, int] | str, split: str, in_main: bool, in_seg: bool
+) -> ImageRecord | QuarantineEntry:
+    rel_image = _image_rel(image_id)
     if isinstance(size, str):
         return QuarantineEntry(rel_image, size)
     boxes: list[Box] = []
