@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--dataset", action="append", choices=DATASETS)
     args = parser.parse_args()
-    print(f"{'dataset':14s} {'images':>7s} {'build s':>8s} {'fetch+extract+read s':>21s} {'read img/s':>11s}")
+    print(f"{'dataset':14s} {'images':>7s} {'build s':>8s} {'fetch+extract+read s':>21s} {'records/s':>11s}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in args.dataset or DATASETS:

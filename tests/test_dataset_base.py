@@ -50,3 +50,21 @@ def test_empty_list_and_bad_worker_count(tmp_path):
     assert check_images([]) == []
     with pytest.raises(ValueError, match="workers"):
         check_images([tmp_path / "a.png"], workers=0)
+
+
+def test_check_images_reports_progress_to_its_logger(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    import instructcv_core.datasets.base as base
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(paths[-1])
+    monkeypatch.setattr(base, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="instructcv_core"):
+        base.check_images(paths, workers=1)
+    assert [r.getMessage() for r in caplog.records][-1] == "checked 3 of 3 images (100%)"

@@ -8,7 +8,9 @@ Each module in `instructcv_core.datasets` has the same shape:
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +19,9 @@ from pathlib import Path
 from PIL import Image
 
 from instructcv_core.records import Category, ImageRecord, QuarantineEntry
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 10.0  # seconds between two progress lines of check_images
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,8 @@ def check_images(paths: Sequence[Path], workers: int | None = None) -> list[tupl
     so the full decodes overlap and the speed-up is close to linear in the number of cores, with
     none of the pickling or start-up cost of a process pool. ``workers`` defaults to
     ``min(8, os.cpu_count())``. Paths are handed to the threads in chunks, so a list of 100k+
-    images does not become 100k+ futures. Shows no progress and writes nothing.
+    images does not become 100k+ futures. Progress goes to this module's logger every
+    ``PROGRESS_EVERY_S`` seconds (Dagster shows it in the run log: see dagster.yaml python_logs).
     """
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
@@ -107,8 +113,15 @@ def check_images(paths: Sequence[Path], workers: int | None = None) -> list[tupl
     # Small enough to keep every thread busy on short lists, large enough to amortise the futures.
     size = max(1, min(64, len(paths) // (workers * 4)))
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    results: list[tuple[int, int] | str] = []
+    last = time.monotonic()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check_image") as pool:
-        return [result for chunk in pool.map(_check_chunk, chunks) for result in chunk]
+        for chunk in pool.map(_check_chunk, chunks):
+            results.extend(chunk)
+            if time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                log.info("checked %d of %d images (%.0f%%)", len(results), len(paths), 100 * len(results) / len(paths))
+    return results
 
 
 def _check_chunk(paths: list[Path]) -> list[tuple[int, int] | str]:
