@@ -141,6 +141,8 @@ def acquire(
                 info(f"{spec.name}: optional file {remote.filename} unavailable, continuing without it")
                 continue
             path = result.path
+            if result.reused:
+                info(f"{remote.filename}: verified earlier, not downloaded again")
             files.append({"filename": remote.filename, "url": result.url, "path": str(path), "sha256": result.sha256,
                           "checksum": remote.checksum, "bytes": result.bytes, "reused": result.reused})
         _unpack(path, remote, extracted, info, show_bar)
@@ -349,7 +351,7 @@ def resolve_spec(
     if mirror_url is None:
         from instructcv_core.mini.build import build_dataset
 
-        info(f"{name}: building the mini-benchmark archives in {mirror_dir}")
+        info(f"{name}: mini-benchmark archives in {mirror_dir} (built once per seed and sizes)")
         archives = [a.__dict__ for a in build_dataset(name, mirror_dir, seed, mini_sizes)]
         return mini_spec(spec, Path(mirror_dir).resolve().as_uri(), archives)
     with tempfile.TemporaryDirectory() as tmp:
