@@ -75,3 +75,34 @@ def png_markdown(image: Image.Image, alt: str, max_width: int = 448) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)
     return f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def manifest_grid(manifest, store_root: Path, per_task: int = 2, size: int = 96) -> Image.Image:
+    """Rows of input | target | instruction for the first ``per_task`` pairs of each task."""
+    from instructcv_core.imagestore import ImageStore
+
+    store = ImageStore(store_root)
+    picks = manifest.groupby("task", sort=True).head(per_task)
+    if picks.empty:
+        raise ValueError("no manifest rows to preview")
+    text_width = 3 * size
+    grid = Image.new("RGB", (2 * size + text_width, size * len(picks)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, row in enumerate(picks.itertuples()):
+        for j, digest in enumerate((row.input_digest, row.target_digest)):
+            tile = Image.fromarray(store.get(digest)).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            grid.paste(tile, (j * size, i * size))
+        lines = _wrap(f"[{row.task}] {row.instruction}", 44)
+        draw.multiline_text((2 * size + 4, i * size + 4), "\n".join(lines[:6]), fill=(0, 0, 0))
+    return grid
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line] if line else lines

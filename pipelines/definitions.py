@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.datasets import encoded_pairs, fp_manifest, manifest_checks, rp_manifest, test_manifests
+from assets.instructions import heldout_instructions, paraphrase_bank, paraphrase_bank_variety
 from assets.raw import raw_assets, raw_catalog, raw_checks
 from pipelines.jobs import full_reproduction, raw_data
 from pipelines.project import ensure_dagster_home
@@ -12,8 +14,12 @@ from pipelines.resources import InstructCVSettings, MlflowTracking
 ensure_dagster_home()
 
 defs = dg.Definitions(
-    assets=[*raw_assets, raw_catalog],
-    asset_checks=raw_checks,
+    assets=[
+        *raw_assets, raw_catalog,
+        paraphrase_bank, heldout_instructions,
+        encoded_pairs, fp_manifest, rp_manifest, test_manifests,
+    ],
+    asset_checks=[*raw_checks, paraphrase_bank_variety, *manifest_checks],
     jobs=[full_reproduction, raw_data],
     resources={
         "settings": InstructCVSettings(),

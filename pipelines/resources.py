@@ -12,6 +12,11 @@ from pydantic import Field, field_validator
 from pipelines.project import PROJECT_ROOT
 
 
+# Defaults that follow the profile. They live here rather than only in configs/mini.yaml because a
+# run config given with `-c` replaces the job's embedded config (the job has partitioned assets).
+PROFILE_RESOLUTION = {"mini": 64, "paper": 256}
+
+
 class InstructCVSettings(dg.ConfigurableResource):
     """What many assets share: the profile, where data lives, the seed and the training resolution.
 
@@ -23,7 +28,10 @@ class InstructCVSettings(dg.ConfigurableResource):
     profile: Literal["mini", "paper"] = Field(default="mini", description="`mini` (bundled benchmark) or `paper` (real datasets).")
     data_root: str = Field(default="data", description="Root folder of every artefact; relative paths are taken from the project root.")
     seed: int = Field(default=0, description="Global seed (mini-benchmark content, sampling, training).")
-    resolution: int = Field(default=256, description="Square training/inference resolution in pixels (multiple of 64).")
+    resolution: Optional[int] = Field(
+        default=None,
+        description="Square training/inference resolution in pixels (multiple of 64); unset = the profile's (mini 64, paper 256).",
+    )
     mini_mirror_url: Optional[str] = Field(
         default=None,
         description="Where the mini-benchmark archives are fetched from (a mirror with index.json). "
@@ -44,8 +52,8 @@ class InstructCVSettings(dg.ConfigurableResource):
 
     @field_validator("resolution")
     @classmethod
-    def _resolution_multiple_of_64(cls, value: int) -> int:
-        if value < 64 or value % 64:
+    def _resolution_multiple_of_64(cls, value: Optional[int]) -> Optional[int]:
+        if value is not None and (value < 64 or value % 64):
             raise ValueError(f"settings.resolution must be a positive multiple of 64 (VAE x8, UNet x8), got {value}")
         return value
 
@@ -71,6 +79,11 @@ class InstructCVSettings(dg.ConfigurableResource):
         """The data root as an absolute path."""
         root = Path(self.data_root).expanduser()
         return root if root.is_absolute() else PROJECT_ROOT / root
+
+    @property
+    def resolution_px(self) -> int:
+        """The training resolution: as configured, else the profile's (64 for mini, 256 as the paper)."""
+        return self.resolution or PROFILE_RESOLUTION[self.profile]
 
     @property
     def profile_dir(self) -> Path:

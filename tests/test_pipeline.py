@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -71,8 +72,9 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(tmp_pat
         assert summary["split_counts"] == splits, name
 
     checks = result.get_asset_check_evaluations()
-    assert len(checks) == len(EXPECTED_SPLITS)
-    assert all(c.passed for c in checks)
+    failed = [(c.asset_key.to_user_string(), c.check_name) for c in checks if not c.passed]
+    assert failed == []
+    assert len(checks) == len(EXPECTED_SPLITS) + 1 + 2 * 4 + 1  # raw, bank variety, fp/rp checks, rp diversity
 
     (catalog,) = result.asset_materializations_for_node("raw_catalog")
     run_id = catalog.metadata["mlflow_run_id"].value
@@ -83,6 +85,25 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(tmp_pat
     assert run.data.metrics["raw/nyuv2/records"] == 11
     assert sorted(d.dataset.name for d in run.inputs.dataset_inputs) == sorted(f"raw_{n}" for n in EXPECTED_SPLITS)
     assert catalog.metadata["mlflow_run"].value.endswith(f"/runs/{run_id}")
+
+    # dataset construction: FP/RP manifests with the same pairs, test manifests for every benchmark
+    datasets = tmp_path / "data" / "mini" / "datasets"
+    fp = pd.read_parquet(datasets / "fp_manifest.parquet")
+    rp = pd.read_parquet(datasets / "rp_manifest.parquet")
+    assert fp["pair_id"].tolist() == rp["pair_id"].tolist()
+    assert set(fp["task"]) == {"segmentation", "detection", "depth", "classification"}
+    assert set(fp["prompt_source"]) == {"fp"} and set(rp["prompt_source"]) == {"bundled"}
+    assert (fp["instruction"] != rp["instruction"]).mean() > 0.9
+    assert len(fp[fp["task"] == "depth"]) == 4 + 4  # NYUv2 train + BTS sync
+    assert len(fp[fp["task"] == "classification"]) == 6 * 4  # binary cat/dog + breed positive/negative
+    for benchmark in ("nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub", "fss1000"):
+        test = pd.read_parquet(datasets / "test" / f"{benchmark}.parquet")
+        assert len(test) > 0 and set(test["role"]) == {"test"}, benchmark
+    for name in ("fp", "rp", "test"):
+        (mat,) = result.asset_materializations_for_node(f"{name}_manifest" if name != "test" else "test_manifests")
+        run = client.get_run(mat.metadata["mlflow_run_id"].value)
+        assert run.data.tags["dagster_run_id"] == result.run_id
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == [name]
 
 
 def test_definitions_load_without_heavy_imports():
@@ -97,6 +118,8 @@ def test_graph_shape():
         node = defs.resolve_asset_graph().get(key)
         groups.setdefault(node.group_name, []).append(key.to_user_string())
     assert sorted(groups["raw"]) == sorted([f"raw_{n}" for n in EXPECTED_SPLITS] + ["raw_catalog"])
+    assert sorted(groups["instructions"]) == ["heldout_instructions", "paraphrase_bank"]
+    assert sorted(groups["datasets"]) == ["encoded_pairs", "fp_manifest", "rp_manifest", "test_manifests"]
 
 
 @pytest.mark.slow

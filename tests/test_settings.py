@@ -70,3 +70,9 @@ def test_relative_data_root_is_taken_from_the_project_root(tmp_path):
     assert InstructCVSettings().data_dir == PROJECT_ROOT / "data"
     assert InstructCVSettings(data_root=str(tmp_path)).data_dir == tmp_path
     assert InstructCVSettings(profile="paper").profile_dir == PROJECT_ROOT / "data" / "paper"
+
+
+def test_profile_dependent_defaults():
+    assert InstructCVSettings().resolution_px == 64
+    assert InstructCVSettings(profile="paper").resolution_px == 256
+    assert InstructCVSettings(profile="paper", resolution=512).resolution_px == 512
