@@ -99,6 +99,19 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(tmp_pat
     for benchmark in ("nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub", "fss1000"):
         test = pd.read_parquet(datasets / "test" / f"{benchmark}.parquet")
         assert len(test) > 0 and set(test["role"]) == {"test"}, benchmark
+    # one shard re-materialised alone (as from the UI): only its file is rewritten, identically
+    from assets.datasets import encoded_pairs
+    from pipelines.resources import InstructCVSettings
+
+    shards = {k: (datasets / "pairs" / f"shard-{k}.parquet") for k in ("00", "01", "02", "03")}
+    before = {k: (p.stat().st_mtime_ns, p.read_bytes()) for k, p in shards.items()}
+    settings = InstructCVSettings(data_root=str(tmp_path / "data"), mini_sizes=SMALL, mini_mirror_url=mirror_url)
+    single = dg.materialize([encoded_pairs], partition_key="02", resources={"settings": settings})
+    assert single.success
+    after = {k: (p.stat().st_mtime_ns, p.read_bytes()) for k, p in shards.items()}
+    assert [k for k in shards if after[k][0] != before[k][0]] == ["02"]
+    assert after["02"][1] == before["02"][1]
+
     for name in ("fp", "rp", "test"):
         (mat,) = result.asset_materializations_for_node(f"{name}_manifest" if name != "test" else "test_manifests")
         run = client.get_run(mat.metadata["mlflow_run_id"].value)
