@@ -15,6 +15,7 @@ from pipelines.project import PROJECT_ROOT
 # Defaults that follow the profile. They live here rather than only in configs/mini.yaml because a
 # run config given with `-c` replaces the job's embedded config (the job has partitioned assets).
 PROFILE_RESOLUTION = {"mini": 64, "paper": 256}
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 class InstructCVSettings(dg.ConfigurableResource):
@@ -40,6 +41,13 @@ class InstructCVSettings(dg.ConfigurableResource):
     mini_sizes: dict[str, dict[str, int]] = Field(
         default={}, description="Mini-benchmark image counts per dataset and split, overriding the defaults."
     )
+    base_model: Optional[str] = Field(
+        default=None,
+        description="paper profile: SD v1.5 as a hub id, a local diffusers folder or a .safetensors/.ckpt file "
+        "(unset = stable-diffusion-v1-5/stable-diffusion-v1-5). The mini profile builds its own tiny base.",
+    )
+    allow_network: bool = Field(default=False, description="Let model loading download from the Hugging Face hub.")
+    require_gpu: Optional[bool] = Field(default=None, description="Fail early without a CUDA GPU; unset = required in the paper profile.")
     download_retries: int = Field(default=5, description="Retries per URL for transient download errors.")
     progress_bars: bool = Field(default=True, description="Show tqdm progress bars on the console.")
 
@@ -73,6 +81,23 @@ class InstructCVSettings(dg.ConfigurableResource):
         if unknown:
             raise ValueError(f"settings.mini_sizes: unknown dataset(s) {', '.join(unknown)} (known: {', '.join(DATASETS)})")
         return value
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Fail every step of a run early, with a clear message, when the paper profile cannot work."""
+        from instructcv_core.preflight import PreflightError, base_model_problem, gpu_problem
+
+        if self.profile != "paper":
+            return
+        problems = [base_model_problem(self.base_model_source, self.allow_network)]
+        if self.require_gpu is not False:
+            problems.append(gpu_problem())
+        problems = [p for p in problems if p]
+        if problems:
+            raise PreflightError("the paper profile cannot run:\n- " + "\n- ".join(problems))
+
+    @property
+    def base_model_source(self) -> str:
+        return self.base_model or DEFAULT_BASE_MODEL
 
     @property
     def data_dir(self) -> Path:

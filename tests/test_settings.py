@@ -76,3 +76,25 @@ def test_profile_dependent_defaults():
     assert InstructCVSettings().resolution_px == 64
     assert InstructCVSettings(profile="paper").resolution_px == 256
     assert InstructCVSettings(profile="paper", resolution=512).resolution_px == 512
+
+
+def test_paper_profile_fails_before_any_data_work_naming_what_is_missing(tmp_path):
+    config = _settings(profile="paper", data_root=str(tmp_path), base_model=str(tmp_path / "sd15.safetensors"))
+    with pytest.raises(dg.DagsterResourceFunctionError) as excinfo:
+        _run(config)
+    message = str(excinfo.value.__cause__)
+    assert "sd15.safetensors" in message and "no such file" in message
+    assert "no CUDA GPU" in message
+    assert not any(tmp_path.iterdir())  # nothing was downloaded or written
+
+
+def test_paper_profile_accepts_a_local_diffusers_folder(tmp_path):
+    from instructcv_core.preflight import base_model_problem
+
+    folder = tmp_path / "sd15"
+    folder.mkdir()
+    assert "model_index.json" in base_model_problem(str(folder), allow_network=False)
+    (folder / "model_index.json").write_text("{}")
+    assert base_model_problem(str(folder), allow_network=False) is None
+    assert base_model_problem("some-org/some-model", allow_network=True) is None
+    assert "not in the local Hugging Face cache" in base_model_problem("some-org/some-model", allow_network=False)
