@@ -6,7 +6,9 @@ import dagster as dg
 
 from assets.datasets import encoded_pairs, fp_manifest, manifest_checks, rp_manifest, test_manifests
 from assets.instructions import heldout_instructions, paraphrase_bank, paraphrase_bank_variety
+from assets.model import base_model
 from assets.raw import raw_assets, raw_catalog, raw_checks
+from assets.train import instructcv_fp_checkpoint, instructcv_rp_checkpoint
 from pipelines.jobs import full_reproduction, raw_data
 from pipelines.project import ensure_dagster_home
 from pipelines.resources import InstructCVSettings, MlflowTracking
@@ -18,11 +20,13 @@ defs = dg.Definitions(
         *raw_assets, raw_catalog,
         paraphrase_bank, heldout_instructions,
         encoded_pairs, fp_manifest, rp_manifest, test_manifests,
+        base_model, instructcv_fp_checkpoint, instructcv_rp_checkpoint,
     ],
     asset_checks=[*raw_checks, paraphrase_bank_variety, *manifest_checks],
     jobs=[full_reproduction, raw_data],
     resources={
         "settings": InstructCVSettings(),
         "mlflow_tracking": MlflowTracking(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
     },
 )

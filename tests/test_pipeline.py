@@ -47,11 +47,20 @@ def mirror_url(tmp_path_factory):
         yield server.url
 
 
+# Model and training budgets small enough for a test; the learning itself is tested in test_learning.py.
+TINY_TRAINING = {
+    "base_model": {"config": {"fit_seconds": 2.0, "fit_images": 64}},
+    **{f"instructcv_{v}_checkpoint": {"config": {"max_steps": 3, "max_seconds": 60.0, "train_batch_size": 4,
+                                                 "checkpointing_steps": 2}} for v in ("fp", "rp")},
+}
+
+
 def _run_config(data_root, mirror_url=None):
     settings = {"data_root": str(data_root), "mini_sizes": SMALL, "progress_bars": False}
     if mirror_url:
         settings["mini_mirror_url"] = mirror_url
-    return {"resources": {"settings": {"config": settings}}, "execution": {"config": {"in_process": {}}}}
+    return {"resources": {"settings": {"config": settings}}, "ops": TINY_TRAINING,
+            "execution": {"config": {"in_process": {}}}}
 
 
 def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(tmp_path, mirror_url):
@@ -112,6 +121,20 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(tmp_pat
     assert [k for k in shards if after[k][0] != before[k][0]] == ["02"]
     assert after["02"][1] == before["02"][1]
 
+    # both checkpoints: trained through Pipes, loadable by stock diffusers, registered in MLflow
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    for variant in ("fp", "rp"):
+        (mat,) = result.asset_materializations_for_node(f"instructcv_{variant}_checkpoint")
+        assert mat.metadata["steps"].value == 3
+        pipeline = StableDiffusionInstructPix2PixPipeline.from_pretrained(mat.metadata["checkpoint_path"].value)
+        assert pipeline.unet.config.in_channels == 8
+        run = client.get_run(mat.metadata["mlflow_run"].value.rsplit("/", 1)[-1])
+        assert run.data.tags["dagster_run_id"] == result.run_id
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+        model = client.get_logged_model(mat.metadata["mlflow_model_id"].value)
+        assert model.tags["checkpoint_path"] == mat.metadata["checkpoint_path"].value
+
     for name in ("fp", "rp", "test"):
         (mat,) = result.asset_materializations_for_node(f"{name}_manifest" if name != "test" else "test_manifests")
         run = client.get_run(mat.metadata["mlflow_run_id"].value)
@@ -133,6 +156,8 @@ def test_graph_shape():
     assert sorted(groups["raw"]) == sorted([f"raw_{n}" for n in EXPECTED_SPLITS] + ["raw_catalog"])
     assert sorted(groups["instructions"]) == ["heldout_instructions", "paraphrase_bank"]
     assert sorted(groups["datasets"]) == ["encoded_pairs", "fp_manifest", "rp_manifest", "test_manifests"]
+    assert groups["model"] == ["base_model"]
+    assert sorted(groups["train"]) == ["instructcv_fp_checkpoint", "instructcv_rp_checkpoint"]
 
 
 @pytest.mark.slow
