@@ -7,6 +7,7 @@ pool: the instance runs one such step at a time.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -95,7 +96,9 @@ def launch_command(config: TrainAssetConfig, config_path: Path, mixed_precision:
     command = [sys.executable, "-m", "accelerate.commands.launch",
                "--num_processes", str(config.num_processes), "--num_machines", str(config.num_machines),
                "--machine_rank", str(config.machine_rank), "--mixed_precision", mixed_precision,
-               "--dynamo_backend", "no"]
+               "--dynamo_backend", "no",
+               # accelerate otherwise derives CPU threads from *physical* cores (1 on small VMs)
+               "--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // config.num_processes))]
     if config.main_process_ip:
         command += ["--main_process_ip", config.main_process_ip]
     if config.num_processes > 1:
@@ -173,8 +176,6 @@ def _summary_metadata(summary: dict, config_path: Path) -> dict:
 
 def _child_env() -> dict:
     """Environment of the training subprocess: offline hub access unless the user allowed it."""
-    import os
-
     env = {"PYTHONUNBUFFERED": "1"}
     if "HF_HUB_OFFLINE" in os.environ:
         env["HF_HUB_OFFLINE"] = os.environ["HF_HUB_OFFLINE"]
