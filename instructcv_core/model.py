@@ -530,7 +530,7 @@ def fit_autoencoder(
     images: np.ndarray | Sequence[np.ndarray],
     *,
     seconds: float,
-    batch_size: int = 32,
+    batch_size: int = 16,
     lr: float = 1e-3,
     seed: int = 0,
     kl_weight: float = 1e-6,
