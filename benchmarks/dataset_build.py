@@ -38,10 +38,14 @@ Measured, per task, on the same N images:
 The ratio (pipeline / codec-only, per core) says how much of the pipeline's time is the codec work
 it cannot avoid; target >= 0.7. Each measurement is the best of ``--repeats`` runs. Columns:
 images and pairs built, PNG files the pipeline wrote, pipeline pairs/s per core (and images/s per
-core), codec-only pairs/s (one core), ratio. With ``--workers`` > 1 the pool's start (spawned
-workers import numpy, Pillow, OpenCV, pyarrow: ~0.2 s each) and the split into chunks of 32 units
-(60 images = 2 chunks) are part of the pipeline's time, as they are in a real build; measure with
-more images (``--images-per-task 240``) to see the steady state, and on an otherwise idle machine.
+core), codec-only pairs/s (one core), ratio, and the same ratio from CPU seconds instead of wall
+seconds (pipeline: this process plus its pool workers, `os.times`; codec: `time.process_time`).
+The CPU-time ratio moves much less than the wall one when other processes compete for the cores;
+it leaves out time the pipeline spends idle (waiting for the pool to start, for the last
+chunk, or for I/O). With ``--workers`` > 1 the pool's start (spawned workers import numpy, Pillow,
+OpenCV, pyarrow: ~0.4 s wall, ~0.2 s CPU each) and the split into chunks of 32 units (60 images =
+2 chunks) are part of the pipeline's time, as they are in a real build; measure with more images
+(``--images-per-task 240``) to see the steady state, and on an otherwise idle machine.
 
 Dedup: the store skips writing an image whose digest it already has (it still encodes it to know
 the digest). Classification targets are solid colour blocks, so most of them dedupe to a few
@@ -198,16 +202,22 @@ MAKERS = {
 # measurements
 
 
-def time_pipeline(units: list[WorkUnit], config: BuildConfig, workers: int, scratch: Path) -> tuple[float, int, int]:
-    """(seconds, pairs, files written) of one `build_units` run into a fresh store."""
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its waited-for children (pool workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def time_pipeline(units: list[WorkUnit], config: BuildConfig, workers: int, scratch: Path) -> tuple[float, float, int, int]:
+    """(wall seconds, CPU seconds, pairs, files written) of one `build_units` run into a fresh store."""
     with tempfile.TemporaryDirectory(dir=scratch) as store:
-        start = time.perf_counter()
-        result = build_units(units, config, Path(store), workers=workers)
-        seconds = time.perf_counter() - start
+        cpu, start = _cpu_seconds(), time.perf_counter()
+        result = build_units(units, config, Path(store), workers=workers)  # joins its pool on return
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
         if result.quarantine:
             raise RuntimeError(f"pipeline quarantined benchmark images: {result.quarantine[:3]}")
         files = sum(1 for _ in Path(store).glob("*/*.png"))
-    return seconds, len(result.rows), files
+    return seconds, cpu, len(result.rows), files
 
 
 def _resize_encode(image: Image.Image, resolution: int) -> bytes:
@@ -218,23 +228,24 @@ def _resize_encode(image: Image.Image, resolution: int) -> bytes:
     return buf.getvalue()
 
 
-def time_codec(units: list[WorkUnit], config: BuildConfig) -> tuple[float, int]:
-    """(seconds, pairs) of the bare decode + resize + encode work of the same units, one core."""
-    seconds, pairs = 0.0, 0
+def time_codec(units: list[WorkUnit], config: BuildConfig) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, pairs) of the bare decode + resize + encode work, one core."""
+    seconds, cpu, pairs = 0.0, 0.0, 0
     for unit in units:
         path = Path(unit.root) / unit.record.image_path
         with Image.open(path) as im:  # untimed: only to make this unit's real target arrays
             image = np.asarray(im.convert("RGB"))
         targets = [t.image for t in _TARGETS[unit.task](unit, image, config)]
-        start = time.perf_counter()
+        cpu_start, start = time.process_time(), time.perf_counter()
         with Image.open(path) as im:
             source = im.convert("RGB")
         _resize_encode(source, config.resolution)
         for target in targets:
             _resize_encode(Image.fromarray(target), config.resolution)
         seconds += time.perf_counter() - start
+        cpu += time.process_time() - cpu_start
         pairs += len(targets)
-    return seconds, pairs
+    return seconds, cpu, pairs
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -265,7 +276,7 @@ def main() -> None:
           f"best of {args.repeats}; target: pipeline/codec ratio >= {TARGET_RATIO}")
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start (other processes skew timings)")
     header = (f"{'task':14s} {'images':>6s} {'pairs':>6s} {'files':>6s} {'pipeline pairs/s/core':>22s} "
-              f"{'(images/s/core)':>15s} {'codec-only pairs/s/core':>24s} {'ratio':>6s}")
+              f"{'(images/s/core)':>15s} {'codec-only pairs/s/core':>24s} {'ratio':>6s} {'cpu-time ratio':>14s}")
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -273,15 +284,16 @@ def main() -> None:
             units = MAKERS[task](tmp / task, args.images_per_task, args.image_size, args.seed)
             pipe = [time_pipeline(units, config, workers, tmp) for _ in range(args.repeats)]
             codec = [time_codec(units, config) for _ in range(args.repeats)]
-            pipe_s, pairs, files = min(pipe)
-            codec_s, codec_pairs = min(codec)
+            pipe_s, pairs, files = min(p[0] for p in pipe), pipe[0][2], pipe[0][3]
+            codec_s, codec_pairs = min(c[0] for c in codec), codec[0][2]
+            cpu_ratio = min(c[1] for c in codec) / min(p[1] for p in pipe)
             if codec_pairs != pairs:
                 raise RuntimeError(f"{task}: pipeline made {pairs} pairs, codec pass {codec_pairs}")
             pipe_rate = pairs / pipe_s / workers
             codec_rate = pairs / codec_s
             images_rate = len(units) / pipe_s / workers
             print(f"{task:14s} {len(units):6d} {pairs:6d} {files:6d} {pipe_rate:22.1f} {images_rate:15.1f} "
-                  f"{codec_rate:24.1f} {pipe_rate / codec_rate:6.2f}", flush=True)
+                  f"{codec_rate:24.1f} {pipe_rate / codec_rate:6.2f} {cpu_ratio:14.2f}", flush=True)
 
 
 if __name__ == "__main__":
