@@ -68,3 +68,17 @@ def test_check_images_reports_progress_to_its_logger(tmp_path, monkeypatch, capl
     with caplog.at_level(logging.INFO, logger="instructcv_core"):
         base.check_images(paths, workers=1)
     assert [r.getMessage() for r in caplog.records][-1] == "checked 3 of 3 images (100%)"
+
+
+def test_read_path_pairs_skips_blank_lines_and_names_a_bad_line(tmp_path):
+    import pytest
+
+    from instructcv_core.datasets.base import read_path_pairs
+
+    good = tmp_path / "list.txt"
+    good.write_text("/a/rgb_1.jpg /a/depth_1.png 518.8579\n\n  \nb.jpg b.png\n")
+    assert read_path_pairs(good, "<rgb> <depth>") == [("/a/rgb_1.jpg", "/a/depth_1.png"), ("b.jpg", "b.png")]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a.jpg b.png\nonly_one.jpg\n")
+    with pytest.raises(ValueError, match=r"bad.txt:2: expected `<rgb> <depth>`"):
+        read_path_pairs(bad, "<rgb> <depth>")

@@ -78,6 +78,23 @@ def require(path: Path, what: str) -> Path:
     return path
 
 
+def read_path_pairs(path: Path, expected: str) -> list[tuple[str, str]]:
+    """The first two whitespace-separated fields of every non-blank line of a list file.
+
+    Used for `<rgb> <depth> [...]` pair lists (BTS/MDET). A line with fewer than two fields is a
+    ValueError naming the file, the line number and ``expected`` (the line's documented shape).
+    """
+    pairs = []
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise ValueError(f"{path}:{lineno}: expected `{expected}`, got {line!r}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
 def check_image(path: Path) -> tuple[int, int] | str:
     """Return (width, height) of a decodable image, or the reason it is unusable.
 

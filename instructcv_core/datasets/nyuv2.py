@@ -43,6 +43,7 @@ from instructcv_core.datasets.base import (
     ReadResult,
     RemoteFile,
     check_images,
+    read_path_pairs,
     require,
 )
 from instructcv_core.records import ImageRecord, QuarantineEntry, atomic_write, atomic_write_text
@@ -264,15 +265,10 @@ def _sync_records(root: Path, quarantine: list[QuarantineEntry]) -> list[ImageRe
     list_path = root / SYNC_LIST_NAME
     if not list_path.exists():
         raise DatasetLayoutError(f"{list_path}: missing BTS sync pair list (the sync/ folder is present)")
-    pairs = []
-    for lineno, line in enumerate(list_path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) < 2:
-            raise ValueError(f"{list_path}:{lineno}: expected `<rgb> <depth> [focal]`, got {line!r}")
-        rgb_rel, depth_rel = (f"{SYNC_DIR}/{p.lstrip('/')}" for p in parts[:2])
-        pairs.append((rgb_rel, depth_rel))
+    pairs = [
+        (f"{SYNC_DIR}/{rgb.lstrip('/')}", f"{SYNC_DIR}/{depth.lstrip('/')}")
+        for rgb, depth in read_path_pairs(list_path, "<rgb> <depth> [focal]")
+    ]
     records = []
     sizes = check_images([root / rgb_rel for rgb_rel, _ in pairs])
     for (rgb_rel, depth_rel), size in zip(pairs, sizes):

@@ -31,6 +31,7 @@ from instructcv_core.datasets.base import (
     ReadResult,
     RemoteFile,
     check_images,
+    read_path_pairs,
     require,
 )
 from instructcv_core.records import ImageRecord, QuarantineEntry
@@ -115,13 +116,8 @@ def find_scenes(root: Path) -> list[str]:
 def _split_file_pairs(root: Path, path: Path) -> list[tuple[str, tuple[str, str]]]:
     """(scene, (rgb, depth)) per `<rgb> <depth>` line, paths made relative to ``root``."""
     pairs = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) < 2:
-            raise ValueError(f"{path}:{lineno}: expected `<rgb path> <depth path>`, got {line!r}")
-        rgb, depth = (_relative_to_root(p, root.name) for p in parts[:2])
+    for rgb_path, depth_path in read_path_pairs(path, "<rgb path> <depth path>"):
+        rgb, depth = _relative_to_root(rgb_path, root.name), _relative_to_root(depth_path, root.name)
         pairs.append((Path(rgb).parent.parent.as_posix(), (rgb, depth)))
     return pairs
 
