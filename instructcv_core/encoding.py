@@ -17,7 +17,7 @@ Array conventions (shared by every function here):
 * colours: ``(r, g, b)`` tuples of ints in 0..255, or a name of :data:`PALETTE`.
 
 Where the official code (AlaaLab/InstructCV) differs from what is done here, the docstring says
-so; see ``/work/shared/reference/instructcv-reference.md`` §1 and §4.
+so; the differences are also listed in ``docs/protocols.md``.
 """
 
 from __future__ import annotations
