@@ -136,6 +136,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
             # time-bounded run would otherwise train further on every re-materialisation).
             summary = json.loads(finished.read_text())
             context.log.info(f"{variant}: already trained with this config and manifest: {summary['pipeline_dir']}")
+            _write_pointer(settings, variant, finished)
             return dg.MaterializeResult(metadata={**_summary_metadata(summary, config_path), "reused": True})
 
         with mlflow_tracking.start_run(context, settings, run_name=f"train-{variant}-{settings.profile}",
@@ -154,6 +155,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
             result = completed.get_materialize_result()
 
             summary = json.loads((output / "train_result.json").read_text())
+            _write_pointer(settings, variant, output / "train_result.json")
             model = mlflow.initialize_logged_model(
                 name=f"instructcv-{variant}", source_run_id=run.info.run_id,
                 params={"base_model": train_config["base_model"], "steps": str(summary["steps"])},
@@ -166,6 +168,20 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
         )
 
     return _checkpoint
+
+
+def checkpoint_pointer(settings: InstructCVSettings, variant: str) -> Path:
+    """The file naming the checkpoint a variant's asset last materialised (what evaluation loads)."""
+    return settings.profile_dir / "train" / variant / "current.json"
+
+
+def _write_pointer(settings: InstructCVSettings, variant: str, result_path: Path) -> None:
+    from instructcv_core.records import atomic_write_text
+
+    summary = json.loads(result_path.read_text())
+    atomic_write_text(checkpoint_pointer(settings, variant), json.dumps(
+        {"pipeline_dir": summary["pipeline_dir"], "train_result": str(result_path),
+         "mlflow_run_id": summary["config"].get("mlflow_run_id")}, indent=1))
 
 
 def _summary_metadata(summary: dict, config_path: Path) -> dict:

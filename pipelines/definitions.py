@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.datasets import encoded_pairs, fp_manifest, manifest_checks, rp_manifest, test_manifests
+from assets.evaluate import EVAL_ASSETS, results_tables
 from assets.instructions import heldout_instructions, paraphrase_bank, paraphrase_bank_variety
 from assets.model import base_model
 from assets.raw import raw_assets, raw_catalog, raw_checks
@@ -21,6 +22,7 @@ defs = dg.Definitions(
         paraphrase_bank, heldout_instructions,
         encoded_pairs, fp_manifest, rp_manifest, test_manifests,
         base_model, instructcv_fp_checkpoint, instructcv_rp_checkpoint,
+        *EVAL_ASSETS, results_tables,
     ],
     asset_checks=[*raw_checks, paraphrase_bank_variety, *manifest_checks],
     jobs=[full_reproduction, raw_data],

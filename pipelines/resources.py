@@ -147,7 +147,7 @@ class MlflowTracking(dg.ConfigurableResource):
         all_tags = {
             "dagster_run_id": context.run.run_id,
             "dagster_job": context.run.job_name,
-            "dagster_asset": context.asset_key.to_user_string(),
+            "dagster_asset": ",".join(sorted(k.to_user_string() for k in context.selected_asset_keys)),
             "profile": settings.profile,
             **(tags or {}),
         }

@@ -1,0 +1,313 @@
+"""Evaluation stage (group `eval`): one asset per benchmark and checkpoint, and the paper's Tables 1–3.
+
+For each checkpoint (FP, RP, and the untrained base as a reference) one multi-asset step loads the
+model once and evaluates every selected benchmark (`eval_<benchmark>_<variant>`); selecting a single
+benchmark asset in the UI evaluates only that one. Each benchmark asset writes its queries and
+outputs, a metrics table (both protocols) and a sample grid, logs `eval/<benchmark>/<protocol>/<metric>`
+to one MLflow run per checkpoint, and carries blocking checks: metrics finite and in range, and (FP,
+RP) the trained model not beaten by the untrained one. `results_tables` assembles Tables 1–3.
+"""
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+from pydantic import Field
+
+from assets.datasets import test_manifests
+from assets.instructions import heldout_instructions
+from assets.model import base_model, resolve_base_model
+from assets.train import checkpoint_pointer, instructcv_fp_checkpoint, instructcv_rp_checkpoint
+from pipelines.resources import InstructCVSettings, MlflowTracking
+
+BENCHMARK_NAMES = ("nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub", "fss1000")
+IN_DOMAIN = ("nyuv2", "ade20k", "coco", "pets")
+HELDOUT = "ade20k_heldout"
+DESCRIPTIONS = {
+    "nyuv2": "NYUv2 depth (in-domain)", "ade20k": "ADE20K semantic segmentation (in-domain)",
+    "coco": "COCO detection (in-domain)", "pets": "Oxford-IIIT Pet classification (in-domain)",
+    "sunrgbd": "SUN RGB-D depth (external)", "voc_seg": "PASCAL VOC segmentation (external)",
+    "voc_det": "PASCAL VOC detection (external)", "imagenet_sub": "ImageNet-sub classification (external)",
+    "fss1000": "FSS-1000 open-vocabulary segmentation (external)",
+    HELDOUT: "ADE20K segmentation with the six held-out instructions of Table 3",
+}
+# Profile defaults (a `-c` run config replaces the job's embedded config, so they live in code).
+# Paper: the official recipe. Mini: few steps and small subsets, to fit the embedded run in minutes.
+PROFILE_EVAL_DEFAULTS = {
+    "mini": {"steps": 8, "batch_size": 32, "dtype": "float32", "max_images": 6, "heldout_images": 4},
+    "paper": {"steps": 100, "batch_size": 64, "dtype": "float16", "max_images": None, "heldout_images": 200},
+}
+
+
+class EvalAssetConfig(dg.Config):
+    """Sampling and protocol settings of an evaluation; unset values take the profile defaults."""
+
+    steps: Optional[int] = Field(default=None, description="Denoising steps (official: 100; mini default: 8).")
+    text_guidance: float = Field(default=7.5, description="Text guidance scale s_T (official 7.5).")
+    image_guidance: float = Field(default=1.5, description="Image guidance scale s_I (official 1.5).")
+    scheduler: str = Field(default="euler_ancestral", description="euler_ancestral (official) | euler | ddim | dpmsolver++.")
+    resolution: Optional[int] = Field(default=None, description="Square generation resolution (default: the profile's training resolution).")
+    batch_size: Optional[int] = Field(default=None, description="Outputs per UNet call (each call evaluates 3 guidance branches).")
+    dtype: Optional[str] = Field(default=None, description="float32 | float16 | bfloat16 (paper default float16, as the official autocast).")
+    max_images: Optional[int] = Field(default=None, description="Images per benchmark (unset: profile default; paper: the whole test split).")
+    heldout_images: Optional[int] = Field(default=None, description="ADE20K images for Table 3 (paper: 200).")
+    protocols: list[str] = Field(default=["paper", "standard"], description="Protocols to score: paper and/or standard.")
+    standard_classes: str = Field(default="split", description="Standard protocol asks every category of the test split (`split`) or of the dataset list (`all`).")
+    standard_threshold: float = Field(default=127.0, description="Standard segmentation threshold on the channel mean.")
+    paper_threshold: float = Field(default=10.0, description="Paper protocol segmentation threshold (blue channel, official 10).")
+
+
+def eval_config(config: EvalAssetConfig, settings: InstructCVSettings):
+    """The core `EvalConfig` of an asset config under the profile's defaults."""
+    from instructcv_core.evaluation import EvalConfig
+    from instructcv_core.sampling import SamplerConfig
+
+    defaults = PROFILE_EVAL_DEFAULTS[settings.profile]
+    pick = lambda key: defaults[key] if getattr(config, key) is None else getattr(config, key)  # noqa: E731
+    sampler = SamplerConfig(steps=pick("steps"), text_guidance=config.text_guidance, image_guidance=config.image_guidance,
+                            scheduler=config.scheduler, resolution=config.resolution or settings.resolution_px,
+                            batch_size=pick("batch_size"), dtype=pick("dtype"))
+    return EvalConfig(sampler=sampler, protocols=tuple(config.protocols), max_images=pick("max_images"),
+                      heldout_images=pick("heldout_images"), seed=settings.seed, standard_classes=config.standard_classes,
+                      standard_threshold=config.standard_threshold, paper_threshold=config.paper_threshold)
+
+
+def eval_dir(settings: InstructCVSettings, variant: str) -> Path:
+    return settings.profile_dir / "eval" / variant
+
+
+def asset_key(benchmark: str, variant: str) -> dg.AssetKey:
+    return dg.AssetKey(f"eval_{benchmark}_{variant}")
+
+
+def _load_model(settings: InstructCVSettings, variant: str, config):
+    """(sampler factory, checkpoint identity, checkpoint description) of a variant."""
+    from instructcv_core.sampling import InstructCVSampler
+
+    if variant == "untrained":
+        source = resolve_base_model(settings)
+
+        def factory():
+            from instructcv_core.model import load_base, widen_conv_in
+
+            base = load_base(source, allow_network=settings.allow_network)
+            unet = widen_conv_in(base.unet, base.vae.config.latent_channels * 2)
+            return InstructCVSampler(unet, base.vae, base.text_encoder, base.tokenizer, base.noise_scheduler.config, config.sampler)
+
+        return factory, f"untrained:{source}", source
+    pointer = checkpoint_pointer(settings, variant)
+    if not pointer.exists():
+        raise FileNotFoundError(f"{pointer}: no {variant.upper()} checkpoint recorded; materialise instructcv_{variant}_checkpoint first")
+    info = json.loads(pointer.read_text())
+    result = Path(info["train_result"])
+    identity = f"{info['pipeline_dir']}@{__import__('hashlib').sha256(result.read_bytes()).hexdigest()[:16]}"
+    return (lambda: InstructCVSampler.from_pretrained(info["pipeline_dir"], config.sampler)), identity, info["pipeline_dir"]
+
+
+def eval_assets(variant: str) -> dg.AssetsDefinition:
+    trained = variant != "untrained"
+    upstream = {"fp": instructcv_fp_checkpoint, "rp": instructcv_rp_checkpoint}.get(variant, base_model)
+    names = [*BENCHMARK_NAMES, HELDOUT] if trained else list(BENCHMARK_NAMES)
+    specs, checks = [], []
+    for name in names:
+        deps = [upstream, test_manifests]
+        if name == HELDOUT:
+            deps.append(heldout_instructions)
+        if trained and name != HELDOUT:
+            deps.append(asset_key(name, "untrained"))  # read by the not-beaten-by-untrained check
+        who = f"InstructCV-{variant.upper()}" if trained else "the untrained base (reference for checks)"
+        specs.append(dg.AssetSpec(
+            asset_key(name, variant), group_name="eval", deps=deps, kinds={"pytorch", "parquet", "mlflow"},
+            description=f"{DESCRIPTIONS[name]}: {who}, both protocols. Queries and outputs, metrics (Parquet + "
+                        "Markdown), sample grid (input | output | prediction | ground truth) and evaluation cost."))
+        checks.append(dg.AssetCheckSpec("metrics_valid", asset=asset_key(name, variant), blocking=True,
+                                        description="Every metric present, finite and within its valid range."))
+        if trained and name != HELDOUT:
+            checks.append(dg.AssetCheckSpec(
+                "not_beaten_by_untrained", asset=asset_key(name, variant), blocking=True,
+                description="The untrained base does not beat this checkpoint on the headline (standard) metric. "
+                            + ("Blocking: an in-domain benchmark." if name in IN_DOMAIN else
+                               "External benchmark: a loss is reported as a warning (distribution shift is a finding, not a bug).")))
+
+    @dg.multi_asset(name=f"evaluate_{variant}", specs=specs, check_specs=checks, can_subset=True, pool="gpu")
+    def _evaluate(context: dg.AssetExecutionContext, config: EvalAssetConfig, settings: InstructCVSettings,
+                  mlflow_tracking: MlflowTracking):
+        import mlflow
+        import pandas as pd
+
+        from instructcv_core.evaluation import evaluate_benchmark
+        from instructcv_core.imagestore import ImageStore
+
+        core = eval_config(config, settings)
+        factory, identity, checkpoint = _load_model(settings, variant, core)
+        cached = {}
+
+        def sampler_factory():  # built once, on the first benchmark that must generate
+            if "sampler" not in cached:
+                cached["sampler"] = factory()
+            return cached["sampler"]
+
+        selected = [n for n in names if asset_key(n, variant) in context.selected_asset_keys]
+        heldout = None
+        if HELDOUT in selected:
+            frame = pd.read_parquet(settings.profile_dir / "instructions" / "heldout.parquet")
+            heldout = list(frame[frame["source"] == "paper_table3"]["text"])
+        store = ImageStore(settings.profile_dir / "eval" / "outputs")
+        with mlflow_tracking.start_run(context, settings, run_name=f"eval-{variant}-{settings.profile}",
+                                       tags={"stage": "eval", "variant": variant, "checkpoint": checkpoint}) as (run, url):
+            mlflow.log_params({"checkpoint": checkpoint, **{f"sampler.{k}": v for k, v in core.sampler.to_dict().items()},
+                               "protocols": ",".join(core.protocols), "max_images": core.max_images,
+                               "heldout_images": core.heldout_images, "standard_classes": core.standard_classes})
+            for name in selected:
+                result = evaluate_benchmark(
+                    name, sampler_factory, identity, core, settings.profile_dir / "datasets", settings.profile_dir / "raw",
+                    eval_dir(settings, variant) / name, store, heldout_phrasings=heldout, log=context.log.info)
+                _log_mlflow(mlflow, name, result)
+                key = asset_key(name, variant)
+                yield dg.MaterializeResult(asset_key=key, metadata=_metadata(result, url))
+                for check in _checks(context, settings, variant, name, result):
+                    yield check
+
+    return _evaluate
+
+
+def _log_mlflow(mlflow, name: str, result) -> None:
+    metrics = {f"eval/{name}/{p}/{m}": v for p, values in result.metrics.items() for m, v in values.items() if math.isfinite(v)}
+    metrics.update({f"eval/{name}/cost/{k}": float(v) for k, v in result.counts.items() if k != "reused"})
+    for protocol, detail in result.details.items():
+        for phrasing, value in (detail.get("by_phrasing") or {}).items():
+            if math.isfinite(value):
+                metrics[f"eval/{name}/{protocol}/miou_phrasing_{_slug(phrasing)}"] = value
+    mlflow.log_metrics(metrics)
+    for key in ("metrics_md", "samples", "metrics"):
+        mlflow.log_artifact(result.paths[key], artifact_path=f"eval/{name}")
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower().replace("%category%", "X")).strip("_")[:60]
+
+
+def _metadata(result, url: str) -> dict:
+    from instructcv_core.preview import png_markdown
+    from PIL import Image
+
+    frame = __import__("pandas").read_parquet(result.paths["metrics"])
+    with Image.open(result.paths["samples"]) as grid:
+        grid_md = png_markdown(grid.copy(), f"{result.benchmark} samples", max_width=384)
+    meta = {
+        "metrics": dg.MetadataValue.md(frame.drop(columns=["mlflow_key"]).to_markdown(index=False, floatfmt=".4g")),
+        "samples": dg.MetadataValue.md(grid_md),
+        "images": int(result.counts["images"]), "queries": int(result.counts["queries"]),
+        "unet_evaluations": int(result.counts["unet_evaluations"]),
+        "generation_seconds": float(result.counts["generation_seconds"]), "reused_outputs": bool(result.counts["reused"]),
+        "results_dir": dg.MetadataValue.path(result.paths["dir"]),
+        "mlflow_run": dg.MetadataValue.url(url),
+    }
+    for protocol, values in result.metrics.items():
+        for metric, value in values.items():
+            meta[f"{protocol}/{metric}"] = float(value) if math.isfinite(value) else float("nan")
+    return meta
+
+
+def _checks(context, settings: InstructCVSettings, variant: str, name: str, result):
+    from instructcv_core.evaluation import invalid_metrics
+
+    key = asset_key(name, variant)
+    selected = context.selected_asset_check_keys
+    valid_key = dg.AssetCheckKey(key, "metrics_valid")
+    if valid_key in selected:
+        problems = invalid_metrics(name, result.metrics)
+        yield dg.AssetCheckResult(asset_key=key, check_name="metrics_valid", passed=not problems,
+                                  metadata={"problems": dg.MetadataValue.json(problems)})
+    beat_key = dg.AssetCheckKey(key, "not_beaten_by_untrained")
+    if beat_key in selected:
+        reference = eval_dir(settings, "untrained") / name / "details.json"
+        severity = dg.AssetCheckSeverity.ERROR if name in IN_DOMAIN else dg.AssetCheckSeverity.WARN
+        yield not_beaten_check(key, name, result.details, reference, severity)
+
+
+def not_beaten_check(key: dg.AssetKey, name: str, details: dict, reference: Path,
+                     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
+    """Fail when the untrained base is significantly better than the checkpoint on the headline metric.
+
+    Paired per image (the same images, the same questions) with a one-sided t-test at 95 %
+    (`instructcv_core.evaluation.paired_comparison`): on the handful of mini-benchmark images a
+    small difference either way is noise, a consistent one is not.
+    """
+    from instructcv_core.evaluation import paired_comparison, primary_metric
+
+    if not reference.exists():
+        return dg.AssetCheckResult(asset_key=key, check_name="not_beaten_by_untrained", passed=False, severity=severity,
+                                   metadata={"error": f"{reference}: missing; materialise eval_{name}_untrained first"})
+    protocol = "standard" if "standard" in details else "paper"
+    metric, higher = primary_metric(name, protocol)
+    ours = details[protocol].get("per_image", {})
+    theirs = json.loads(reference.read_text()).get(protocol, {}).get("per_image", {})
+    result = paired_comparison(ours, theirs, higher)
+    mean = lambda values: float(sum(values) / len(values)) if values else float("nan")  # noqa: E731
+    return dg.AssetCheckResult(
+        asset_key=key, check_name="not_beaten_by_untrained", passed=not result["untrained_better"], severity=severity,
+        metadata={"metric": f"{protocol}/{metric} per image", "higher_is_better": higher,
+                  "trained_mean": mean(list(ours.values())), "untrained_mean": mean(list(theirs.values())),
+                  **{k: (float(v) if isinstance(v, float) else v) for k, v in result.items()}})
+
+
+evaluate_fp = eval_assets("fp")
+evaluate_rp = eval_assets("rp")
+evaluate_untrained = eval_assets("untrained")
+EVAL_ASSETS = [evaluate_untrained, evaluate_fp, evaluate_rp]
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables
+
+
+TABLE_SPECS = {
+    "table1": ("Table 1: depth, segmentation, classification and detection on the in-domain and external "
+               "benchmarks; published InstructCV-FP/RP numbers beside ours under both protocols.", BENCHMARK_NAMES[:-1]),
+    "table2": ("Table 2: open-vocabulary segmentation on FSS-1000 (mIoU), published rows and ours.", ("fss1000",)),
+    "table3": ("Table 3: ADE20K segmentation with the six held-out instructions (mIoU), published and ours.", (HELDOUT,)),
+}
+
+
+@dg.multi_asset(
+    name="results_tables",
+    specs=[dg.AssetSpec(name, group_name="eval", description=description, kinds={"pandas", "mlflow"},
+                        deps=[asset_key(b, v) for b in benchmarks for v in ("fp", "rp")])
+           for name, (description, benchmarks) in TABLE_SPECS.items()],
+    can_subset=True,
+)
+def results_tables(context: dg.AssetExecutionContext, settings: InstructCVSettings, mlflow_tracking: MlflowTracking):
+    import mlflow
+
+    from instructcv_core import tables
+    from instructcv_core.manifest import write_table_frame
+    from instructcv_core.records import atomic_write_text
+
+    out = settings.profile_dir / "tables"
+    results = tables.read_results(settings.profile_dir / "eval")
+    heldout = {}
+    for variant in ("fp", "rp"):
+        details = eval_dir(settings, variant) / HELDOUT / "details.json"
+        if details.exists():
+            heldout[variant] = {p: d.get("by_phrasing", {}) for p, d in json.loads(details.read_text()).items()}
+    built = {"table1": lambda: tables.table1(results), "table2": lambda: tables.table2(results),
+             "table3": lambda: tables.table3(heldout)}
+    selected = [n for n in TABLE_SPECS if dg.AssetKey(n) in context.selected_asset_keys]
+    with mlflow_tracking.start_run(context, settings, run_name=f"tables-{settings.profile}", tags={"stage": "tables"}) as (run, url):
+        for name in selected:
+            frame = built[name]()
+            markdown = tables.to_markdown(frame)
+            if name == "table1":
+                markdown += "\n\nPublished rows of Table 1 (all models):\n\n" + tables.to_markdown(tables.table1_baselines())
+            write_table_frame(frame, out / f"{name}.parquet")
+            frame.to_csv(out / f"{name}.csv.tmp", index=False)
+            (out / f"{name}.csv.tmp").replace(out / f"{name}.csv")
+            atomic_write_text(out / f"{name}.md", f"# {TABLE_SPECS[name][0]}\n\n{markdown}\n")
+            for suffix in ("md", "csv"):
+                mlflow.log_artifact(str(out / f"{name}.{suffix}"), artifact_path="tables")
+            yield dg.MaterializeResult(asset_key=dg.AssetKey(name), metadata={
+                "table": dg.MetadataValue.md(markdown), "path": dg.MetadataValue.path(str(out / f"{name}.md")),
+                "rows": len(frame), "mlflow_run": dg.MetadataValue.url(url)})
