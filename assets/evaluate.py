@@ -232,11 +232,12 @@ def not_beaten_check(key: dg.AssetKey, name: str, details: dict, reference: Path
                      severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
     """Fail when the untrained base is significantly better than the checkpoint on the headline metric.
 
-    Paired per image (the same images, the same questions) with a one-sided t-test at 95 %
-    (`instructcv_core.evaluation.paired_comparison`): on the handful of mini-benchmark images a
-    small difference either way is noise, a consistent one is not.
+    Paired per image (the same images, the same questions) with a one-sided t-test at 95 % and a
+    minimal effect size (`instructcv_core.evaluation.paired_comparison`, `MIN_EFFECT`): on the
+    handful of mini-benchmark images a small difference either way is noise, a consistent and
+    material one is not.
     """
-    from instructcv_core.evaluation import paired_comparison, primary_metric
+    from instructcv_core.evaluation import MIN_EFFECT, paired_comparison, primary_metric
 
     if not reference.exists():
         return dg.AssetCheckResult(asset_key=key, check_name="not_beaten_by_untrained", passed=False, severity=severity,
@@ -245,7 +246,7 @@ def not_beaten_check(key: dg.AssetKey, name: str, details: dict, reference: Path
     metric, higher = primary_metric(name, protocol)
     ours = details[protocol].get("per_image", {})
     theirs = json.loads(reference.read_text()).get(protocol, {}).get("per_image", {})
-    result = paired_comparison(ours, theirs, higher)
+    result = paired_comparison(ours, theirs, higher, min_effect=MIN_EFFECT[metric])
     mean = lambda values: float(sum(values) / len(values)) if values else float("nan")  # noqa: E731
     return dg.AssetCheckResult(
         asset_key=key, check_name="not_beaten_by_untrained", passed=not result["untrained_better"], severity=severity,

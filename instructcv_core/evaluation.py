@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ PROTOCOLS = ("paper", "standard")
 #: The held-out-phrasing evaluation behind Table 3: ADE20K images, the present categories, and each
 #: of the paper's six Table 3 instructions.
 HELDOUT_BENCHMARK = "ade20k_heldout"
+HELDOUT_SOURCE = "ade20k"
 
 #: Metrics each protocol reports per task, with their valid range and whether higher is better.
 METRICS: dict[str, dict[str, dict[str, tuple[float, float, bool]]]] = {
@@ -155,9 +156,9 @@ def select_images(image_ids, limit: int | None, seed: int, benchmark: str) -> li
 
 def load_benchmark(name: str, datasets_dir: Path, raw_dir: Path, limit: int | None, seed: int) -> Benchmark:
     """Read a benchmark's test manifest and its dataset's raw records; pick the evaluated images."""
-    base = BENCHMARKS[HELDOUT_SOURCE if name == HELDOUT_BENCHMARK else name]
-    task, dataset, _split = base
-    manifest_path = Path(datasets_dir) / "test" / f"{HELDOUT_SOURCE if name == HELDOUT_BENCHMARK else name}.parquet"
+    source = HELDOUT_SOURCE if name == HELDOUT_BENCHMARK else name
+    task, dataset, split = BENCHMARKS[source]
+    manifest_path = Path(datasets_dir) / "test" / f"{source}.parquet"
     if not manifest_path.exists():
         raise FileNotFoundError(f"{manifest_path}: missing test manifest; materialise test_manifests first")
     frame = pd.read_parquet(manifest_path)
@@ -166,7 +167,7 @@ def load_benchmark(name: str, datasets_dir: Path, raw_dir: Path, limit: int | No
         raise FileNotFoundError(f"{records_path}: missing raw records; materialise raw_{dataset} first")
     records, root, categories = read_records(records_path)
     image_ids = select_images(frame["image_id"], limit, seed, name)
-    by_id = {r.image_id: r for r in records if r.split == _split}
+    by_id = {r.image_id: r for r in records if r.split == split}
     missing = [i for i in image_ids if i not in by_id]
     if missing:
         raise ValueError(f"{manifest_path}: images {missing[:5]} have no raw record in {records_path}")
@@ -174,8 +175,6 @@ def load_benchmark(name: str, datasets_dir: Path, raw_dir: Path, limit: int | No
     return Benchmark(name, task, dataset, frame, {i: by_id[i] for i in image_ids}, root,
                      [c.name for c in categories], image_ids, manifest_path)
 
-
-HELDOUT_SOURCE = "ade20k"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -641,8 +640,13 @@ def invalid_metrics(benchmark: str, metrics: dict[str, dict[str, float]]) -> lis
     return problems
 
 
+#: The smallest difference in a headline metric that counts as one model beating another (percent
+#: points for mIoU/AP/accuracy, metres for RMSE): below it a difference is immaterial however consistent.
+MIN_EFFECT = {"miou": 1.0, "ap": 1.0, "map": 1.0, "accuracy": 1.0, "rmse": 0.05}
+
+
 def paired_comparison(trained: dict[str, float], untrained: dict[str, float], higher_is_better: bool,
-                      confidence: float = 0.95) -> dict:
+                      confidence: float = 0.95, min_effect: float = 0.0) -> dict:
     """Is ``untrained`` significantly better than ``trained`` on the images both were scored on?
 
     A one-sided paired t-test on per-image values: ``d_i = trained_i - untrained_i`` (negated when
@@ -664,10 +668,10 @@ def paired_comparison(trained: dict[str, float], untrained: dict[str, float], hi
     sd = float(d.std(ddof=1)) if n > 1 else 0.0
     critical = float(stats.t.ppf(confidence, n - 1)) if n > 1 else math.nan
     if sd == 0.0:
-        t, beaten = (math.inf if mean > 0 else -math.inf if mean < 0 else 0.0), mean < 0
+        t, beaten = (math.inf if mean > 0 else -math.inf if mean < 0 else 0.0), mean < -min_effect
     else:
         t = mean / (sd / math.sqrt(n))
-        beaten = mean < 0 and t < -critical
+        beaten = mean < -min_effect and t < -critical
     return {"images": n, "mean_difference": mean, "t": float(t), "critical_t": critical, "untrained_better": bool(beaten)}
 
 
@@ -702,21 +706,18 @@ def sample_grid(bench: Benchmark, table: pd.DataFrame, output_store: ImageStore,
 
     chosen = table[table["paper"]] if table["paper"].any() else table
     chosen = chosen.drop_duplicates("image_id").head(config.sample_rows)
-    targets = bench.frame.set_index("image_id")
     rows = []
     for row in chosen.itertuples():
-        record = bench.records[row.image_id]
         image = _output(input_store, row.input_digest)
         output = _output(output_store, row.output_digest)
         prediction = _prediction_image(bench, row, image, output, config)
-        truth = _truth_image(bench, targets, row, image)
+        truth = _truth_image(bench, row, input_store)
         cells = [Image.fromarray(a).resize((cell, cell), Image.Resampling.BILINEAR) for a in (image, output, prediction, truth)]
         strip = Image.new("RGB", (cell * 4, cell + 14), "white")
         for i, c in enumerate(cells):
             strip.paste(c, (i * cell, 14))
         ImageDraw.Draw(strip).text((2, 1), row.instruction[:4 * cell // 6], fill="black")
         rows.append(strip)
-        del record
     if not rows:
         return Image.new("RGB", (cell * 4, cell), "white")
     grid = Image.new("RGB", (cell * 4, sum(r.height for r in rows)), "white")
@@ -741,19 +742,21 @@ def _prediction_image(bench, row, image, output, config) -> np.ndarray:
     return encoding.encode_classification(row.colour if margin > 0 else row.colour2, (32, 32))
 
 
-def _truth_image(bench, targets, row, image) -> np.ndarray:
+def _truth_image(bench, row, input_store: ImageStore) -> np.ndarray:
+    """The ground-truth target of the query: its encoded target image, or the expected colour block."""
+    record = bench.records[row.image_id]
+    if bench.task == "classification":
+        present = row.category in (record.label_name, record.species)
+        return encoding.encode_classification(row.colour if present else row.colour2, (32, 32))
     frame = bench.frame
     match = frame[(frame["image_id"] == row.image_id) & ((frame["category"] == row.category) | frame["category"].isna())]
-    if bench.task == "classification" or match.empty:
-        truth = bench.records[row.image_id].label_name or ""
-        colour = row.colour if truth == row.category or bench.records[row.image_id].species == row.category else row.colour2
-        return encoding.encode_classification(colour or "white", (32, 32))
-    store = ImageStore(bench.manifest_path.parent.parent / "images")
-    return _output(store, match.iloc[0]["target_original_digest"])
+    if match.empty:  # a category absent from the image (standard protocol): an empty mask
+        return encoding.encode_segmentation(np.zeros((record.height, record.width), bool))
+    return _output(input_store, match.iloc[0]["target_original_digest"])
 
 
 __all__ = [
     "Benchmark", "BenchmarkResult", "EvalConfig", "HELDOUT_BENCHMARK", "METRICS", "PROTOCOLS", "evaluate_benchmark",
     "generate_outputs", "invalid_metrics", "load_benchmark", "metric_kind", "metrics_table", "plan_queries",
-    "paired_comparison", "primary_metric", "query_seed", "score", "select_images", "standard_categories",
+    "MIN_EFFECT", "paired_comparison", "primary_metric", "query_seed", "score", "select_images", "standard_categories",
 ]

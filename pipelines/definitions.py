@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from assets.datasets import encoded_pairs, fp_manifest, manifest_checks, rp_manifest, test_manifests
@@ -27,7 +29,9 @@ defs = dg.Definitions(
     asset_checks=[*raw_checks, paraphrase_bank_variety, *manifest_checks],
     jobs=[full_reproduction, raw_data],
     resources={
-        "settings": InstructCVSettings(),
+        # INSTRUCTCV_DATA_ROOT moves every artefact of runs launched without a run config (the UI's
+        # Materialize button, `dagster asset materialize`); a run config's data_root still wins.
+        "settings": InstructCVSettings(data_root=os.environ.get("INSTRUCTCV_DATA_ROOT", "data")),
         "mlflow_tracking": MlflowTracking(),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     },
