@@ -8,6 +8,7 @@ to one MLflow run per checkpoint, and carries blocking checks: metrics finite an
 RP) the trained model not beaten by the untrained one. `results_tables` assembles Tables 1–3.
 """
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -96,14 +97,23 @@ def _load_model(settings: InstructCVSettings, variant: str, config):
             unet = widen_conv_in(base.unet, base.vae.config.latent_channels * 2)
             return InstructCVSampler(unet, base.vae, base.text_encoder, base.tokenizer, base.noise_scheduler.config, config.sampler)
 
-        return factory, f"untrained:{source}", source
+        return factory, f"untrained:{source}@{_folder_fingerprint(Path(source))}", source
     pointer = checkpoint_pointer(settings, variant)
     if not pointer.exists():
         raise FileNotFoundError(f"{pointer}: no {variant.upper()} checkpoint recorded; materialise instructcv_{variant}_checkpoint first")
     info = json.loads(pointer.read_text())
     result = Path(info["train_result"])
-    identity = f"{info['pipeline_dir']}@{__import__('hashlib').sha256(result.read_bytes()).hexdigest()[:16]}"
+    identity = f"{info['pipeline_dir']}@{hashlib.sha256(result.read_bytes()).hexdigest()[:16]}"
     return (lambda: InstructCVSampler.from_pretrained(info["pipeline_dir"], config.sampler)), identity, info["pipeline_dir"]
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """Names, sizes and modification times of a model folder's files (a rebuilt base gets a new one);
+    a hub id (not a folder) is its own identity."""
+    if not folder.is_dir():
+        return "hub"
+    entries = sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in folder.rglob("*") if f.is_file())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
 def eval_assets(variant: str) -> dg.AssetsDefinition:
@@ -181,6 +191,8 @@ def _log_mlflow(mlflow, name: str, result) -> None:
             if math.isfinite(value):
                 metrics[f"eval/{name}/{protocol}/miou_phrasing_{_slug(phrasing)}"] = value
     mlflow.log_metrics(metrics)
+    mlflow.log_params({f"data.{name}.test_manifest_sha256": result.identity["manifest"][:16],
+                       f"data.{name}.queries_sha256": result.identity["queries"][:16]})
     for key in ("metrics_md", "samples", "metrics"):
         mlflow.log_artifact(result.paths[key], artifact_path=f"eval/{name}")
 

@@ -550,6 +550,7 @@ class BenchmarkResult:
     details: dict[str, dict]
     counts: dict[str, float]  # images, queries, unet_evaluations, generation_seconds, reused
     paths: dict[str, str]
+    identity: dict  # checkpoint, test-manifest digest, queries digest, sampler config
 
 
 def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpoint_id: str, config: EvalConfig,
@@ -613,7 +614,7 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
               "generation_seconds": round(seconds, 2), "reused": reused}
     paths = {"dir": str(out_dir), "queries": str(outputs_path), "metrics": str(out_dir / "metrics.parquet"),
              "metrics_md": str(out_dir / "metrics.md"), "samples": str(out_dir / "samples.png")}
-    return BenchmarkResult(name, scores.metrics, scores.details, counts, paths)
+    return BenchmarkResult(name, scores.metrics, scores.details, counts, paths, identity)
 
 
 def metrics_table(benchmark: str, metrics: dict[str, dict[str, float]]) -> pd.DataFrame:

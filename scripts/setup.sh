@@ -37,6 +37,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# The Dagster UI test drives Debian's headless chromium through its chromedriver (never a downloaded
+# browser). Installed when missing and apt-get is usable (root); INSTRUCTCV_SKIP_BROWSER=1 skips it.
+if [ -z "${INSTRUCTCV_SKIP_BROWSER:-}" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's chromium and chromium-driver for the UI test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "setup: note: the UI test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+  fi
+fi
+
 # The Dagster CLI reads DAGSTER_HOME before it imports any project code, and it must be absolute:
 # a .pth file makes the venv's interpreter default it to this checkout's dagster_home/ at start-up.
 # An explicit DAGSTER_HOME in the environment still wins.

@@ -2,8 +2,11 @@
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -66,9 +69,22 @@ def _run_config(data_root, mirror_url=None):
             "execution": {"config": {"in_process": {}}}}
 
 
-def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(tmp_path, mirror_url):
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, mirror_url):
+    """`full_reproduction` once, recorded in a real instance (the one the UI test serves)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    home = root / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    instance = dg.DagsterInstance.from_config(str(home))
     job = defs.resolve_job_def("full_reproduction")
-    result = job.execute_in_process(run_config=_run_config(tmp_path / "data", mirror_url))
+    result = job.execute_in_process(run_config=_run_config(root / "data", mirror_url), instance=instance)
+    yield result, root, home
+    instance.dispose()
+
+
+def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipeline_run, mirror_url):
+    result, tmp_path, _ = pipeline_run
     assert result.success
 
     for name, splits in EXPECTED_SPLITS.items():
@@ -240,3 +256,128 @@ def test_readme_cli_command_runs_the_job(tmp_path):
     # the run is recorded in the instance the UI reads (DAGSTER_HOME), not in a temporary one
     instance = dg.DagsterInstance.get()
     assert [r.job_name for r in instance.get_runs()] == ["full_reproduction"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The Dagster UI in a real headless browser (Debian's chromium and chromedriver, driven by Selenium)
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+SCREENSHOTS = PROJECT_ROOT / "test-artifacts" / "ui"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium and chromium-driver (see .ci/run)")
+        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1600,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def dagster_ui(pipeline_run):
+    """`dagster dev` on a free loopback port, over the instance and data of the pipeline run."""
+    import socket
+    import urllib.request
+
+    _, root, home = pipeline_run
+    with socket.socket() as sock:  # a free loopback port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DAGSTER_HOME": str(home), "INSTRUCTCV_DATA_ROOT": str(root / "data")}
+    dagster = Path(sys.executable).parent / "dagster"
+    log = open(root / "dagster_dev.log", "w")
+    proc = subprocess.Popen([str(dagster), "dev", "-h", "127.0.0.1", "-p", str(port), "-m", "pipelines.definitions"],
+                            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/server_info", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (root / "dagster_dev.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "dagster dev did not start in 180 s"
+            time.sleep(1)
+        yield url, home
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _page_text(driver, url: str, expected: list[str], name: str, timeout: float = 90) -> str:
+    """Open ``url``, dismiss the UI's first-visit dialog, wait until every ``expected`` text shows."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    deadline = time.monotonic() + timeout
+    text = ""
+    dialog_seen = False
+    while time.monotonic() < deadline:
+        skip = [b for b in driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']") if b.is_displayed()]
+        for button in skip:  # "Join the Dagster community", shown once per browser profile
+            button.click()
+            dialog_seen = True
+        text = driver.find_element(By.TAG_NAME, "body").text
+        if all(e in text for e in expected) and not skip and (dialog_seen or time.monotonic() > deadline - timeout + 3):
+            break
+        time.sleep(1)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    missing = [e for e in expected if e not in text]
+    assert not missing, f"{url}: {missing} not shown; page text: {text[:1500]}"
+    return text
+
+
+def test_dagster_ui_in_a_headless_browser(dagster_ui, browser):
+    from selenium.webdriver.common.by import By
+
+    url, home = dagster_ui
+    # the asset graph, grouped by stage
+    _page_text(browser, f"{url}/asset-groups", ["raw", "instructions", "datasets", "model", "train", "eval"], "asset_graph")
+    # an evaluation asset: its metrics table rendered from the Markdown metadata, its checks
+    text = _page_text(browser, f"{url}/assets/eval_nyuv2_fp",
+                      ["eval_nyuv2_fp", "benchmark", "protocol", "metric", "standard", "rmse", "delta1"], "eval_nyuv2_fp")
+    assert "paper" in text and "unet_evaluations" in text
+    _page_text(browser, f"{url}/assets/table1", ["table1", "Table 1", "Show Markdown"], "table1")
+    # launch a materialization of a cheap asset from its page and wait for the run to succeed
+    instance = dg.DagsterInstance.from_config(str(home))
+    key = dg.AssetKey("heldout_instructions")
+    before = instance.get_latest_materialization_event(key).run_id
+    _page_text(browser, f"{url}/assets/heldout_instructions", ["heldout_instructions", "Materialize"], "heldout_before")
+    buttons = [b for b in browser.find_elements(By.XPATH, "//button[normalize-space()='Materialize']") if b.is_displayed()]
+    assert buttons, "no Materialize button"
+    buttons[0].click()
+    deadline = time.monotonic() + 240
+    while instance.get_latest_materialization_event(key).run_id == before:
+        assert time.monotonic() < deadline, "the launched run did not materialise heldout_instructions in 240 s"
+        time.sleep(2)
+    run = instance.get_run_by_id(instance.get_latest_materialization_event(key).run_id)
+    while not run.is_finished:
+        assert time.monotonic() < deadline
+        time.sleep(1)
+        run = instance.get_run_by_id(run.run_id)
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.asset_selection == {key}  # only that asset ran: upstream results were reused
+    _page_text(browser, f"{url}/runs/{run.run_id}", ["Success"], "heldout_run")
+    instance.dispose()

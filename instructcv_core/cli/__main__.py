@@ -1,0 +1,5 @@
+"""``python -m instructcv_core.cli``: the same program as ``instructcv``."""
+
+from instructcv_core.cli import main
+
+main()

@@ -1,0 +1,140 @@
+"""``instructcv compare``: export the MLflow comparison of FP vs RP (both protocols) as Markdown / CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from instructcv_core.cli._io import CONTEXT_SETTINGS, PROJECT_DIR, write_text
+
+VARIANTS = (("fp", "FP"), ("rp", "RP"), ("untrained", "untrained"))
+
+
+def latest_run(client, experiment_id: str, run_name: str):
+    """The latest FINISHED run named ``run_name`` in the experiment, or None."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"attributes.run_name = '{run_name}' AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def comparison_rows(metrics: dict[str, dict[str, float]]) -> tuple[list[str], list[dict]]:
+    """(value columns, rows) of the comparison: one row per (benchmark, protocol, metric) of the
+    ``eval/<benchmark>/<protocol>/<metric>`` keys (cost keys left out), sorted."""
+    columns = [label for _, label in VARIANTS if label in metrics]
+    keys: set[tuple[str, str, str]] = set()
+    for values in metrics.values():
+        for key in values:
+            parts = key.split("/", 3)
+            if len(parts) == 4 and parts[0] == "eval" and parts[2] != "cost":
+                keys.add((parts[1], parts[2], parts[3]))
+    rows = []
+    for benchmark, protocol, metric in sorted(keys):
+        key = f"eval/{benchmark}/{protocol}/{metric}"
+        row = {"benchmark": benchmark, "protocol": protocol, "metric": metric}
+        for label in columns:
+            row[label] = metrics[label].get(key)
+        fp, rp = row.get("FP"), row.get("RP")
+        row["RP-FP"] = rp - fp if fp is not None and rp is not None else None
+        rows.append(row)
+    return columns + ["RP-FP"], rows
+
+
+def comparison_markdown(columns: Sequence[str], rows: Sequence[dict], caption: str = "") -> str:
+    def fmt(value, signed: bool = False) -> str:
+        if value is None:
+            return "–"
+        return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+    header = ["benchmark", "protocol", "metric", *columns]
+    lines = [caption, ""] if caption else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|"]
+    for row in rows:
+        cells = [row["benchmark"], row["protocol"], row["metric"]]
+        cells += [fmt(row[c], signed=c == "RP-FP") for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_csv(columns: Sequence[str], rows: Sequence[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["benchmark", "protocol", "metric", *columns])
+    for row in rows:
+        writer.writerow([row["benchmark"], row["protocol"], row["metric"],
+                         *("" if row[c] is None else repr(float(row[c])) for c in columns)])
+    return buffer.getvalue()
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI (default: the project's sqlite store, data/mlruns/mlflow.db).")
+@click.option("--experiment", default="instructcv", show_default=True, help="MLflow experiment.")
+@click.option("--profile", default="mini", show_default=True, help="Profile of the runs (eval-<fp|rp>-<profile>).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for compare-<profile>.md/.csv (default: print to stdout).")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "both"]), default="both", show_default=True,
+              help="Output format(s). Without --out, `both` prints the Markdown.")
+def compare(tracking_uri: str | None, experiment: str, profile: str, out: Path | None, fmt: str) -> None:
+    """Export the FP vs RP comparison (both protocols) from MLflow.
+
+    Takes the latest finished runs eval-fp-<profile> and eval-rp-<profile> (and
+    eval-untrained-<profile> when there is one) and writes one row per (benchmark, protocol,
+    metric) with columns FP, RP, untrained and RP-FP.
+
+    \b
+    Examples:
+      instructcv compare
+      instructcv compare --profile paper --out results/ --format both
+      instructcv compare --tracking-uri http://127.0.0.1:5000 --format csv > fp_vs_rp.csv
+    """
+    if tracking_uri is None:
+        from instructcv_core.tracking import default_tracking_uri
+
+        tracking_uri = default_tracking_uri(PROJECT_DIR / "data")
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise click.ClickException(f"no MLflow store at {db}; run the evaluation first (instructcv reproduce "
+                                       f"--profile {profile}) or pass --tracking-uri")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+    except Exception as exc:  # unreachable server, bad URI
+        raise click.ClickException(f"cannot read the MLflow store {tracking_uri} ({type(exc).__name__}: {exc})") from None
+    if found is None:
+        raise click.ClickException(f"no experiment {experiment!r} in {tracking_uri}")
+    metrics, runs = {}, {}
+    for variant, label in VARIANTS:
+        name = f"eval-{variant}-{profile}"
+        run = latest_run(client, found.experiment_id, name)
+        if run is None:
+            if variant == "untrained":
+                continue
+            raise click.ClickException(
+                f"no finished run named {name!r} in experiment {experiment!r} ({tracking_uri}); evaluate the "
+                f"{label} checkpoint first (instructcv reproduce --profile {profile})")
+        metrics[label], runs[label] = dict(run.data.metrics), run.info.run_id
+    columns, rows = comparison_rows(metrics)
+    if not rows:
+        raise click.ClickException(f"the runs {', '.join(runs.values())} have no eval/<benchmark>/<protocol>/<metric> metrics")
+    caption = f"FP vs RP, profile {profile}: " + ", ".join(f"{label} run {run_id}" for label, run_id in runs.items())
+    markdown, table_csv = comparison_markdown(columns, rows, caption), comparison_csv(columns, rows)
+    if out is None:
+        click.echo(table_csv if fmt == "csv" else markdown, nl=False)
+        return
+    written = []
+    if fmt in ("md", "both"):
+        written.append(out / f"compare-{profile}.md")
+        write_text(written[-1], markdown)
+    if fmt in ("csv", "both"):
+        written.append(out / f"compare-{profile}.csv")
+        write_text(written[-1], table_csv)
+    for path in written:
+        click.echo(f"wrote {path}")
