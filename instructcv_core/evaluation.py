@@ -707,7 +707,10 @@ def sample_grid(bench: Benchmark, table: pd.DataFrame, output_store: ImageStore,
 
     chosen = table[table["paper"]] if table["paper"].any() else table
     chosen = chosen.drop_duplicates("image_id").head(config.sample_rows)
-    rows = []
+    header = Image.new("RGB", (cell * 4, 14), (230, 230, 230))
+    for i, title in enumerate(("input", "output", "prediction", "ground truth")):
+        ImageDraw.Draw(header).text((i * cell + 2, 1), title, fill="black")
+    rows = [header]
     for row in chosen.itertuples():
         image = _output(input_store, row.input_digest)
         output = _output(output_store, row.output_digest)
@@ -719,8 +722,6 @@ def sample_grid(bench: Benchmark, table: pd.DataFrame, output_store: ImageStore,
             strip.paste(c, (i * cell, 14))
         ImageDraw.Draw(strip).text((2, 1), row.instruction[:4 * cell // 6], fill="black")
         rows.append(strip)
-    if not rows:
-        return Image.new("RGB", (cell * 4, cell), "white")
     grid = Image.new("RGB", (cell * 4, sum(r.height for r in rows)), "white")
     y = 0
     for r in rows:

@@ -65,3 +65,39 @@ def mlflow_server(tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread: tiny models gain nothing from a second one, and on a busy 2-core
+    machine OpenMP's barrier waits make two threads several times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY_RES = 32
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> Path:
+    """A tiny InstructPix2Pix pipeline folder at 32 px whose image channels of conv_in are random
+    (so the input image matters), saved in the stock diffusers layout."""
+    import torch
+
+    from instructcv_core.model import TinyModelConfig, build_tiny_base, load_base, widen_conv_in
+    from instructcv_core.train import build_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_pipeline")
+    config = TinyModelConfig(image_size=TINY_RES, vae_block_out_channels=(8, 16, 16), unet_block_out_channels=(16, 32),
+                             text_encoder="minilm", prediction_type="epsilon", seed=0)
+    base = load_base(str(build_tiny_base(config, root / "base")))
+    unet = widen_conv_in(base.unet, 8)
+    with torch.no_grad():
+        unet.conv_in.weight[:, 4:].normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
+    out = root / "pipeline"
+    build_pipeline(unet, base.vae, base.text_encoder, base.tokenizer, base.noise_scheduler).save_pretrained(out)
+    return out

@@ -11,30 +11,12 @@ from instructcv_core.sampling import InstructCVSampler, Request, SamplerConfig
 RES = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory) -> Path:
-    """A tiny base with an 8-channel conv_in whose image channels are random (so the image matters)."""
-    from instructcv_core.model import TinyModelConfig, build_tiny_base, load_base, widen_conv_in
-    from instructcv_core.train import build_pipeline
-
-    root = tmp_path_factory.mktemp("sampling")
-    config = TinyModelConfig(image_size=RES, vae_block_out_channels=(8, 16, 16), unet_block_out_channels=(16, 32),
-                             text_encoder="minilm", prediction_type="epsilon", seed=0)
-    base = load_base(str(build_tiny_base(config, root / "base")))
-    unet = widen_conv_in(base.unet, 8)
-    with torch.no_grad():
-        unet.conv_in.weight[:, 4:].normal_(0, 0.2, generator=torch.Generator().manual_seed(0))
-    out = root / "pipeline"
-    build_pipeline(unet, base.vae, base.text_encoder, base.tokenizer, base.noise_scheduler).save_pretrained(out)
-    return out
+def pipeline_dir(tiny_pipeline_dir) -> Path:
+    return tiny_pipeline_dir
 
 
 @pytest.fixture(scope="module")

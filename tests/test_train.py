@@ -30,14 +30,8 @@ RES = 32
 # Fixtures: a tiny base and a handful of pairs
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread, here and in the subprocesses (`_env`): at 32 px a second thread gains nothing,
-    and on a busy 2-core machine OpenMP's barrier waits make 2 threads 3-15x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One intra-op thread here and in the subprocesses (`_env`); see conftest.one_torch_thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
