@@ -360,6 +360,15 @@ def test_dagster_ui_in_a_headless_browser(dagster_ui, browser):
                       ["eval_nyuv2_fp", "benchmark", "protocol", "metric", "standard", "rmse", "delta1"], "eval_nyuv2_fp")
     assert "paper" in text and "unet_evaluations" in text
     _page_text(browser, f"{url}/assets/table1", ["table1", "Table 1", "Show Markdown"], "table1")
+    # the long Markdown table opens in a dialog: published numbers beside ours under both protocols
+    browser.find_element(By.XPATH, "//*[contains(text(), 'Show Markdown')]").click()
+    deadline = time.monotonic() + 30
+    while "FP ours (standard)" not in browser.find_element(By.TAG_NAME, "body").text:
+        assert time.monotonic() < deadline, "Table 1 did not open"
+        time.sleep(0.5)
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert all(t in body for t in ("FP published", "RP ours (paper)", "nyuv2", "0.297", "voc_det"))
+    browser.save_screenshot(str(SCREENSHOTS / "table1_markdown.png"))
     # launch a materialization of a cheap asset from its page and wait for the run to succeed
     instance = dg.DagsterInstance.from_config(str(home))
     key = dg.AssetKey("heldout_instructions")
