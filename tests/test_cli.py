@@ -342,6 +342,7 @@ def test_compare_tables(mlflow_store, tmp_path):
     assert (out / "compare-mini.md").read_text().splitlines()[2:] == table
 
 
+@pytest.mark.slow
 def test_compare_over_http_against_a_real_mlflow_server(mlflow_server):
     from mlflow.tracking import MlflowClient
 

@@ -83,6 +83,7 @@ def pipeline_run(tmp_path_factory, mirror_url):
     instance.dispose()
 
 
+@pytest.mark.slow
 def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipeline_run, mirror_url):
     result, tmp_path, _ = pipeline_run
     assert result.success
@@ -349,6 +350,7 @@ def _page_text(driver, url: str, expected: list[str], name: str, timeout: float 
     return text
 
 
+@pytest.mark.slow
 def test_dagster_ui_in_a_headless_browser(dagster_ui, browser):
     from selenium.webdriver.common.by import By
 
