@@ -176,7 +176,6 @@ def load_benchmark(name: str, datasets_dir: Path, raw_dir: Path, limit: int | No
                      [c.name for c in categories], image_ids, manifest_path)
 
 
-
 # ------------------------------------------------------------------------------------------------
 # 2. queries
 
@@ -191,10 +190,8 @@ def standard_categories(bench: Benchmark, config: EvalConfig) -> list[str]:
     """The categories the standard protocol asks of every image."""
     if config.standard_classes == "all":
         return list(bench.categories)
-    in_split = set(bench.frame["category"].dropna()) if bench.task != "classification" else set(bench.categories)
-    # keep the dataset's order; the split's categories (the whole test split, not only the subset)
-    full = set(pd.read_parquet(bench.manifest_path, columns=["category"])["category"].dropna())
-    in_split |= full
+    # the categories occurring anywhere in the test split (not only in the evaluated subset), in the dataset's order
+    in_split = set(pd.read_parquet(bench.manifest_path, columns=["category"])["category"].dropna())
     return [c for c in bench.categories if c in in_split]
 
 
