@@ -552,8 +552,7 @@ class BenchmarkResult:
 
 def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpoint_id: str, config: EvalConfig,
                        datasets_dir: Path, raw_dir: Path, out_dir: Path, output_store: ImageStore,
-                       heldout_phrasings: list[str] | None = None, log: Callable[[str], None] = print,
-                       progress: Callable[[int, int], None] | None = None) -> BenchmarkResult:
+                       heldout_phrasings: list[str] | None = None, log: Callable[[str], None] = print) -> BenchmarkResult:
     """Plan, generate (or reuse), score and write one benchmark's results under ``out_dir``.
 
     Files: ``queries.parquet`` (every output with its digest and decoded prediction),
@@ -582,12 +581,12 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
     if not reused:
         log(f"{name}: generating {len(queries)} outputs for {len(bench.image_ids)} images")
         sampler = sampler_factory()
-        done = [0]
+        done, step = [0], max(1, len(queries) // 10)
 
-        def on_batch(n: int) -> None:
-            done[0] += n
-            if progress is not None:
-                progress(done[0], len(queries))
+        def on_batch(n: int) -> None:  # a progress line about every 10 % (paper-scale runs take hours)
+            before, done[0] = done[0], done[0] + n
+            if done[0] // step > before // step or done[0] == len(queries):
+                log(f"{name}: {done[0]}/{len(queries)} outputs ({time.monotonic() - start:.0f} s)")
 
         outputs = generate_outputs(sampler, queries, input_store, output_store, on_batch)
     else:
