@@ -42,7 +42,7 @@ def _datasets_dir(settings: InstructCVSettings) -> Path:
 
 
 def _build_config(config: DatasetBuildConfig, settings: InstructCVSettings):
-    from instructcv_core.pairs import BuildConfig
+    from instructcv_core.construction.pairs import BuildConfig
 
     return BuildConfig(
         resolution=settings.resolution_px, seed=settings.seed, box_colour=config.box_colour, box_width=config.box_width,
@@ -53,8 +53,8 @@ def _build_config(config: DatasetBuildConfig, settings: InstructCVSettings):
 
 def _sources(settings: InstructCVSettings) -> dict:
     """Each raw dataset's (records, root, class names), from the raw stage's outputs."""
-    from instructcv_core.raw_stage import dataset_dir
-    from instructcv_core.records import read_records
+    from instructcv_core.data.raw_stage import dataset_dir
+    from instructcv_core.data.records import read_records
 
     sources = {}
     for name in RAW_DATASETS:
@@ -76,9 +76,9 @@ def _sources(settings: InstructCVSettings) -> dict:
     "pre-resized to the training resolution and stored content-addressed; one Parquet file per shard.",
 )
 def encoded_pairs(context: dg.AssetExecutionContext, config: DatasetBuildConfig, settings: InstructCVSettings) -> dg.MaterializeResult:
-    from instructcv_core.manifest import PAIR_SCHEMA, write_table
-    from instructcv_core.pairs import build_units, plan_units, shard_of
-    from instructcv_core.records import atomic_write_text
+    from instructcv_core.construction.manifest import PAIR_SCHEMA, write_table
+    from instructcv_core.construction.pairs import build_units, plan_units, shard_of
+    from instructcv_core.data.records import atomic_write_text
 
     build = _build_config(config, settings)
     out = _datasets_dir(settings)
@@ -107,7 +107,7 @@ def encoded_pairs(context: dg.AssetExecutionContext, config: DatasetBuildConfig,
 
 
 def _all_pairs(settings: InstructCVSettings):
-    from instructcv_core.manifest import read_pairs
+    from instructcv_core.construction.manifest import read_pairs
 
     paths = [_datasets_dir(settings) / "pairs" / f"shard-{k}.parquet" for k in SHARDS.get_partition_keys()]
     missing = [str(p) for p in paths if not p.exists()]
@@ -126,8 +126,8 @@ def _quarantine(settings: InstructCVSettings) -> list[dict]:
 
 
 def _manifest_metadata(manifest, path: Path, settings: InstructCVSettings, url: str, run_id: str) -> dict:
-    from instructcv_core.manifest import counts_table, instruction_diversity
-    from instructcv_core.preview import manifest_grid, png_markdown
+    from instructcv_core.construction.manifest import counts_table, instruction_diversity
+    from instructcv_core.data.preview import manifest_grid, png_markdown
 
     grid = manifest_grid(manifest, _datasets_dir(settings) / "images")
     grid_path = path.with_suffix(".png")
@@ -150,7 +150,7 @@ def _log_manifest(mlflow_tracking, context, settings, manifest, path: Path, name
 
     import mlflow
 
-    from instructcv_core.manifest import counts_table
+    from instructcv_core.construction.manifest import counts_table
 
     with mlflow_tracking.start_run(context, settings, run_name=f"dataset-{name}-{settings.profile}", tags={"stage": "datasets"}) as (run, url):
         mlflow.log_params({"manifest": name, "seed": settings.seed, "resolution": settings.resolution_px, **extra})
@@ -173,7 +173,7 @@ def _log_manifest(mlflow_tracking, context, settings, manifest, path: Path, name
     description="The FP training manifest: every training pair with its task's fixed instruction template.",
 )
 def fp_manifest(context: dg.AssetExecutionContext, settings: InstructCVSettings, mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
-    from instructcv_core.manifest import MANIFEST_SCHEMA, attach_fp, write_table
+    from instructcv_core.construction.manifest import MANIFEST_SCHEMA, attach_fp, write_table
 
     pairs = _all_pairs(settings)
     manifest = attach_fp(pairs[pairs["role"] == "train"])
@@ -193,7 +193,7 @@ def fp_manifest(context: dg.AssetExecutionContext, settings: InstructCVSettings,
 def rp_manifest(context: dg.AssetExecutionContext, settings: InstructCVSettings, mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     import pandas as pd
 
-    from instructcv_core.manifest import MANIFEST_SCHEMA, attach_rp, write_table
+    from instructcv_core.construction.manifest import MANIFEST_SCHEMA, attach_rp, write_table
 
     pairs = _all_pairs(settings)
     bank = pd.read_parquet(settings.profile_dir / "instructions" / "paraphrase_bank.parquet")
@@ -213,8 +213,8 @@ def rp_manifest(context: dg.AssetExecutionContext, settings: InstructCVSettings,
     "SUN RGB-D, VOC seg/det, ImageNet-sub, FSS-1000) with the original-resolution images for evaluation.",
 )
 def test_manifests(context: dg.AssetExecutionContext, settings: InstructCVSettings, mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
-    from instructcv_core.manifest import MANIFEST_SCHEMA, attach_fp, write_table
-    from instructcv_core.pairs import BENCHMARKS
+    from instructcv_core.construction.manifest import MANIFEST_SCHEMA, attach_fp, write_table
+    from instructcv_core.construction.pairs import BENCHMARKS
 
     pairs = _all_pairs(settings)
     test = attach_fp(pairs[pairs["role"] == "test"])
@@ -245,7 +245,7 @@ def _manifest_checks(asset: dg.AssetsDefinition, name: str) -> list:
     def split_hygiene(settings: InstructCVSettings) -> dg.AssetCheckResult:
         import pandas as pd
 
-        from instructcv_core.manifest import leaked_sources
+        from instructcv_core.construction.manifest import leaked_sources
 
         train = pd.read_parquet(path_of(settings), columns=["dataset", "split", "image_id", "source_path", "source_digest", "input_digest"])
         pairs = _all_pairs(settings)
@@ -261,8 +261,8 @@ def _manifest_checks(asset: dg.AssetsDefinition, name: str) -> list:
     def schema_and_images(settings: InstructCVSettings) -> dg.AssetCheckResult:
         import pyarrow.parquet as pq
 
-        from instructcv_core.imagestore import ImageStore
-        from instructcv_core.manifest import MANIFEST_SCHEMA
+        from instructcv_core.data.imagestore import ImageStore
+        from instructcv_core.construction.manifest import MANIFEST_SCHEMA
 
         table = pq.read_table(path_of(settings))
         schema_ok = table.schema.remove_metadata().equals(MANIFEST_SCHEMA)
@@ -288,7 +288,7 @@ def _manifest_checks(asset: dg.AssetsDefinition, name: str) -> list:
     def counts_match_records(settings: InstructCVSettings) -> dg.AssetCheckResult:
         import pandas as pd
 
-        from instructcv_core.pairs import expected_pairs, plan_units
+        from instructcv_core.construction.pairs import expected_pairs, plan_units
 
         manifest = pd.read_parquet(path_of(settings), columns=["task", "dataset", "split"])
         actual = manifest.groupby(["task", "dataset", "split"]).size().to_dict()
@@ -315,7 +315,7 @@ def _manifest_checks(asset: dg.AssetsDefinition, name: str) -> list:
     def heldout_unused(settings: InstructCVSettings) -> dg.AssetCheckResult:
         import pandas as pd
 
-        from instructcv_core.instructions import HELDOUT, normalise, render
+        from instructcv_core.instructions.templates import HELDOUT, normalise, render
 
         manifest = pd.read_parquet(path_of(settings), columns=["task", "instruction", "category_text", "color", "color2"])
         used = set(manifest["instruction"].map(normalise))
@@ -343,7 +343,7 @@ def rp_paraphrase_diversity(settings: InstructCVSettings) -> dg.AssetCheckResult
 
     import pandas as pd
 
-    from instructcv_core.manifest import instruction_diversity
+    from instructcv_core.construction.manifest import instruction_diversity
 
     manifest = pd.read_parquet(_datasets_dir(settings) / "rp_manifest.parquet", columns=["task", "template_id"])
     bank = pd.read_parquet(settings.profile_dir / "instructions" / "paraphrase_bank.parquet")

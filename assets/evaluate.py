@@ -148,7 +148,7 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
         import pandas as pd
 
         from instructcv_core.evaluation import evaluate_benchmark
-        from instructcv_core.imagestore import ImageStore
+        from instructcv_core.data.imagestore import ImageStore
 
         core = eval_config(config, settings)
         factory, identity, checkpoint = _load_model(settings, variant, core)
@@ -202,7 +202,7 @@ def _slug(text: str) -> str:
 
 
 def _metadata(result, url: str) -> dict:
-    from instructcv_core.preview import png_markdown
+    from instructcv_core.data.preview import png_markdown
     from PIL import Image
 
     frame = __import__("pandas").read_parquet(result.paths["metrics"])
@@ -296,8 +296,8 @@ def results_tables(context: dg.AssetExecutionContext, settings: InstructCVSettin
     import mlflow
 
     from instructcv_core import tables
-    from instructcv_core.manifest import write_table_frame
-    from instructcv_core.records import atomic_write_text
+    from instructcv_core.construction.manifest import write_table_frame
+    from instructcv_core.data.records import atomic_write_text
 
     out = settings.profile_dir / "tables"
     results = tables.read_results(settings.profile_dir / "eval")

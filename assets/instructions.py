@@ -39,8 +39,8 @@ def _instructions_dir(settings: InstructCVSettings):
     "and generation parameters. Accepted rows feed the RP manifest.",
 )
 def paraphrase_bank(context: dg.AssetExecutionContext, config: ParaphraseBankConfig, settings: InstructCVSettings) -> dg.MaterializeResult:
-    from instructcv_core.manifest import write_table_frame
-    from instructcv_core.paraphrase import ParaphraseConfig, build_bank
+    from instructcv_core.construction.manifest import write_table_frame
+    from instructcv_core.instructions.paraphrase import ParaphraseConfig, build_bank
 
     params = ParaphraseConfig(
         model_id=config.model_id, allow_network=config.allow_network,
@@ -74,7 +74,7 @@ def paraphrase_bank(context: dg.AssetExecutionContext, config: ParaphraseBankCon
 def paraphrase_bank_variety(settings: InstructCVSettings) -> dg.AssetCheckResult:
     import pandas as pd
 
-    from instructcv_core.instructions import HELDOUT, normalise
+    from instructcv_core.instructions.templates import HELDOUT, normalise
 
     bank = pd.read_parquet(_instructions_dir(settings) / "paraphrase_bank.parquet")
     accepted = bank[bank["accepted"]]
@@ -99,8 +99,8 @@ def paraphrase_bank_variety(settings: InstructCVSettings) -> dg.AssetCheckResult
 def heldout_instructions(settings: InstructCVSettings) -> dg.MaterializeResult:
     import pandas as pd
 
-    from instructcv_core.instructions import HELDOUT
-    from instructcv_core.manifest import write_table_frame
+    from instructcv_core.instructions.templates import HELDOUT
+    from instructcv_core.construction.manifest import write_table_frame
 
     frame = pd.DataFrame([{"task": h.task, "text": h.text, "source": h.source, "is_fp_template": h.is_fp_template} for h in HELDOUT])
     path = _instructions_dir(settings) / "heldout.parquet"

@@ -58,9 +58,9 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, setti
     import numpy as np
     import pandas as pd
 
-    from instructcv_core.imagestore import ImageStore
+    from instructcv_core.data.imagestore import ImageStore
     from instructcv_core.model import TinyModelConfig, build_tiny_base, fit_autoencoder, load_base, reconstruction_report
-    from instructcv_core.records import atomic_write_text
+    from instructcv_core.data.records import atomic_write_text
 
     datasets = settings.profile_dir / "datasets"
     store = ImageStore(datasets / "images")

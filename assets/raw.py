@@ -2,7 +2,7 @@
 
 Each ``raw_<dataset>`` asset is the dataset as published, downloaded (or found locally), verified,
 safely extracted and parsed into the common `ImageRecord` table. The work is done by
-`instructcv_core.raw_stage`; these wrappers only read config and report metadata.
+`instructcv_core.data.raw_stage`; these wrappers only read config and report metadata.
 """
 
 
@@ -15,7 +15,7 @@ from pydantic import Field
 
 from pipelines.resources import InstructCVSettings, MlflowTracking
 
-# The datasets of the graph (kept here, not imported from instructcv_core.datasets, so that
+# The datasets of the graph (kept here, not imported from instructcv_core.data.datasets, so that
 # loading the definitions imports no reader code).
 RAW_DATASETS: dict[str, str] = {
     "coco": "MS-COCO 2017 (detection; instances with polygons and crowd regions).",
@@ -57,9 +57,9 @@ def raw_dataset_asset(name: str, description: str) -> dg.AssetsDefinition:
         tags={"stage": "raw"},
     )
     def _raw(context: dg.AssetExecutionContext, config: RawDatasetConfig, settings: InstructCVSettings) -> dg.MaterializeResult:
-        from instructcv_core.preview import png_markdown, sample_grid
-        from instructcv_core.raw_stage import build_raw_dataset, dataset_dir, resolve_spec
-        from instructcv_core.records import read_records
+        from instructcv_core.data.preview import png_markdown, sample_grid
+        from instructcv_core.data.raw_stage import build_raw_dataset, dataset_dir, resolve_spec
+        from instructcv_core.data.records import read_records
 
         target = dataset_dir(settings.data_dir, settings.profile, name)
         spec = resolve_spec(
@@ -101,7 +101,7 @@ def raw_dataset_asset(name: str, description: str) -> dg.AssetsDefinition:
 
     @dg.asset_check(asset=_raw, name="records_readable", description="Records exist for every split and few images were quarantined.")
     def _check(settings: InstructCVSettings) -> dg.AssetCheckResult:
-        from instructcv_core.raw_stage import dataset_dir
+        from instructcv_core.data.raw_stage import dataset_dir
 
         target = dataset_dir(settings.data_dir, settings.profile, name)
         summary = json.loads((target / "summary.json").read_text())
@@ -146,8 +146,8 @@ def raw_catalog(context: dg.AssetExecutionContext, settings: InstructCVSettings,
     import mlflow
     import pandas as pd
 
-    from instructcv_core.raw_stage import dataset_dir
-    from instructcv_core.records import atomic_write_text
+    from instructcv_core.data.raw_stage import dataset_dir
+    from instructcv_core.data.records import atomic_write_text
 
     rows, summaries = [], {}
     for name in RAW_DATASETS:

@@ -123,7 +123,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
         import pandas as pd
         import yaml
 
-        from instructcv_core.records import atomic_write_text
+        from instructcv_core.data.records import atomic_write_text
 
         train_config = resolved_train_config(config, settings, variant)
         output = run_dir(settings, variant, train_config)
@@ -176,7 +176,7 @@ def checkpoint_pointer(settings: InstructCVSettings, variant: str) -> Path:
 
 
 def _write_pointer(settings: InstructCVSettings, variant: str, result_path: Path) -> None:
-    from instructcv_core.records import atomic_write_text
+    from instructcv_core.data.records import atomic_write_text
 
     summary = json.loads(result_path.read_text())
     atomic_write_text(checkpoint_pointer(settings, variant), json.dumps(

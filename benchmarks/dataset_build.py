@@ -7,12 +7,12 @@ Source data. The mini-benchmark writers render small images (~160x120) on purpos
 images are ~640x480 (COCO, ADE20K, NYUv2, Pets): resize, PNG and label costs all grow with the
 pixel count, so small images would measure mostly per-call overhead. Rather than upscaling the
 mini archives (and every label format with them), this script renders its own scenes at
-``--image-size`` with the mini renderer (`instructcv_core.mini.scenes`) and writes them, with
-their labels, in the formats the real readers produce and `instructcv_core.labels` decodes:
+``--image-size`` with the mini renderer (`instructcv_core.data.mini.scenes`) and writes them, with
+their labels, in the formats the real readers produce and `instructcv_core.data.labels` decodes:
 
 - segmentation: an ADE20K-layout root (``images/training/*.jpg``, JPEG q90 as the mini writer;
   ``annotations/training/*.png`` single-channel objectInfo150 indices with the mini's class ids;
-  ``objectInfo150.txt``); records come from the real reader `instructcv_core.datasets.ade20k.read`.
+  ``objectInfo150.txt``); records come from the real reader `instructcv_core.data.datasets.ade20k.read`.
 - detection: COCO-style JPEGs (q90) and records with the visible-pixel boxes of every object
   (COCO category names and ids; no crowd boxes; detection needs no masks).
 - depth: NYUv2 "sync"-style frames: ``rgb_*.jpg`` (q95) and a 16-bit millimetre ``sync_depth_*.png``
@@ -64,11 +64,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# Only what `instructcv_core.pairs` loads anyway: pool workers are spawned and re-import this module,
+# Only what `instructcv_core.construction.pairs` loads anyway: pool workers are spawned and re-import this module,
 # so the data generators' imports (h5py, scipy via the mini writers) live inside the functions.
-from instructcv_core.imagestore import PNG_COMPRESS_LEVEL
-from instructcv_core.pairs import _TARGETS, TASKS, BuildConfig, WorkUnit, build_units
-from instructcv_core.records import Box, ImageRecord
+from instructcv_core.data.imagestore import PNG_COMPRESS_LEVEL
+from instructcv_core.construction.pairs import _TARGETS, TASKS, BuildConfig, WorkUnit, build_units
+from instructcv_core.data.records import Box, ImageRecord
 
 TARGET_RATIO = 0.7
 
@@ -84,9 +84,9 @@ def _save_jpeg(image: np.ndarray, path: Path, quality: int) -> None:
 
 def make_segmentation(root: Path, n: int, size: tuple[int, int], seed: int) -> list[WorkUnit]:
     """ADE20K layout at ``size``; records from the real ADE20K reader."""
-    from instructcv_core.datasets import ade20k as ade20k_reader
-    from instructcv_core.mini import ade20k as mini_ade20k
-    from instructcv_core.mini.scenes import INDOOR, KINDS, OUTDOOR, render_scene
+    from instructcv_core.data.datasets import ade20k as ade20k_reader
+    from instructcv_core.data.mini import ade20k as mini_ade20k
+    from instructcv_core.data.mini.scenes import INDOOR, KINDS, OUTDOOR, render_scene
 
     width, height = size
     (root / "annotations" / "training").mkdir(parents=True)
@@ -115,8 +115,8 @@ def make_segmentation(root: Path, n: int, size: tuple[int, int], seed: int) -> l
 
 def make_detection(root: Path, n: int, size: tuple[int, int], seed: int) -> list[WorkUnit]:
     """COCO-style JPEGs with one box per visible object."""
-    from instructcv_core.mini import coco as mini_coco
-    from instructcv_core.mini.scenes import INDOOR, KINDS, render_scene
+    from instructcv_core.data.mini import coco as mini_coco
+    from instructcv_core.data.mini.scenes import INDOOR, KINDS, render_scene
 
     width, height = size
     units = []
@@ -142,9 +142,9 @@ def make_depth(root: Path, n: int, size: tuple[int, int], seed: int) -> list[Wor
     """NYUv2 sync-style frames: JPEG q95 + 16-bit millimetre depth PNG with Kinect-like holes."""
     import cv2
 
-    from instructcv_core.datasets.nyuv2 import metres_to_mm_png
-    from instructcv_core.mini import nyuv2 as mini_nyuv2
-    from instructcv_core.mini.scenes import INDOOR, render_scene
+    from instructcv_core.data.datasets.nyuv2 import metres_to_mm_png
+    from instructcv_core.data.mini import nyuv2 as mini_nyuv2
+    from instructcv_core.data.mini.scenes import INDOOR, render_scene
 
     width, height = size
     units = []
@@ -168,9 +168,9 @@ def make_depth(root: Path, n: int, size: tuple[int, int], seed: int) -> list[Wor
 
 def make_classification(root: Path, n: int, size: tuple[int, int], seed: int) -> list[WorkUnit]:
     """Oxford-IIIT Pet-style JPEGs of one pet; class names = the 37 real breeds."""
-    from instructcv_core.datasets.pets import BREEDS
-    from instructcv_core.mini import pets as mini_pets
-    from instructcv_core.mini.scenes import INDOOR, render_single_object
+    from instructcv_core.data.datasets.pets import BREEDS
+    from instructcv_core.data.mini import pets as mini_pets
+    from instructcv_core.data.mini.scenes import INDOOR, render_single_object
 
     width, height = size
     units = []

@@ -17,9 +17,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from instructcv_core.datasets.base import RemoteFile
-from instructcv_core.download import fetch
-from instructcv_core.mirror_server import serve_directory
+from instructcv_core.data.datasets.base import RemoteFile
+from instructcv_core.data.download import fetch
+from instructcv_core.data.mirror_server import serve_directory
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from instructcv_core.datasets.base import check_image, check_images
+from instructcv_core.data.datasets.base import check_image, check_images
 
 WIDTH, HEIGHT = 640, 480
 WORKERS = (1, 2, 4)

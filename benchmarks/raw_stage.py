@@ -12,9 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from instructcv_core.datasets import DATASETS
-from instructcv_core.mini.build import resolved_sizes
-from instructcv_core.raw_stage import build_raw_dataset, resolve_spec
+from instructcv_core.data.datasets import DATASETS
+from instructcv_core.data.mini.build import resolved_sizes
+from instructcv_core.data.raw_stage import build_raw_dataset, resolve_spec
 
 
 def main() -> None:

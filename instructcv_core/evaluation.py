@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 
 from instructcv_core import encoding, postprocess
-from instructcv_core.imagestore import ImageStore
-from instructcv_core.instructions import FP_TEMPLATES, render
-from instructcv_core.pairs import BENCHMARKS, prompt_name
+from instructcv_core.data.imagestore import ImageStore
+from instructcv_core.instructions.templates import FP_TEMPLATES, render
+from instructcv_core.construction.pairs import BENCHMARKS, prompt_name
 from instructcv_core.protocols import paper, standard
-from instructcv_core.records import ImageRecord, atomic_write_text, read_records
+from instructcv_core.data.records import ImageRecord, atomic_write_text, read_records
 from instructcv_core.sampling import Request, SamplerConfig
 
 PROTOCOLS = ("paper", "standard")
@@ -342,7 +342,7 @@ def _size(record: ImageRecord) -> tuple[int, int]:
 
 
 def _gt_masks(bench: Benchmark, image_id: str):
-    from instructcv_core.labels import load_class_masks
+    from instructcv_core.data.labels import load_class_masks
 
     return load_class_masks(bench.records[image_id], bench.root)
 
@@ -480,7 +480,7 @@ def _xyxy(box) -> tuple[float, float, float, float]:
 
 
 def _score_depth(bench, outputs, store, inputs, config):
-    from instructcv_core.labels import load_depth_m
+    from instructcv_core.data.labels import load_depth_m
 
     predictions, paper_samples, standard_samples = [], [], []
     targets = bench.frame.groupby("image_id")["target_original_digest"].first().to_dict()
@@ -561,8 +561,8 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
     something has to be generated: a rerun with the same checkpoint, data and config reuses the
     outputs (``identity.json``) and only re-scores them.
     """
-    from instructcv_core.manifest import write_table_frame
-    from instructcv_core.records import atomic_write
+    from instructcv_core.construction.manifest import write_table_frame
+    from instructcv_core.data.records import atomic_write
 
     limit = config.heldout_images if name == HELDOUT_BENCHMARK else config.max_images
     bench = load_benchmark(name, datasets_dir, raw_dir, limit, config.seed)

@@ -44,7 +44,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from instructcv_core.imagestore import ImageStore
+from instructcv_core.data.imagestore import ImageStore
 
 CACHE_FORMAT = "instructcv-latents-v1"
 CACHE_FOLDER = "latent_cache"

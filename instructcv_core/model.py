@@ -45,7 +45,7 @@ from diffusers import (
 from transformers import BertModel, BertTokenizerFast, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PreTrainedModel
 
 from instructcv_core import encoding
-from instructcv_core.paraphrase import MIN_TOKENIZER_SIZE, hub_offline, minilm_model_dir
+from instructcv_core.instructions.paraphrase import MIN_TOKENIZER_SIZE, hub_offline, minilm_model_dir
 
 #: File suffixes :func:`load_base` treats as single original (LDM-layout) checkpoints.
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")

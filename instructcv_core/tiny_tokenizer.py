@@ -24,7 +24,7 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-from instructcv_core.paraphrase import hub_offline
+from instructcv_core.instructions.paraphrase import hub_offline
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 77
@@ -58,7 +58,7 @@ def default_words() -> list[str]:
     """Words of every instruction this project writes (FP templates, paraphrase bank, held-out
     phrasings), the palette colour names and common object names, lower case, sorted."""
     from instructcv_core.encoding import PALETTE
-    from instructcv_core.instructions import FP_TEMPLATES, HELDOUT, load_bundled_bank
+    from instructcv_core.instructions.templates import FP_TEMPLATES, HELDOUT, load_bundled_bank
 
     texts = list(FP_TEMPLATES.values()) + [h.text for h in HELDOUT] + list(PALETTE) + EXTRA_WORDS
     try:

@@ -322,7 +322,7 @@ def _save_checkpoint(accelerator, output_dir: Path, state: dict, total_limit: in
 
 def _truncate_losses(path: Path, last_step: int) -> None:
     """Keep the losses of steps <= last_step (a killed run may have logged beyond its checkpoint)."""
-    from instructcv_core.records import atomic_write_text
+    from instructcv_core.data.records import atomic_write_text
 
     if not path.exists():
         return
@@ -382,7 +382,7 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
     from diffusers.optimization import get_scheduler
 
     from instructcv_core import model as base_model
-    from instructcv_core.imagestore import ImageStore
+    from instructcv_core.data.imagestore import ImageStore
     from instructcv_core.latents import posterior_stats
 
     setup_start = time.monotonic()
@@ -617,7 +617,7 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
                "rows": len(dataset), "epoch": epoch, "prediction_type": noise_scheduler.config.prediction_type},
     )
     if main:
-        from instructcv_core.records import atomic_write_text
+        from instructcv_core.data.records import atomic_write_text
 
         atomic_write_text(output_dir / "train_result.json",
                           json.dumps({**result.to_dict(), "config": config.to_dict()}, indent=1, sort_keys=True, default=str))

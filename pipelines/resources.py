@@ -75,7 +75,7 @@ class InstructCVSettings(dg.ConfigurableResource):
     @field_validator("mini_sizes")
     @classmethod
     def _known_datasets(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-        from instructcv_core.datasets import DATASETS
+        from instructcv_core.data.datasets import DATASETS
 
         unknown = sorted(set(value) - set(DATASETS))
         if unknown:

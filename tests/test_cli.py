@@ -249,7 +249,7 @@ def test_doctor_with_nothing_present(tmp_path):
 
 
 def test_doctor_with_everything_present(pipeline_dir, tmp_path):
-    from instructcv_core.datasets import dataset_module
+    from instructcv_core.data.datasets import dataset_module
 
     data = tmp_path / "data"
     ops = {}

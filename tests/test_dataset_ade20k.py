@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instructcv_core.datasets import ade20k
-from instructcv_core.datasets.base import DatasetLayoutError
-from instructcv_core.mini import ade20k as mini
+from instructcv_core.data.datasets import ade20k
+from instructcv_core.data.datasets.base import DatasetLayoutError
+from instructcv_core.data.mini import ade20k as mini
 
 SEED = 21
 SIZES = {"training": 16, "validation": 6}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instructcv_core.datasets.base import check_image, check_images
+from instructcv_core.data.datasets.base import check_image, check_images
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_check_images_reports_progress_to_its_logger(tmp_path, monkeypatch, capl
     import numpy as np
     from PIL import Image
 
-    import instructcv_core.datasets.base as base
+    import instructcv_core.data.datasets.base as base
 
     paths = []
     for i in range(3):
@@ -73,7 +73,7 @@ def test_check_images_reports_progress_to_its_logger(tmp_path, monkeypatch, capl
 def test_read_path_pairs_skips_blank_lines_and_names_a_bad_line(tmp_path):
     import pytest
 
-    from instructcv_core.datasets.base import read_path_pairs
+    from instructcv_core.data.datasets.base import read_path_pairs
 
     good = tmp_path / "list.txt"
     good.write_text("/a/rgb_1.jpg /a/depth_1.png 518.8579\n\n  \nb.jpg b.png\n")

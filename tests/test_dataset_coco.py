@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instructcv_core.datasets import coco
-from instructcv_core.datasets.base import DatasetLayoutError
-from instructcv_core.mini import coco as mini
+from instructcv_core.data.datasets import coco
+from instructcv_core.data.datasets.base import DatasetLayoutError
+from instructcv_core.data.mini import coco as mini
 
 # pycocotools 2.0.x on numpy 2 warns about the __array__ copy keyword when decoding masks
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instructcv_core.datasets import fss1000
-from instructcv_core.datasets.base import DatasetLayoutError
-from instructcv_core.mini import fss1000 as mini
-from instructcv_core.mini.scenes import KINDS
+from instructcv_core.data.datasets import fss1000
+from instructcv_core.data.datasets.base import DatasetLayoutError
+from instructcv_core.data.mini import fss1000 as mini
+from instructcv_core.data.mini.scenes import KINDS
 
 SEED = 41
 SIZES = {"classes": 4, "per_class": 3}

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instructcv_core.datasets import imagenet_sub
-from instructcv_core.datasets.base import DatasetLayoutError
-from instructcv_core.mini import imagenet_sub as mini
-from instructcv_core.records import Category
+from instructcv_core.data.datasets import imagenet_sub
+from instructcv_core.data.datasets.base import DatasetLayoutError
+from instructcv_core.data.mini import imagenet_sub as mini
+from instructcv_core.data.records import Category
 
 SEED = 3
 SIZES = {"train_per_class": 4, "val_per_class": 2}

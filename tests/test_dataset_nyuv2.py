@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import scipy.io
 
-from instructcv_core.datasets import nyuv2
-from instructcv_core.datasets.base import DatasetLayoutError
-from instructcv_core.labels import load_depth_m
-from instructcv_core.mini import nyuv2 as mini
+from instructcv_core.data.datasets import nyuv2
+from instructcv_core.data.datasets.base import DatasetLayoutError
+from instructcv_core.data.labels import load_depth_m
+from instructcv_core.data.mini import nyuv2 as mini
 
 SEED = 11
 SIZES = {"train": 6, "test": 4, "sync": 12}

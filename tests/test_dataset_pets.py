@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instructcv_core.datasets import pets
-from instructcv_core.datasets.base import DatasetLayoutError
-from instructcv_core.labels import load_class_masks
-from instructcv_core.mini import pets as mini
-from instructcv_core.records import Box, Category
+from instructcv_core.data.datasets import pets
+from instructcv_core.data.datasets.base import DatasetLayoutError
+from instructcv_core.data.labels import load_class_masks
+from instructcv_core.data.mini import pets as mini
+from instructcv_core.data.records import Box, Category
 
 SEED = 7
 SIZES = {"trainval": 24, "test": 10}

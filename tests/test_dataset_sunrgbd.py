@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from instructcv_core.datasets import sunrgbd
-from instructcv_core.datasets.base import DatasetLayoutError
-from instructcv_core.labels import decode_sunrgbd_depth, load_depth_m
-from instructcv_core.mini import sunrgbd as mini
+from instructcv_core.data.datasets import sunrgbd
+from instructcv_core.data.datasets.base import DatasetLayoutError
+from instructcv_core.data.labels import decode_sunrgbd_depth, load_depth_m
+from instructcv_core.data.mini import sunrgbd as mini
 
 SEED = 5
 SIZES = {"test": 12, "nyu": 3}

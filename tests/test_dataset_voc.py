@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instructcv_core.datasets import voc
-from instructcv_core.datasets.base import DatasetLayoutError
-from instructcv_core.mini import voc as mini
+from instructcv_core.data.datasets import voc
+from instructcv_core.data.datasets.base import DatasetLayoutError
+from instructcv_core.data.mini import voc as mini
 
 SEED = 31
 SIZES = {"train": 12, "val": 20}

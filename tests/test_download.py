@@ -15,9 +15,9 @@ from typing import ClassVar
 
 import pytest
 
-from instructcv_core import download
-from instructcv_core.datasets.base import RemoteFile
-from instructcv_core.download import (
+from instructcv_core.data import download
+from instructcv_core.data.datasets.base import RemoteFile
+from instructcv_core.data.download import (
     MAX_RETRY_DELAY_S,
     ChecksumMismatch,
     DownloadError,
@@ -26,7 +26,7 @@ from instructcv_core.download import (
     gdrive_download_url,
     verify_checksum,
 )
-from instructcv_core.mirror_server import MirrorRequestHandler, serve_directory
+from instructcv_core.data.mirror_server import MirrorRequestHandler, serve_directory
 
 PAYLOAD = random.Random(0).randbytes(300_000)
 CUT = 100_000  # where interrupted transfers stop
@@ -175,7 +175,7 @@ def test_without_published_checksum_records_sha256_and_warns(serve, dest, caplog
         pass
 
     url = serve(Handler).url + "data.bin"
-    with caplog.at_level(logging.WARNING, logger="instructcv_core.download"):
+    with caplog.at_level(logging.WARNING, logger="instructcv_core.data.download"):
         result = fetch(remote(url), dest)
     assert result.sha256 == hashlib.sha256(PAYLOAD).hexdigest()
     assert "no published checksum" in caplog.text

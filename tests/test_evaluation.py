@@ -9,7 +9,7 @@ import pytest
 
 from instructcv_core import evaluation as E
 from instructcv_core import tables as T
-from instructcv_core.records import Box, ImageRecord
+from instructcv_core.data.records import Box, ImageRecord
 from instructcv_core.sampling import SamplerConfig
 
 

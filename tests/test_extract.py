@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from instructcv_core.extract import MARKER_NAME, UnsafeArchiveError, safe_extract
+from instructcv_core.data.extract import MARKER_NAME, UnsafeArchiveError, safe_extract
 
 FILES = {
     "pets/images/Abyssinian_1.jpg": b"\xff\xd8 not really a jpeg",

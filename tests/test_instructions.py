@@ -9,7 +9,7 @@ from importlib import resources
 
 import pytest
 
-from instructcv_core.instructions import (
+from instructcv_core.instructions.templates import (
     BANK_PATH,
     FP_TEMPLATES,
     HELDOUT,
@@ -107,7 +107,7 @@ def test_bank_json_format_and_package_data():
     data = json.loads(BANK_PATH.read_text(encoding="utf-8"))
     assert data["version"] == 1 and isinstance(data["description"], str)
     assert all(set(e) == {"task", "text"} for e in data["entries"])
-    res = resources.files("instructcv_core") / "data" / "paraphrases.json"
+    res = resources.files("instructcv_core") / "instructions" / "paraphrases.json"
     assert res.is_file()
 
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from instructcv_core import encoding
-from instructcv_core.imagestore import ImageStore
-from instructcv_core.manifest import MANIFEST_SCHEMA, attach_fp, write_table
-from instructcv_core.pairs import BuildConfig, build_units, plan_units
-from instructcv_core.raw_stage import build_raw_dataset, resolve_spec
-from instructcv_core.records import read_records
+from instructcv_core.data.imagestore import ImageStore
+from instructcv_core.construction.manifest import MANIFEST_SCHEMA, attach_fp, write_table
+from instructcv_core.construction.pairs import BuildConfig, build_units, plan_units
+from instructcv_core.data.raw_stage import build_raw_dataset, resolve_spec
+from instructcv_core.data.records import read_records
 
 TRAIN_DATASETS = ("ade20k", "coco", "nyuv2", "pets")
 FIT_SECONDS = 120

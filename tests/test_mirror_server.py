@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from instructcv_core.mirror_server import (
+from instructcv_core.data.mirror_server import (
     MirrorServer,
     RangeNotSatisfiable,
     parse_range,
@@ -154,7 +154,7 @@ def test_close_releases_the_port(tmp_path):
 
 def test_command_line_serves_until_interrupted(tmp_path):
     (tmp_path / "data.bin").write_bytes(DATA)
-    command = [sys.executable, "-m", "instructcv_core.mirror_server", str(tmp_path), "--port", "0"]
+    command = [sys.executable, "-m", "instructcv_core.data.mirror_server", str(tmp_path), "--port", "0"]
     with subprocess.Popen(
         command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     ) as proc:

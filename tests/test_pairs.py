@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from instructcv_core import encoding
-from instructcv_core.datasets import DATASETS
-from instructcv_core.imagestore import ImageStore
-from instructcv_core.labels import load_class_masks, load_depth_m
-from instructcv_core.manifest import MANIFEST_SCHEMA, PAIR_SCHEMA, attach_fp, attach_rp, leaked_sources, write_table
-from instructcv_core.pairs import (
+from instructcv_core.data.datasets import DATASETS
+from instructcv_core.data.imagestore import ImageStore
+from instructcv_core.data.labels import load_class_masks, load_depth_m
+from instructcv_core.construction.manifest import MANIFEST_SCHEMA, PAIR_SCHEMA, attach_fp, attach_rp, leaked_sources, write_table
+from instructcv_core.construction.pairs import (
     BENCHMARKS,
     BuildConfig,
     SourceImageError,
@@ -26,8 +26,8 @@ from instructcv_core.pairs import (
     plan_units,
     resize,
 )
-from instructcv_core.raw_stage import build_raw_dataset, resolve_spec
-from instructcv_core.records import read_records
+from instructcv_core.data.raw_stage import build_raw_dataset, resolve_spec
+from instructcv_core.data.records import read_records
 
 SMALL = {
     "coco": {"train": 5, "val": 3},
@@ -164,7 +164,7 @@ def test_manifests_are_byte_identical_for_the_same_config(built, tmp_path):
 
 
 def test_fp_and_rp_instructions(built):
-    from instructcv_core.instructions import FP_TEMPLATES, load_bundled_bank, render
+    from instructcv_core.instructions.templates import FP_TEMPLATES, load_bundled_bank, render
 
     _, result, _ = built
     pairs = pd.DataFrame(result.rows)

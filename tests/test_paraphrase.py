@@ -14,8 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from instructcv_core import paraphrase as P  # noqa: E402
-from instructcv_core.instructions import FP_TEMPLATES, HELDOUT, load_bundled_bank  # noqa: E402
+from instructcv_core.instructions import paraphrase as P  # noqa: E402
+from instructcv_core.instructions.templates import FP_TEMPLATES, HELDOUT, load_bundled_bank  # noqa: E402
 
 SEG = FP_TEMPLATES["segmentation"]
 CLS = FP_TEMPLATES["classification"]

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from instructcv_core.mini.build import build_mirror
-from instructcv_core.mirror_server import serve_directory
+from instructcv_core.data.mini.build import build_mirror
+from instructcv_core.data.mirror_server import serve_directory
 from pipelines.definitions import defs
 from pipelines.project import PROJECT_ROOT
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from instructcv_core.download import ChecksumMismatch
-from instructcv_core.mini.build import build_mirror
-from instructcv_core.mirror_server import MirrorRequestHandler, serve_directory
-from instructcv_core.raw_stage import SourceUnavailableError, build_raw_dataset, resolve_spec
-from instructcv_core.records import read_records
+from instructcv_core.data.download import ChecksumMismatch
+from instructcv_core.data.mini.build import build_mirror
+from instructcv_core.data.mirror_server import MirrorRequestHandler, serve_directory
+from instructcv_core.data.raw_stage import SourceUnavailableError, build_raw_dataset, resolve_spec
+from instructcv_core.data.records import read_records
 
 SIZES = {"coco": {"train": 6, "val": 3}, "voc": {"train": 2, "val": 4}, "fss1000": {"classes": 2, "per_class": 3}}
 

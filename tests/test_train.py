@@ -19,8 +19,8 @@ import torch
 import yaml
 
 from instructcv_core import train as T
-from instructcv_core.imagestore import ImageStore
-from instructcv_core.manifest import MANIFEST_SCHEMA, write_table
+from instructcv_core.data.imagestore import ImageStore
+from instructcv_core.construction.manifest import MANIFEST_SCHEMA, write_table
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RES = 32

@@ -34,7 +34,7 @@ def _usual_permissions(tmp: str | Path) -> None:
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (``records.atomic_write``), with the usual permissions."""
-    from instructcv_core.records import atomic_write  # lazy: records imports pyarrow (and numpy)
+    from instructcv_core.data.records import atomic_write  # lazy: records imports pyarrow (and numpy)
 
     def write(tmp: str) -> None:
         Path(tmp).write_bytes(data)

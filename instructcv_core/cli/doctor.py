@@ -68,7 +68,7 @@ def _human(n: float) -> str:
 
 def _url(url: str) -> str:
     if url.startswith("gdrive://"):
-        from instructcv_core.download import gdrive_download_url
+        from instructcv_core.data.download import gdrive_download_url
 
         return gdrive_download_url(url.removeprefix("gdrive://"))
     return url
@@ -76,7 +76,7 @@ def _url(url: str) -> str:
 
 def _file_state(remote, path: Path, verify: bool) -> tuple[bool, str]:
     """(usable, description) of one archive on disk."""
-    from instructcv_core.download import ChecksumMismatch, verify_checksum
+    from instructcv_core.data.download import ChecksumMismatch, verify_checksum
 
     size = path.stat().st_size
     if remote.size is not None and size != remote.size:
@@ -101,7 +101,7 @@ def _file_state(remote, path: Path, verify: bool) -> tuple[bool, str]:
 
 
 def _dataset_check(ctx: DoctorContext, name: str) -> Check:
-    from instructcv_core.datasets import dataset_module
+    from instructcv_core.data.datasets import dataset_module
 
     module = dataset_module(name)
     config = (ctx.ops.get(f"raw_{name}") or {}).get("config") or {}
@@ -317,7 +317,7 @@ def doctor(profile: str | None, config: Path | None, data_root: Path | None, ver
     ctx = DoctorContext(profile=profile, settings=settings, ops=run_config.get("ops") or {},
                         data_root=data_root.resolve(), verify=verify)
 
-    from instructcv_core.datasets import DATASETS
+    from instructcv_core.data.datasets import DATASETS
 
     quiet_libraries()
     checks: list[Check] = []

@@ -1,0 +1,145 @@
+"""What every source dataset module declares: where its files come from and how to read them.
+
+Each module in `instructcv_core.data.datasets` has the same shape:
+- ``SPEC``: a `DatasetSpec` (published URLs with mirrors and checksums, licence, the marker path
+  that identifies the dataset root once extracted);
+- ``read(root, **options) -> ReadResult``: parse the real on-disk format into `ImageRecord`s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 10.0  # seconds between two progress lines of check_images
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One published file: its name on disk, URLs (primary first, then mirrors) and checksum.
+
+    ``checksum`` is ``"<algo>:<hexdigest>"`` with algo md5, sha1 or sha256, or None where the
+    host publishes none (the download then records the sha256 it saw).
+    ``extract``: whether the file is an archive to unpack into the dataset folder.
+    """
+
+    filename: str
+    urls: tuple[str, ...]
+    checksum: str | None = None
+    size: int | None = None
+    extract: bool = True
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A source dataset as published."""
+
+    name: str
+    title: str
+    licence: str
+    citation: str
+    homepage: str
+    files: tuple[RemoteFile, ...]
+    # Path (relative to the extraction folder) of the folder the reader takes as its root,
+    # and a file inside that root whose presence says the layout is right.
+    root_subdir: str
+    marker: str
+    registration_only: bool = False
+
+
+@dataclass
+class ReadResult:
+    """Everything a reader found: records, the category table, and files it could not use."""
+
+    records: list[ImageRecord]
+    categories: list[Category]
+    quarantine: list[QuarantineEntry] = field(default_factory=list)
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The folder given to a reader is not the dataset's on-disk layout (a file is missing)."""
+
+
+def require(path: Path, what: str) -> Path:
+    """Return ``path`` or raise a `DatasetLayoutError` naming the missing file and what it is."""
+    if not path.exists():
+        raise DatasetLayoutError(f"{path}: missing {what}")
+    return path
+
+
+def read_path_pairs(path: Path, expected: str) -> list[tuple[str, str]]:
+    """The first two whitespace-separated fields of every non-blank line of a list file.
+
+    Used for `<rgb> <depth> [...]` pair lists (BTS/MDET). A line with fewer than two fields is a
+    ValueError naming the file, the line number and ``expected`` (the line's documented shape).
+    """
+    pairs = []
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2:
+            raise ValueError(f"{path}:{lineno}: expected `{expected}`, got {line!r}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def check_image(path: Path) -> tuple[int, int] | str:
+    """Return (width, height) of a decodable image, or the reason it is unusable.
+
+    Decodes the whole image (``verify`` alone misses truncated JPEG data).
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.size
+    except FileNotFoundError:
+        return "file not found"
+    except Exception as exc:  # PIL raises many types for bad data; every one means "unusable"
+        return f"undecodable image ({type(exc).__name__}: {exc})"
+
+
+def check_images(paths: Sequence[Path], workers: int | None = None) -> list[tuple[int, int] | str]:
+    """`check_image` of every path, in input order, decoded by a pool of ``workers`` threads.
+
+    Threads, not processes: Pillow releases the GIL while its decoders run (JPEG, PNG/zlib, ...),
+    so the full decodes overlap and the speed-up is close to linear in the number of cores, with
+    none of the pickling or start-up cost of a process pool. ``workers`` defaults to
+    ``min(8, os.cpu_count())``. Paths are handed to the threads in chunks, so a list of 100k+
+    images does not become 100k+ futures. Progress goes to this module's logger every
+    ``PROGRESS_EVERY_S`` seconds (Dagster shows it in the run log: see dagster.yaml python_logs).
+    """
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    paths = list(paths)
+    if not paths:
+        return []
+    # Small enough to keep every thread busy on short lists, large enough to amortise the futures.
+    size = max(1, min(64, len(paths) // (workers * 4)))
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    results: list[tuple[int, int] | str] = []
+    last = time.monotonic()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check_image") as pool:
+        for chunk in pool.map(_check_chunk, chunks):
+            results.extend(chunk)
+            if time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                log.info("checked %d of %d images (%.0f%%)", len(results), len(paths), 100 * len(results) / len(paths))
+    return results
+
+
+def _check_chunk(paths: list[Path]) -> list[tuple[int, int] | str]:
+    return [check_image(path) for path in paths]

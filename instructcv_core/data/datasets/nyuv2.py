@@ -1,0 +1,295 @@
+"""NYU Depth v2: the 1,449-image labeled set with the official split, and BTS's "sync" training set.
+
+On-disk layout under the root::
+
+    nyu_depth_v2_labeled.mat    MATLAB v7.3 (HDF5). Under h5py (MATLAB's column-major order reversed):
+                                images (N, 3, W, H) uint8, depths (N, W, H) float32 metres (in-painted),
+                                rawDepths (N, W, H) float32 metres with 0 = no measurement,
+                                sceneTypes (1, N) cell = HDF5 object references to uint16 char arrays
+    splits.mat                  MATLAB v5: trainNdxs, testNdxs, 1-based column vectors (795 / 654)
+    sync/<scene>/rgb_%05d.jpg, sync/<scene>/sync_depth_%05d.png   (optional, BTS sync.zip; uint16 mm)
+    nyudepthv2_train_files_with_gt.txt                             (optional, BTS list of sync pairs:
+                                `/scene/rgb_XXXXX.jpg /scene/sync_depth_XXXXX.png <focal>`)
+
+The reader exports every labeled sample once (like BTS's extract script, but lossless) to
+``export/{train,test}/``: ``rgb_%05d.png``, ``depth_raw_%05d.png`` (rawDepths, uint16 mm, 0 = missing)
+and ``depth_%05d.png`` (in-painted depths, uint16 mm). ``%05d`` is the 1-based index into the mat,
+the index splits.mat uses (BTS names its files with the 0-based index instead). The export is
+idempotent and resumable: files already there are kept while the mat and split files are unchanged
+(``export/.export.json`` records their size and mtime; a change wipes the export and redoes it), and
+each file appears atomically.
+
+Records: labeled samples get split "train"/"test", ``image_id`` = "%05d" (1-based), ``depth_path``
+= the raw depth, ``depth_dense_path`` = the in-painted one, ``label_name`` = the scene type. Sync
+pairs get split "train_sync", ``image_id`` = "<scene>/<frame>", ``label_name`` = the scene type (the
+scene folder name without its ``_<number>[letter]`` suffix).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import scipy.io
+
+from instructcv_core.data.datasets.base import (
+    DatasetLayoutError,
+    DatasetSpec,
+    ReadResult,
+    RemoteFile,
+    check_images,
+    read_path_pairs,
+    require,
+)
+from instructcv_core.data.records import ImageRecord, QuarantineEntry, atomic_write, atomic_write_text
+
+MAT_NAME = "nyu_depth_v2_labeled.mat"
+SPLITS_NAME = "splits.mat"
+SYNC_DIR = "sync"
+SYNC_LIST_NAME = "nyudepthv2_train_files_with_gt.txt"
+EXPORT_DIR = "export"
+EXPORT_STAMP = ".export.json"
+EXPORT_VERSION = 1
+SPLIT_KEYS = {"train": "trainNdxs", "test": "testNdxs"}
+
+SPEC = DatasetSpec(
+    name="nyuv2",
+    title="NYU Depth Dataset V2 (labeled set, official split; BTS sync training set)",
+    licence=(
+        "No licence text is published with NYU Depth v2; the dataset is distributed by NYU for "
+        "research. Cite Silberman, Hoiem, Kohli and Fergus, ECCV 2012. The optional sync.zip is the "
+        "BTS authors' preprocessing of the raw NYU Depth v2 recordings, shared via Google Drive."
+    ),
+    citation=(
+        "N. Silberman, D. Hoiem, P. Kohli and R. Fergus. Indoor Segmentation and Support Inference "
+        "from RGBD Images. European Conference on Computer Vision (ECCV), 2012."
+    ),
+    homepage="https://cs.nyu.edu/~fergus/datasets/nyu_depth_v2.html",
+    files=(
+        # about 2.8 GB; no checksum is published
+        RemoteFile(
+            MAT_NAME,
+            ("http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/nyu_depth_v2_labeled.mat",),
+            extract=False,
+        ),
+        RemoteFile(
+            SPLITS_NAME,
+            (
+                "http://horatio.cs.nyu.edu/mit/silberman/indoor_seg_sup/splits.mat",
+                "https://raw.githubusercontent.com/cleinc/bts/master/utils/splits.mat",  # BTS copy
+            ),
+            extract=False,
+        ),
+        RemoteFile("sync.zip", ("gdrive://1AysroWpfISmm-yRFGBgFTrLy6FjQwvwP",), extract=True, required=False),
+        RemoteFile(
+            SYNC_LIST_NAME,
+            (f"https://raw.githubusercontent.com/cleinc/bts/master/train_test_inputs/{SYNC_LIST_NAME}",),
+            extract=False,
+            required=False,
+        ),
+    ),
+    root_subdir=".",
+    marker=MAT_NAME,
+)
+
+
+def read(root: Path, include_sync: bool = True) -> ReadResult:
+    """Records of the labeled set (exported to PNG on first use) and, if present, the sync set."""
+    root = Path(root)
+    require(root / MAT_NAME, "NYU Depth v2 labeled set (MATLAB v7.3 / HDF5 file)")
+    splits_path = require(root / SPLITS_NAME, "NYU Depth v2 official split (trainNdxs / testNdxs)")
+    splits = load_splits(splits_path)
+    scene_types = export_labeled(root, splits)
+    records: list[ImageRecord] = []
+    quarantine: list[QuarantineEntry] = []
+    for split, indices in splits.items():
+        sizes = check_images([root / export_paths(split, int(idx))["rgb"] for idx in indices])
+        for idx, size in zip(indices, sizes):
+            record = _labeled_record(root, split, int(idx), size, scene_types[idx - 1], quarantine)
+            if record is not None:
+                records.append(record)
+    if include_sync and (root / SYNC_DIR).is_dir():
+        records += _sync_records(root, quarantine)
+    return ReadResult(records, [], quarantine)
+
+
+def load_splits(path: Path) -> dict[str, np.ndarray]:
+    """{"train": trainNdxs, "test": testNdxs} as 1-based int64 vectors (MATLAB v5 file)."""
+    try:
+        mat = scipy.io.loadmat(path)
+    except (ValueError, NotImplementedError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable MATLAB v5 split file ({exc})") from None
+    splits = {}
+    for split, key in SPLIT_KEYS.items():
+        if key not in mat:
+            raise ValueError(f"{path}: no {key!r} variable (has {sorted(k for k in mat if not k.startswith('__'))})")
+        splits[split] = np.asarray(mat[key]).ravel().astype(np.int64)
+    if set(splits["train"].tolist()) & set(splits["test"].tolist()):
+        raise ValueError(f"{path}: trainNdxs and testNdxs overlap")
+    return splits
+
+
+def export_labeled(root: Path, splits: dict[str, np.ndarray]) -> list[str]:
+    """Write the PNG export of every split sample (missing files only); returns the scene types.
+
+    Images: ``images[i]`` is (3, W, H) under h5py and ``.T`` gives (H, W, 3); depths likewise
+    ``depths[i].T``. Depths are rounded to whole millimetres; 0 (and NaN) stays 0 = missing.
+    """
+    mat_path = root / MAT_NAME
+    stamp = {"version": EXPORT_VERSION, "mat": _fingerprint(mat_path), "splits": _fingerprint(root / SPLITS_NAME)}
+    stamp_path = root / EXPORT_DIR / EXPORT_STAMP
+    keep_existing = stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp
+    if not keep_existing:  # another mat or split file (or none recorded): start from scratch
+        for split in SPLIT_KEYS:
+            shutil.rmtree(root / EXPORT_DIR / split, ignore_errors=True)
+    # Stamp first: an interrupted export resumes (files appear atomically, so existing = complete).
+    atomic_write_text(stamp_path, json.dumps(stamp))
+    with _open_mat(mat_path) as f:
+        for key in ("images", "depths", "rawDepths", "sceneTypes"):
+            if key not in f:
+                raise ValueError(f"{mat_path}: no {key!r} dataset (is this the labeled NYU Depth v2 file?)")
+        n = f["images"].shape[0]
+        scene_types = cell_strings(f, "sceneTypes")
+        if len(scene_types) != n:
+            raise ValueError(f"{mat_path}: {len(scene_types)} sceneTypes for {n} images")
+        for split, indices in splits.items():
+            if len(indices) and (indices.min() < 1 or indices.max() > n):
+                raise ValueError(f"{root / SPLITS_NAME}: {SPLIT_KEYS[split]} must be 1-based indices in 1..{n}")
+            for idx in indices:
+                _export_sample(f, root, split, int(idx), keep_existing)
+    return scene_types
+
+
+def _open_mat(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({exc})") from None
+
+
+def export_paths(split: str, idx: int) -> dict[str, str]:
+    """Paths (relative to the root) of the exported files of 1-based sample ``idx``."""
+    base = f"{EXPORT_DIR}/{split}"
+    return {
+        "rgb": f"{base}/rgb_{idx:05d}.png",
+        "depth_raw": f"{base}/depth_raw_{idx:05d}.png",
+        "depth": f"{base}/depth_{idx:05d}.png",
+    }
+
+
+def cell_strings(f: h5py.File, key: str) -> list[str]:
+    """A MATLAB v7.3 cell array of strings: object references to uint16 char arrays."""
+    out = []
+    for item in np.asarray(f[key][()]).ravel():
+        out.append(_matlab_string(f[item]) if isinstance(item, h5py.Reference) else str(item))
+    return out
+
+
+def metres_to_mm_png(depth_m: np.ndarray) -> np.ndarray:
+    """float metres -> uint16 millimetres (rounded; NaN/negative -> 0, capped at 65.535 m)."""
+    mm = np.rint(np.nan_to_num(depth_m, nan=0.0) * 1000.0)
+    return np.clip(mm, 0, 65535).astype(np.uint16)
+
+
+def _matlab_string(ds: h5py.Dataset) -> str:
+    if ds.attrs.get("MATLAB_empty", 0):
+        return ""
+    data = np.asarray(ds[()])
+    if data.dtype.kind in "ui":
+        return "".join(chr(int(c)) for c in data.ravel())
+    if data.dtype.kind == "S":
+        return b"".join(data.ravel()).decode()
+    return str(data)
+
+
+def _export_sample(f: h5py.File, root: Path, split: str, idx: int, keep_existing: bool) -> None:
+    """Write the three PNGs of 1-based sample ``idx`` (only the missing ones if ``keep_existing``)."""
+    i = idx - 1
+    for kind, rel in export_paths(split, idx).items():
+        path = root / rel
+        if keep_existing and path.exists():
+            continue
+        if kind == "rgb":
+            rgb = np.ascontiguousarray(f["images"][i].T)  # (3, W, H) -> (H, W, 3)
+            if rgb.ndim != 3 or rgb.shape[2] != 3:
+                raise ValueError(f"images[{i}] has shape {f['images'][i].shape}, expected (3, W, H)")
+            _write_png(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        else:
+            key = "rawDepths" if kind == "depth_raw" else "depths"
+            _write_png(path, metres_to_mm_png(f[key][i].T))  # (W, H) -> (H, W)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    ok, data = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError(f"{path}: PNG encoding failed")
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data.tobytes()))
+
+
+def _fingerprint(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _labeled_record(root, split, idx, size, scene_type, quarantine) -> ImageRecord | None:
+    paths = export_paths(split, idx)
+    if isinstance(size, str):
+        quarantine.append(QuarantineEntry(paths["rgb"], size))
+        return None
+    return ImageRecord(
+        dataset="nyuv2",
+        image_id=f"{idx:05d}",
+        split=split,
+        image_path=paths["rgb"],
+        width=size[0],
+        height=size[1],
+        depth_path=paths["depth_raw"],
+        depth_format="png_uint16_mm",
+        depth_dense_path=paths["depth"],
+        label_name=scene_type,
+    )
+
+
+def scene_type_of(scene: str) -> str:
+    """``"living_room_0047b"`` -> ``"living_room"``: a sync scene folder's scene type."""
+    match = re.fullmatch(r"(.+?)_\d+[a-z]?", scene)
+    return match.group(1) if match else scene
+
+
+def _sync_records(root: Path, quarantine: list[QuarantineEntry]) -> list[ImageRecord]:
+    list_path = root / SYNC_LIST_NAME
+    if not list_path.exists():
+        raise DatasetLayoutError(f"{list_path}: missing BTS sync pair list (the sync/ folder is present)")
+    pairs = [
+        (f"{SYNC_DIR}/{rgb.lstrip('/')}", f"{SYNC_DIR}/{depth.lstrip('/')}")
+        for rgb, depth in read_path_pairs(list_path, "<rgb> <depth> [focal]")
+    ]
+    records = []
+    sizes = check_images([root / rgb_rel for rgb_rel, _ in pairs])
+    for (rgb_rel, depth_rel), size in zip(pairs, sizes):
+        if isinstance(size, str):
+            quarantine.append(QuarantineEntry(rgb_rel, size))
+            continue
+        if not (root / depth_rel).exists():
+            quarantine.append(QuarantineEntry(depth_rel, "depth file listed but not found"))
+            continue
+        scene = Path(rgb_rel).parent.name
+        records.append(
+            ImageRecord(
+                dataset="nyuv2",
+                image_id=f"{scene}/{Path(rgb_rel).stem.removeprefix('rgb_')}",
+                split="train_sync",
+                image_path=rgb_rel,
+                width=size[0],
+                height=size[1],
+                depth_path=depth_rel,
+                depth_format="png_uint16_mm",
+                label_name=scene_type_of(scene),
+            )
+        )
+    return records

@@ -1,0 +1,3 @@
+from instructcv_core.data.mini.build import main
+
+main()

@@ -1,0 +1,1 @@
+"""Instructions: the task templates (FP), LLM paraphrases (RP) and held-out phrasings."""

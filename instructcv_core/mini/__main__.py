@@ -1,3 +1,0 @@
-from instructcv_core.mini.build import main
-
-main()
