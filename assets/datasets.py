@@ -14,6 +14,8 @@ import dagster as dg
 from pydantic import Field
 
 from assets.raw import RAW_DATASETS, raw_assets
+from instructcv_core.construction.config import BuildConfig
+from pipelines.config import run_config_class, run_config_overrides
 from pipelines.resources import InstructCVSettings, MlflowTracking
 
 # `backfill_policy` is marked beta in Dagster 1.13; it is the documented way to build all shards in one run.
@@ -26,29 +28,29 @@ SHARDS = dg.StaticPartitionsDefinition([f"{i:02d}" for i in range(N_SHARDS)])
 SHARD_BACKFILL = dg.BackfillPolicy.single_run()
 
 
-class DatasetBuildConfig(dg.Config):
-    """How visual targets are made (changes the pairs)."""
+class PairBuildExecution(dg.Config):
+    """How the pair-building step runs (not part of the pairs' identity)."""
 
-    box_colour: str = Field(default="blue", description="Detection box colour, a palette name (official COCO: blue; paper text: red).")
-    box_width: int = Field(default=4, description="Detection box outline width in pixels, drawn at the original resolution.")
-    include_crowd: bool = Field(default=False, description="Draw COCO crowd boxes in detection targets.")
-    pets_variants: list[str] = Field(default=["binary", "breeds"], description="Oxford-IIIT Pet classification variants: binary (cat/dog) and/or breeds (37).")
-    classification_negatives: int = Field(default=1, description="Negative questions per image for multi-class variants.")
-    workers: int = Field(default=2, description="Processes building pairs inside the step.")
+    workers: int = Field(default=2, ge=1, description="Processes building pairs inside the step.")
+
+
+# How targets are made: the knobs of `BuildConfig` (declared once, there); resolution and seed come from
+# the settings, the profiles' values from `instructcv_core.presets` (stage "build").
+DatasetBuildConfig = run_config_class(
+    BuildConfig, "DatasetBuildConfig", exclude=("resolution", "seed"), base=PairBuildExecution,
+    doc="How visual targets are made (changes the pairs); unset knobs take the profile's preset.")
 
 
 def _datasets_dir(settings: InstructCVSettings) -> Path:
     return settings.profile_dir / "datasets"
 
 
-def _build_config(config: DatasetBuildConfig, settings: InstructCVSettings):
-    from instructcv_core.construction.pairs import BuildConfig
+def _build_config(config: DatasetBuildConfig, settings: InstructCVSettings) -> BuildConfig:
+    """The core `BuildConfig`: dataclass defaults < profile preset < run config < settings."""
+    from instructcv_core.presets import resolve
 
-    return BuildConfig(
-        resolution=settings.resolution_px, seed=settings.seed, box_colour=config.box_colour, box_width=config.box_width,
-        include_crowd=config.include_crowd, pets_variants=tuple(config.pets_variants),
-        classification_negatives=config.classification_negatives,
-    )
+    return resolve(BuildConfig, settings.profile, "build", run_config_overrides(config),
+                   resolution=settings.resolution_px, seed=settings.seed)
 
 
 def _sources(settings: InstructCVSettings) -> dict:
@@ -214,13 +216,13 @@ def rp_manifest(context: dg.AssetExecutionContext, settings: InstructCVSettings,
 )
 def test_manifests(context: dg.AssetExecutionContext, settings: InstructCVSettings, mlflow_tracking: MlflowTracking) -> dg.MaterializeResult:
     from instructcv_core.construction.manifest import MANIFEST_SCHEMA, attach_fp, write_table
-    from instructcv_core.construction.pairs import BENCHMARKS
+    from instructcv_core.benchmarks import manifest_benchmarks
 
     pairs = _all_pairs(settings)
     test = attach_fp(pairs[pairs["role"] == "test"])
     folder = _datasets_dir(settings) / "test"
     counts = {}
-    for benchmark in BENCHMARKS:
+    for benchmark in (b.name for b in manifest_benchmarks()):
         rows = test[test["benchmark"] == benchmark]
         write_table(rows, folder / f"{benchmark}.parquet", MANIFEST_SCHEMA, metadata={"manifest": f"test/{benchmark}"})
         counts[benchmark] = {"images": int(rows["image_id"].nunique()), "pairs": len(rows)}
@@ -316,6 +318,7 @@ def _manifest_checks(asset: dg.AssetsDefinition, name: str) -> list:
         import pandas as pd
 
         from instructcv_core.instructions.templates import HELDOUT, normalise, render
+        from instructcv_core.tasks import task
 
         manifest = pd.read_parquet(path_of(settings), columns=["task", "instruction", "category_text", "color", "color2"])
         used = set(manifest["instruction"].map(normalise))
@@ -325,9 +328,7 @@ def _manifest_checks(asset: dg.AssetsDefinition, name: str) -> list:
                 continue  # the FP template is FP's own training instruction
             rows = manifest[manifest["task"] == phrasing.task].head(200)
             for row in rows.itertuples():
-                slots = {} if phrasing.task == "depth" else {"category": row.category_text}
-                if phrasing.task == "classification":
-                    slots.update(color=row.color, color2=row.color2)
+                slots = task(phrasing.task).instruction_slots(row)
                 if normalise(render(phrasing.text, **slots)) in used:
                     clashes.append(phrasing.text)
                     break

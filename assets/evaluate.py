@@ -8,71 +8,43 @@ to one MLflow run per checkpoint, and carries blocking checks: metrics finite an
 RP) the trained model not beaten by the untrained one. `results_tables` assembles Tables 1–3.
 """
 
+import dataclasses
 import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Optional
 
 import dagster as dg
-from pydantic import Field
 
 from assets.datasets import test_manifests
 from assets.instructions import heldout_instructions
 from assets.model import base_model, resolve_base_model
 from assets.train import checkpoint_pointer, instructcv_fp_checkpoint, instructcv_rp_checkpoint
+from instructcv_core.benchmarks import BENCHMARKS, TABLES
+from instructcv_core.evaluation.config import EvalConfig
+from instructcv_core.inference.config import SamplerConfig
+from pipelines.config import run_config_class, run_config_overrides
 from pipelines.resources import InstructCVSettings, MlflowTracking
 
-BENCHMARK_NAMES = ("nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub", "fss1000")
-IN_DOMAIN = ("nyuv2", "ade20k", "coco", "pets")
-HELDOUT = "ade20k_heldout"
-DESCRIPTIONS = {
-    "nyuv2": "NYUv2 depth (in-domain)", "ade20k": "ADE20K semantic segmentation (in-domain)",
-    "coco": "COCO detection (in-domain)", "pets": "Oxford-IIIT Pet classification (in-domain)",
-    "sunrgbd": "SUN RGB-D depth (external)", "voc_seg": "PASCAL VOC segmentation (external)",
-    "voc_det": "PASCAL VOC detection (external)", "imagenet_sub": "ImageNet-sub classification (external)",
-    "fss1000": "FSS-1000 open-vocabulary segmentation (external)",
-    HELDOUT: "ADE20K segmentation with the six held-out instructions of Table 3",
-}
-# Profile defaults (a `-c` run config replaces the job's embedded config, so they live in code).
-# Paper: the official recipe. Mini: few steps and small subsets, to fit the embedded run in minutes.
-PROFILE_EVAL_DEFAULTS = {
-    "mini": {"steps": 8, "batch_size": 32, "dtype": "float32", "max_images": 6, "heldout_images": 4},
-    "paper": {"steps": 100, "batch_size": 64, "dtype": "float16", "max_images": None, "heldout_images": 200},
-}
+
+# The knobs are declared once, on the library's configs (`SamplerConfig`, `EvalConfig`); the profiles'
+# values live in `instructcv_core.presets` (stages "sampler" and "eval").
+SamplerRunConfig = run_config_class(
+    SamplerConfig, "SamplerRunConfig", doc="How outputs are generated; unset knobs take the profile's preset "
+    "(resolution: the profile's training resolution).")
+EvalAssetConfig = run_config_class(
+    EvalConfig, "EvalAssetConfig", exclude=("sampler", "seed"), base=SamplerRunConfig,
+    doc="Sampling and protocol settings of an evaluation; unset knobs take the profile's preset.")
 
 
-class EvalAssetConfig(dg.Config):
-    """Sampling and protocol settings of an evaluation; unset values take the profile defaults."""
+def eval_config(config: EvalAssetConfig, settings: InstructCVSettings) -> EvalConfig:
+    """The core `EvalConfig` of an asset config: dataclass defaults < profile preset < run config."""
+    from instructcv_core.presets import resolve
 
-    steps: Optional[int] = Field(default=None, description="Denoising steps (official: 100; mini default: 8).")
-    text_guidance: float = Field(default=7.5, description="Text guidance scale s_T (official 7.5).")
-    image_guidance: float = Field(default=1.5, description="Image guidance scale s_I (official 1.5).")
-    scheduler: str = Field(default="euler_ancestral", description="euler_ancestral (official) | euler | ddim | dpmsolver++.")
-    resolution: Optional[int] = Field(default=None, description="Square generation resolution (default: the profile's training resolution).")
-    batch_size: Optional[int] = Field(default=None, description="Outputs per UNet call (each call evaluates 3 guidance branches).")
-    dtype: Optional[str] = Field(default=None, description="float32 | float16 | bfloat16 (paper default float16, as the official autocast).")
-    max_images: Optional[int] = Field(default=None, description="Images per benchmark (unset: profile default; paper: the whole test split).")
-    heldout_images: Optional[int] = Field(default=None, description="ADE20K images for Table 3 (paper: 200).")
-    protocols: list[str] = Field(default=["paper", "standard"], description="Protocols to score: paper and/or standard.")
-    standard_classes: str = Field(default="split", description="Standard protocol asks every category of the test split (`split`) or of the dataset list (`all`).")
-    standard_threshold: float = Field(default=127.0, description="Standard segmentation threshold on the channel mean.")
-    paper_threshold: float = Field(default=10.0, description="Paper protocol segmentation threshold (blue channel, official 10).")
-
-
-def eval_config(config: EvalAssetConfig, settings: InstructCVSettings):
-    """The core `EvalConfig` of an asset config under the profile's defaults."""
-    from instructcv_core.evaluation import EvalConfig
-    from instructcv_core.sampling import SamplerConfig
-
-    defaults = PROFILE_EVAL_DEFAULTS[settings.profile]
-    pick = lambda key: defaults[key] if getattr(config, key) is None else getattr(config, key)  # noqa: E731
-    sampler = SamplerConfig(steps=pick("steps"), text_guidance=config.text_guidance, image_guidance=config.image_guidance,
-                            scheduler=config.scheduler, resolution=config.resolution or settings.resolution_px,
-                            batch_size=pick("batch_size"), dtype=pick("dtype"))
-    return EvalConfig(sampler=sampler, protocols=tuple(config.protocols), max_images=pick("max_images"),
-                      heldout_images=pick("heldout_images"), seed=settings.seed, standard_classes=config.standard_classes,
-                      standard_threshold=config.standard_threshold, paper_threshold=config.paper_threshold)
+    sampler_knobs = {f.name for f in dataclasses.fields(SamplerConfig)} & config.model_fields_set
+    sampler_set = run_config_overrides(SamplerRunConfig(**{k: getattr(config, k) for k in sampler_knobs}))
+    sampler = resolve(SamplerConfig, settings.profile, "sampler", {"resolution": settings.resolution_px, **sampler_set})
+    return resolve(EvalConfig, settings.profile, "eval", run_config_overrides(config), sampler=sampler, seed=settings.seed)
 
 
 def eval_dir(settings: InstructCVSettings, variant: str) -> Path:
@@ -85,13 +57,14 @@ def asset_key(benchmark: str, variant: str) -> dg.AssetKey:
 
 def _load_model(settings: InstructCVSettings, variant: str, config):
     """(sampler factory, checkpoint identity, checkpoint description) of a variant."""
-    from instructcv_core.sampling import InstructCVSampler
+    from instructcv_core.inference.sampler import InstructCVSampler
 
     if variant == "untrained":
         source = resolve_base_model(settings)
 
         def factory():
-            from instructcv_core.model import load_base, widen_conv_in
+            from instructcv_core.model.conv_in import widen_conv_in
+            from instructcv_core.model.loading import load_base
 
             base = load_base(source, allow_network=settings.allow_network)
             unet = widen_conv_in(base.unet, base.vae.config.latent_channels * 2)
@@ -119,26 +92,28 @@ def _folder_fingerprint(folder: Path) -> str:
 def eval_assets(variant: str) -> dg.AssetsDefinition:
     trained = variant != "untrained"
     upstream = {"fp": instructcv_fp_checkpoint, "rp": instructcv_rp_checkpoint}.get(variant, base_model)
-    names = [*BENCHMARK_NAMES, HELDOUT] if trained else list(BENCHMARK_NAMES)
+    names = [b.name for b in BENCHMARKS.values() if trained or b.untrained_reference]
     specs, checks = [], []
     for name in names:
+        bench = BENCHMARKS[name]
+        compared = trained and bench.untrained_reference
         deps = [upstream, test_manifests]
-        if name == HELDOUT:
+        if bench.kind == "heldout":
             deps.append(heldout_instructions)
-        if trained and name != HELDOUT:
+        if compared:
             deps.append(asset_key(name, "untrained"))  # read by the not-beaten-by-untrained check
         who = f"InstructCV-{variant.upper()}" if trained else "the untrained base (reference for checks)"
         specs.append(dg.AssetSpec(
             asset_key(name, variant), group_name="eval", deps=deps, kinds={"pytorch", "parquet", "mlflow"},
-            description=f"{DESCRIPTIONS[name]}: {who}, both protocols. Queries and outputs, metrics (Parquet + "
+            description=f"{bench.description}: {who}, both protocols. Queries and outputs, metrics (Parquet + "
                         "Markdown), sample grid (input | output | prediction | ground truth) and evaluation cost."))
         checks.append(dg.AssetCheckSpec("metrics_valid", asset=asset_key(name, variant), blocking=True,
                                         description="Every metric present, finite and within its valid range."))
-        if trained and name != HELDOUT:
+        if compared:
             checks.append(dg.AssetCheckSpec(
                 "not_beaten_by_untrained", asset=asset_key(name, variant), blocking=True,
                 description="The untrained base does not beat this checkpoint on the headline (standard) metric. "
-                            + ("Blocking: an in-domain benchmark." if name in IN_DOMAIN else
+                            + ("Blocking: an in-domain benchmark." if bench.in_domain else
                                "External benchmark: a loss is reported as a warning (distribution shift is a finding, not a bug).")))
 
     @dg.multi_asset(name=f"evaluate_{variant}", specs=specs, check_specs=checks, can_subset=True, pool="gpu")
@@ -147,8 +122,8 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
         import mlflow
         import pandas as pd
 
-        from instructcv_core.evaluation import evaluate_benchmark
         from instructcv_core.data.imagestore import ImageStore
+        from instructcv_core.evaluation.run import evaluate_benchmark
 
         core = eval_config(config, settings)
         factory, identity, checkpoint = _load_model(settings, variant, core)
@@ -161,7 +136,7 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
 
         selected = [n for n in names if asset_key(n, variant) in context.selected_asset_keys]
         heldout = None
-        if HELDOUT in selected:
+        if any(BENCHMARKS[n].kind == "heldout" for n in selected):
             frame = pd.read_parquet(settings.profile_dir / "instructions" / "heldout.parquet")
             heldout = list(frame[frame["source"] == "paper_table3"]["text"])
         store = ImageStore(settings.profile_dir / "eval" / "outputs")
@@ -224,7 +199,7 @@ def _metadata(result, url: str) -> dict:
 
 
 def _checks(context, settings: InstructCVSettings, variant: str, name: str, result):
-    from instructcv_core.evaluation import invalid_metrics
+    from instructcv_core.evaluation.scoring import invalid_metrics
 
     key = asset_key(name, variant)
     selected = context.selected_asset_check_keys
@@ -236,7 +211,7 @@ def _checks(context, settings: InstructCVSettings, variant: str, name: str, resu
     beat_key = dg.AssetCheckKey(key, "not_beaten_by_untrained")
     if beat_key in selected:
         reference = eval_dir(settings, "untrained") / name / "details.json"
-        severity = dg.AssetCheckSeverity.ERROR if name in IN_DOMAIN else dg.AssetCheckSeverity.WARN
+        severity = dg.AssetCheckSeverity.ERROR if BENCHMARKS[name].in_domain else dg.AssetCheckSeverity.WARN
         yield not_beaten_check(key, name, result.details, reference, severity)
 
 
@@ -245,11 +220,12 @@ def not_beaten_check(key: dg.AssetKey, name: str, details: dict, reference: Path
     """Fail when the untrained base is significantly better than the checkpoint on the headline metric.
 
     Paired per image (the same images, the same questions) with a one-sided t-test at 95 % and a
-    minimal effect size (`instructcv_core.evaluation.paired_comparison`, `MIN_EFFECT`): on the
+    minimal effect size (`instructcv_core.evaluation.comparison.paired_comparison`, `MIN_EFFECT`): on the
     handful of mini-benchmark images a small difference either way is noise, a consistent and
     material one is not.
     """
-    from instructcv_core.evaluation import MIN_EFFECT, paired_comparison, primary_metric
+    from instructcv_core.evaluation.comparison import MIN_EFFECT, paired_comparison
+    from instructcv_core.evaluation.scoring import primary_metric
 
     if not reference.exists():
         return dg.AssetCheckResult(asset_key=key, check_name="not_beaten_by_untrained", passed=False, severity=severity,
@@ -277,12 +253,9 @@ EVAL_ASSETS = [evaluate_untrained, evaluate_fp, evaluate_rp]
 # Tables
 
 
-TABLE_SPECS = {
-    "table1": ("Table 1: depth, segmentation, classification and detection on the in-domain and external "
-               "benchmarks; published InstructCV-FP/RP numbers beside ours under both protocols.", BENCHMARK_NAMES[:-1]),
-    "table2": ("Table 2: open-vocabulary segmentation on FSS-1000 (mIoU), published rows and ours.", ("fss1000",)),
-    "table3": ("Table 3: ADE20K segmentation with the six held-out instructions (mIoU), published and ours.", (HELDOUT,)),
-}
+#: table -> (description, the benchmarks whose results it shows), from the benchmark table.
+TABLE_SPECS = {name: (description, tuple(b.name for b in BENCHMARKS.values() if b.table == name))
+               for name, description in TABLES.items()}
 
 
 @dg.multi_asset(
@@ -295,7 +268,7 @@ TABLE_SPECS = {
 def results_tables(context: dg.AssetExecutionContext, settings: InstructCVSettings, mlflow_tracking: MlflowTracking):
     import mlflow
 
-    from instructcv_core import tables
+    from instructcv_core.evaluation import tables
     from instructcv_core.construction.manifest import write_table_frame
     from instructcv_core.data.records import atomic_write_text
 
@@ -303,9 +276,10 @@ def results_tables(context: dg.AssetExecutionContext, settings: InstructCVSettin
     results = tables.read_results(settings.profile_dir / "eval")
     heldout = {}
     for variant in ("fp", "rp"):
-        details = eval_dir(settings, variant) / HELDOUT / "details.json"
-        if details.exists():
-            heldout[variant] = {p: d.get("by_phrasing", {}) for p, d in json.loads(details.read_text()).items()}
+        for name in TABLE_SPECS["table3"][1]:
+            details = eval_dir(settings, variant) / name / "details.json"
+            if details.exists():
+                heldout[variant] = {p: d.get("by_phrasing", {}) for p, d in json.loads(details.read_text()).items()}
     built = {"table1": lambda: tables.table1(results), "table2": lambda: tables.table2(results),
              "table3": lambda: tables.table3(heldout)}
     selected = [n for n in TABLE_SPECS if dg.AssetKey(n) in context.selected_asset_keys]

@@ -10,22 +10,19 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import dagster as dg
-from pydantic import Field
 
 from assets.datasets import fp_manifest, test_manifests
+from instructcv_core.model.config import BaseModelConfig
+from pipelines.config import run_config_class, run_config_overrides
 from pipelines.resources import InstructCVSettings
 
 
-class BaseModelConfig(dg.Config):
-    """The mini profile's tiny base; ignored by the paper profile (settings.base_model there)."""
-
-    text_encoder: str = Field(default="minilm", description="`minilm` (pretrained all-MiniLM-L6-v2, frozen) or `clip` (tiny random CLIP).")
-    fit_seconds: float = Field(default=150.0, description="Wall-clock budget for fitting the tiny autoencoder.")
-    fit_images: int = Field(default=4000, description="At most this many distinct training images (inputs and targets) to fit on.")
-    prediction_type: Optional[str] = Field(default=None, description="Override the base scheduler's prediction type (mini default: v_prediction).")
+BaseModelAssetConfig = run_config_class(
+    BaseModelConfig, "BaseModelAssetConfig", exclude=("image_size", "seed"),
+    doc="The mini profile's tiny base and its autoencoder fit (unset: the profile's preset); ignored by the "
+    "paper profile, which loads settings.base_model. Resolution and seed come from the settings.")
 
 
 def base_model_dir(settings: InstructCVSettings) -> Path:
@@ -47,9 +44,9 @@ def resolve_base_model(settings: InstructCVSettings) -> str:
     "mini profile's tiny SD-shaped model with a fitted autoencoder), with the VAE round-trip ceiling "
     "of each task's visual encoding.",
 )
-def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, settings: InstructCVSettings) -> dg.MaterializeResult:
+def base_model(context: dg.AssetExecutionContext, config: BaseModelAssetConfig, settings: InstructCVSettings) -> dg.MaterializeResult:
     if settings.profile == "paper":
-        from instructcv_core.model import check_base_source
+        from instructcv_core.model.loading import check_base_source
 
         check_base_source(settings.base_model_source, settings.allow_network)
         return dg.MaterializeResult(metadata={"source": settings.base_model_source, "profile": "paper",
@@ -59,18 +56,18 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, setti
     import pandas as pd
 
     from instructcv_core.data.imagestore import ImageStore
-    from instructcv_core.model import TinyModelConfig, build_tiny_base, fit_autoencoder, load_base, reconstruction_report
     from instructcv_core.data.records import atomic_write_text
+    from instructcv_core.model.autoencoder import fit_autoencoder, reconstruction_report
+    from instructcv_core.model.loading import load_base
+    from instructcv_core.model.tiny_base import build_tiny_base
+    from instructcv_core.presets import resolve
 
     datasets = settings.profile_dir / "datasets"
     store = ImageStore(datasets / "images")
     manifest = pd.read_parquet(datasets / "fp_manifest.parquet", columns=["task", "input_digest", "target_digest"])
-    tiny = TinyModelConfig(image_size=settings.resolution_px, text_encoder=config.text_encoder, seed=settings.seed,
-                           **({"prediction_type": config.prediction_type} if config.prediction_type else {}))
-    stamp = {"tiny": tiny.__dict__ | {"vae_block_out_channels": list(tiny.vae_block_out_channels),
-                                      "unet_block_out_channels": list(tiny.unet_block_out_channels)},
-             "fit_seconds": config.fit_seconds, "fit_images": config.fit_images,
-             "manifest_digests": _digest_of(manifest)}
+    recipe = resolve(BaseModelConfig, settings.profile, "base_model", run_config_overrides(config),
+                     image_size=settings.resolution_px, seed=settings.seed)
+    stamp = recipe.stamp(_digest_of(manifest))
     target = base_model_dir(settings)
     stamp_path = target / "instructcv_base.json"
     if stamp_path.exists() and json.loads(stamp_path.read_text()).get("stamp") == stamp:
@@ -79,15 +76,15 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, setti
         return dg.MaterializeResult(metadata=_metadata(target, saved["fit"], saved["report"], reused=True))
 
     digests = sorted(set(manifest["input_digest"]) | set(manifest["target_digest"]))
-    step = max(1, len(digests) // config.fit_images)
+    step = max(1, len(digests) // recipe.fit_images)
     images = np.stack([store.get(d) for d in digests[::step]])
-    context.log.info(f"fitting the tiny autoencoder on {len(images)} images for {config.fit_seconds:.0f} s")
+    context.log.info(f"fitting the tiny autoencoder on {len(images)} images for {recipe.fit_seconds:.0f} s")
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".base-", dir=target.parent) as tmp:
-        folder = build_tiny_base(tiny, Path(tmp) / "base")
+        folder = build_tiny_base(recipe.tiny(), Path(tmp) / "base")
         components = load_base(str(folder))
-        fit = fit_autoencoder(components.vae, images, seconds=config.fit_seconds, seed=settings.seed, log=context.log.info)
+        fit = fit_autoencoder(components.vae, images, seconds=recipe.fit_seconds, seed=settings.seed, log=context.log.info)
         components.vae.save_pretrained(folder / "vae", safe_serialization=True)
         report = reconstruction_report(components.vae, _held_out_by_task(settings, store))
         atomic_write_text(folder / "instructcv_base.json", json.dumps({"stamp": stamp, "fit": fit, "report": report}, indent=1))

@@ -1,11 +1,12 @@
 """Training stage (group `train`): the FP and RP checkpoints, trained in a subprocess via Dagster Pipes.
 
-Training runs as `accelerate launch ... -m instructcv_core.train --config <resolved.yaml>`, started by
+Training runs as `accelerate launch ... -m instructcv_core.training --config <resolved.yaml>`, started by
 `PipesSubprocessClient`, so one GPU, several GPUs or several nodes is a config change (world size and
 machines below); only rank 0 reports back to Dagster and logs to MLflow. The assets hold the `gpu`
 pool: the instance runs one such step at a time.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -17,81 +18,50 @@ from pydantic import Field
 
 from assets.datasets import fp_manifest, rp_manifest
 from assets.model import base_model, resolve_base_model
+from instructcv_core.presets import resolve
+from instructcv_core.training.config import TrainConfig
+from pipelines.config import run_config_class, run_config_overrides
 from pipelines.resources import InstructCVSettings, MlflowTracking
 
-# Defaults that follow the profile (a `-c` run config replaces the job's embedded one, so they
-# cannot live only in configs/mini.yaml). Paper: the official recipe (lr 1e-4 constant, batch 128
-# per device, EMA 0.9999; bf16 and gradient checkpointing on GPU). Mini: minutes on 2 CPU cores.
-PROFILE_TRAIN_DEFAULTS = {
-    "mini": {"max_steps": 100_000, "max_seconds": 180.0, "train_batch_size": 32, "learning_rate": 5e-4,
-             "checkpointing_steps": 200, "mixed_precision": "no", "gradient_checkpointing": False},
-    "paper": {"max_steps": 20_000, "max_seconds": None, "train_batch_size": 128, "learning_rate": 1e-4,
-              "checkpointing_steps": 1000, "mixed_precision": "bf16", "gradient_checkpointing": True},
-}
 
+class TrainDeployment(dg.Config):
+    """Where training runs (deployment, not recipe: a different world size is a different run)."""
 
-class TrainAssetConfig(dg.Config):
-    """Training knobs; unset values take the profile's defaults (PROFILE_TRAIN_DEFAULTS)."""
-
-    max_steps: Optional[int] = Field(default=None, description="Optimisation steps (unset: profile default).")
-    max_seconds: Optional[float] = Field(default=None, description="Wall-clock budget; training stops at whichever comes first.")
-    train_batch_size: Optional[int] = Field(default=None, description="Per-device batch size.")
-    gradient_accumulation_steps: int = Field(default=1, description="Gradient accumulation steps.")
-    learning_rate: Optional[float] = Field(default=None, description="Constant AdamW learning rate.")
-    checkpointing_steps: Optional[int] = Field(default=None, description="Save an accelerate state every N steps (resumable).")
-    mixed_precision: Optional[str] = Field(default=None, description="no | fp16 | bf16.")
-    gradient_checkpointing: Optional[bool] = Field(default=None, description="Trade compute for memory (GPU).")
-    cache_latents: bool = Field(default=True, description="Encode every input/target once (VAE encoding dominates at small resolutions).")
-    ema_decay: float = Field(default=0.9999, description="EMA decay of the UNet weights (with warm-up).")
     num_processes: int = Field(default=1, description="accelerate world size on this machine (GPUs).")
     num_machines: int = Field(default=1, description="Nodes (multi-node also needs machine_rank and main_process_ip).")
     machine_rank: int = Field(default=0, description="This node's rank.")
     main_process_ip: Optional[str] = Field(default=None, description="Rank-0 node address for multi-node training.")
-    sample_every: int = Field(default=0, description="Log sample predictions on a fixed mini-batch every N steps (0 = off).")
 
 
-def run_dir(settings: InstructCVSettings, variant: str, train_config: dict) -> Path:
-    """Where one training configuration lives: keyed by a digest of the config and the manifest's bytes.
+#: What the settings and upstream assets decide, not the run config.
+FIXED_FIELDS = ("base_model", "manifest", "image_store", "output_dir", "resolution", "seed", "allow_network",
+                "mlflow_tracking_uri", "mlflow_run_id")
 
-    The same configuration resumes from its own checkpoints (a killed run continues); a changed
-    config or manifest starts a fresh folder instead of refusing to resume an incompatible state.
+TrainAssetConfig = run_config_class(
+    TrainConfig, "TrainAssetConfig", exclude=FIXED_FIELDS, base=TrainDeployment,
+    doc="The training recipe (every TrainConfig knob; unset: the profile's preset) and the deployment.")
+
+
+def resolved_train_config(config: TrainAssetConfig, settings: InstructCVSettings, variant: str) -> TrainConfig:
+    """The full `TrainConfig` of a variant: preset < run config < settings and upstream paths.
+
+    Its ``output_dir`` is the run's folder, ``train/<variant>/<run digest>`` (`training.checkpoint.run_digest`:
+    the resume key and the time budget): the same run resumes from its own checkpoints (a killed run
+    continues) and a changed recipe, manifest or base model starts a fresh folder.
     """
-    import hashlib
+    from instructcv_core.training.checkpoint import run_digest
 
-    digest = hashlib.sha256(json.dumps(train_config, sort_keys=True).encode())
-    with open(train_config["manifest"], "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return settings.profile_dir / "train" / variant / digest.hexdigest()[:12]
-
-
-def resolved_train_config(config: TrainAssetConfig, settings: InstructCVSettings, variant: str) -> dict:
-    """The full `TrainConfig` of a variant as a plain dict (written to YAML for the subprocess)."""
-    defaults = PROFILE_TRAIN_DEFAULTS[settings.profile]
-    pick = lambda key: defaults[key] if getattr(config, key) is None else getattr(config, key)  # noqa: E731
     datasets = settings.profile_dir / "datasets"
-    return {
-        "base_model": resolve_base_model(settings),
-        "manifest": str(datasets / f"{variant}_manifest.parquet"),
-        "image_store": str(datasets / "images"),
-        "resolution": settings.resolution_px,
-        "train_batch_size": pick("train_batch_size"),
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "learning_rate": pick("learning_rate"),
-        "max_steps": pick("max_steps"),
-        "max_seconds": pick("max_seconds"),
-        "checkpointing_steps": pick("checkpointing_steps"),
-        "mixed_precision": pick("mixed_precision"),
-        "gradient_checkpointing": pick("gradient_checkpointing"),
-        "cache_latents": config.cache_latents,
-        "ema_decay": config.ema_decay,
-        "seed": settings.seed,
-        "allow_network": settings.allow_network,
-        "sample_every": config.sample_every,
-    }
+    variant_dir = settings.profile_dir / "train" / variant
+    recipe = resolve(TrainConfig, settings.profile, "train", run_config_overrides(config),
+                     base_model=resolve_base_model(settings), manifest=str(datasets / f"{variant}_manifest.parquet"),
+                     image_store=str(datasets / "images"), output_dir=str(variant_dir),
+                     resolution=settings.resolution_px, seed=settings.seed, allow_network=settings.allow_network)
+    digest = run_digest(recipe, config.num_processes * config.num_machines)
+    return dataclasses.replace(recipe, output_dir=str(variant_dir / digest))
 
 
-def launch_command(config: TrainAssetConfig, config_path: Path, mixed_precision: str) -> list[str]:
+def launch_command(config: TrainDeployment, config_path: Path, mixed_precision: str) -> list[str]:
     """`accelerate launch` of the training module; the world size is configuration, not code."""
     command = [sys.executable, "-m", "accelerate.commands.launch",
                "--num_processes", str(config.num_processes), "--num_machines", str(config.num_machines),
@@ -103,7 +73,7 @@ def launch_command(config: TrainAssetConfig, config_path: Path, mixed_precision:
         command += ["--main_process_ip", config.main_process_ip]
     if config.num_processes > 1:
         command += ["--multi_gpu"]
-    return command + ["-m", "instructcv_core.train", "--config", str(config_path)]
+    return command + ["-m", "instructcv_core.training", "--config", str(config_path)]
 
 
 def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
@@ -126,8 +96,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
         from instructcv_core.data.records import atomic_write_text
 
         train_config = resolved_train_config(config, settings, variant)
-        output = run_dir(settings, variant, train_config)
-        train_config["output_dir"] = str(output)
+        output = Path(train_config.output_dir)
         output.mkdir(parents=True, exist_ok=True)
         config_path = output / "train_config.yaml"
         finished = output / "train_result.json"
@@ -141,15 +110,16 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
 
         with mlflow_tracking.start_run(context, settings, run_name=f"train-{variant}-{settings.profile}",
                                        tags={"stage": "train", "variant": variant}) as (run, url):
-            train_config["mlflow_tracking_uri"] = mlflow_tracking.resolved_uri(settings)
-            train_config["mlflow_run_id"] = run.info.run_id
-            atomic_write_text(config_path, yaml.safe_dump(train_config, sort_keys=True))
-            mlflow.log_params({k: v for k, v in train_config.items() if not k.startswith("mlflow")})
-            mlflow.log_dict(train_config, "train_config.yaml")
-            manifest = pd.read_parquet(train_config["manifest"], columns=["pair_id", "task", "dataset", "instruction", "input_digest", "target_digest"])
-            mlflow.log_input(mlflow.data.from_pandas(manifest, source=train_config["manifest"], name=variant), context="training")
+            train_config = dataclasses.replace(train_config, mlflow_tracking_uri=mlflow_tracking.resolved_uri(settings),
+                                               mlflow_run_id=run.info.run_id)
+            values = train_config.to_dict()
+            atomic_write_text(config_path, yaml.safe_dump(values, sort_keys=True))
+            mlflow.log_params({k: v for k, v in values.items() if not k.startswith("mlflow")})
+            mlflow.log_dict(values, "train_config.yaml")
+            manifest = pd.read_parquet(train_config.manifest, columns=["pair_id", "task", "dataset", "instruction", "input_digest", "target_digest"])
+            mlflow.log_input(mlflow.data.from_pandas(manifest, source=train_config.manifest, name=variant), context="training")
 
-            command = launch_command(config, config_path, train_config["mixed_precision"])
+            command = launch_command(config, config_path, train_config.mixed_precision)
             context.log.info("launching: " + " ".join(command))
             completed = pipes_subprocess_client.run(command=command, context=context, env=_child_env())
             result = completed.get_materialize_result()
@@ -158,7 +128,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
             _write_pointer(settings, variant, output / "train_result.json")
             model = mlflow.initialize_logged_model(
                 name=f"instructcv-{variant}", source_run_id=run.info.run_id,
-                params={"base_model": train_config["base_model"], "steps": str(summary["steps"])},
+                params={"base_model": train_config.base_model, "steps": str(summary["steps"])},
                 tags={"checkpoint_path": summary["pipeline_dir"], "variant": variant, "profile": settings.profile},
             )
             mlflow.finalize_logged_model(model.model_id, "READY")

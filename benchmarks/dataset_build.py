@@ -67,7 +67,10 @@ from PIL import Image
 # Only what `instructcv_core.construction.pairs` loads anyway: pool workers are spawned and re-import this module,
 # so the data generators' imports (h5py, scipy via the mini writers) live inside the functions.
 from instructcv_core.data.imagestore import PNG_COMPRESS_LEVEL
-from instructcv_core.construction.pairs import _TARGETS, TASKS, BuildConfig, WorkUnit, build_units
+from instructcv_core.construction.config import BuildConfig
+from instructcv_core.construction.pairs import WorkUnit, build_units
+from instructcv_core.tasks import TASK_NAMES as TASKS
+from instructcv_core.tasks import task as registered_task
 from instructcv_core.data.records import Box, ImageRecord
 
 TARGET_RATIO = 0.7
@@ -235,7 +238,7 @@ def time_codec(units: list[WorkUnit], config: BuildConfig) -> tuple[float, float
         path = Path(unit.root) / unit.record.image_path
         with Image.open(path) as im:  # untimed: only to make this unit's real target arrays
             image = np.asarray(im.convert("RGB"))
-        targets = [t.image for t in _TARGETS[unit.task](unit, image, config)]
+        targets = [t.image for t in registered_task(unit.task).targets(unit.record, unit.root, image, unit.class_names, config)]
         cpu_start, start = time.process_time(), time.perf_counter()
         with Image.open(path) as im:
             source = im.convert("RGB")

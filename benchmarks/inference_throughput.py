@@ -6,7 +6,7 @@
 
 `naive` calls the stock diffusers `StableDiffusionInstructPix2PixPipeline` once per (image,
 instruction), as the official evaluation scripts call their sampler: the image is re-encoded and the
-instruction re-embedded every time. `batched` is `instructcv_core.sampling.InstructCVSampler`: one
+instruction re-embedded every time. `batched` is `instructcv_core.inference.sampler.InstructCVSampler`: one
 UNet call for the three guidance branches of a whole batch, each image encoded once and each
 instruction embedded once. Both generate the same requests (``--images`` images x ``--instructions``
 instructions each, as evaluation asks every category of an image).
@@ -31,19 +31,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.train_throughput import SD15_UNET, SD15_VAE  # noqa: E402
-from instructcv_core.sampling import InstructCVSampler, Request, SamplerConfig  # noqa: E402
+from instructcv_core.inference.config import Request, SamplerConfig  # noqa: E402
+from instructcv_core.inference.sampler import InstructCVSampler  # noqa: E402
 
 
 def build_components(model: str, work_dir: Path, resolution: int):
     """(unet, vae, text_encoder, tokenizer, scheduler_config) with random weights."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from instructcv_core.model import TinyModelConfig, sd_noise_scheduler, tiny_clip_text_encoder, tiny_unet, tiny_vae, widen_conv_in
+    from instructcv_core.model.config import TinyModelConfig
+    from instructcv_core.model.conv_in import widen_conv_in
+    from instructcv_core.model.tiny_base import sd_noise_scheduler, tiny_clip_text_encoder, tiny_unet, tiny_vae
 
     if model == "sd15":
         from transformers import CLIPTextConfig, CLIPTextModel
 
-        from instructcv_core.tiny_tokenizer import build_clip_tokenizer
+        from instructcv_core.model.tiny_tokenizer import build_clip_tokenizer
 
         tokenizer = build_clip_tokenizer(work_dir / "tokenizer")
         text_encoder = CLIPTextModel(CLIPTextConfig(

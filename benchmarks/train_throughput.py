@@ -37,7 +37,9 @@ def build(model: str, device: str):
     if model == "sd15":
         unet, vae, text_dim, downsample = UNet2DConditionModel(**SD15_UNET), AutoencoderKL(**SD15_VAE), 768, 8
     else:
-        from instructcv_core.model import TinyModelConfig, tiny_unet, tiny_vae, widen_conv_in
+        from instructcv_core.model.config import TinyModelConfig
+        from instructcv_core.model.conv_in import widen_conv_in
+        from instructcv_core.model.tiny_base import tiny_unet, tiny_vae
 
         config = TinyModelConfig()
         unet = widen_conv_in(tiny_unet(config, cross_attention_dim=384))

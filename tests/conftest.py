@@ -88,8 +88,11 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
     (so the input image matters), saved in the stock diffusers layout."""
     import torch
 
-    from instructcv_core.model import TinyModelConfig, build_tiny_base, load_base, widen_conv_in
-    from instructcv_core.train import build_pipeline
+    from instructcv_core.model.config import TinyModelConfig
+    from instructcv_core.model.conv_in import widen_conv_in
+    from instructcv_core.model.loading import load_base
+    from instructcv_core.model.tiny_base import build_tiny_base
+    from instructcv_core.training.export import build_pipeline
 
     root = tmp_path_factory.mktemp("tiny_pipeline")
     config = TinyModelConfig(image_size=TINY_RES, vae_block_out_channels=(8, 16, 16), unet_block_out_channels=(16, 32),

@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from instructcv_core.cli import cli
-from instructcv_core.cli.predict import infer_task, palette_colours
+from instructcv_core.cli.predict import infer_task
+from instructcv_core.tasks.classification import palette_colours
 
 RES = 32
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -8,26 +8,19 @@ import cv2
 import numpy as np
 import pytest
 
-from instructcv_core.encoding import (
+from instructcv_core.tasks import TASK_NAMES as TASKS
+from instructcv_core.tasks.arrays import round_half_up
+from instructcv_core.tasks.classification import classification_margin, decode_classification, encode_classification
+from instructcv_core.tasks.colours import PALETTE, draw_colour_pair
+from instructcv_core.tasks.depth import DEPTH_MAX_M, decode_depth, depth_from_png_mm, encode_depth
+from instructcv_core.tasks.detection import (
     DEFAULT_BOX_COLOUR,
     DEFAULT_BOX_WIDTH,
-    DEPTH_MAX_M,
-    PALETTE,
-    TASKS,
     box_pixel_edges,
-    classification_margin,
-    decode_classification,
-    decode_depth,
     decode_detection,
-    decode_segmentation,
-    depth_from_png_mm,
-    draw_colour_pair,
-    encode_classification,
-    encode_depth,
     encode_detection,
-    encode_segmentation,
-    round_half_up,
 )
+from instructcv_core.tasks.segmentation import decode_segmentation, encode_segmentation
 
 BLUE = (0, 0, 255)
 RED = (255, 0, 0)

@@ -7,22 +7,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from instructcv_core import evaluation as E
-from instructcv_core import tables as T
+from instructcv_core.benchmarks import BENCHMARKS, TABLE3_INSTRUCTIONS
 from instructcv_core.data.records import Box, ImageRecord
-from instructcv_core.sampling import SamplerConfig
+from instructcv_core.evaluation import tables as T
+from instructcv_core.evaluation.comparison import paired_comparison
+from instructcv_core.evaluation.config import EvalConfig
+from instructcv_core.evaluation.data import BenchmarkData, select_images
+from instructcv_core.evaluation.planning import plan_queries, query_seed
+from instructcv_core.evaluation.reporting import metrics_table
+from instructcv_core.evaluation.scoring import invalid_metrics, primary_metric
+from instructcv_core.inference.config import SamplerConfig
 
 
 def bench(tmp_path: Path, name: str, task: str, dataset: str, rows: list[dict], records: list[ImageRecord],
-          categories: list[str]) -> E.Benchmark:
+          categories: list[str]) -> BenchmarkData:
     frame = pd.DataFrame(rows)
     manifest = tmp_path / f"{name}.parquet"
     frame.to_parquet(manifest)
-    return E.Benchmark(name, task, dataset, frame, {r.image_id: r for r in records}, tmp_path, categories,
-                       sorted({r["image_id"] for r in rows}), manifest)
+    spec = BENCHMARKS[name]
+    assert (spec.task, spec.dataset) == (task, dataset)
+    return BenchmarkData(spec, frame, {r.image_id: r for r in records}, tmp_path, categories,
+                         sorted({r["image_id"] for r in rows}), manifest)
 
 
-def seg_bench(tmp_path) -> E.Benchmark:
+def seg_bench(tmp_path) -> BenchmarkData:
     rows = [{"image_id": "a", "category": "cat", "input_original_digest": "da"},
             {"image_id": "a", "category": "dog", "input_original_digest": "da"},
             {"image_id": "b", "category": "sky", "input_original_digest": "db"}]
@@ -32,7 +40,7 @@ def seg_bench(tmp_path) -> E.Benchmark:
 
 def test_segmentation_queries_are_shared_between_protocols(tmp_path):
     b = seg_bench(tmp_path)
-    q = E.plan_queries(b, E.EvalConfig())
+    q = plan_queries(b, EvalConfig())
     # standard asks every category of the test split of every image; paper only the present ones
     assert list(zip(q["image_id"], q["category"], q["paper"], q["standard"])) == [
         ("a", "cat", True, True), ("a", "dog", True, True), ("a", "sky", False, True),
@@ -40,27 +48,27 @@ def test_segmentation_queries_are_shared_between_protocols(tmp_path):
     assert set(q["instruction"]) == {"Segment the cat.", "Segment the dog.", "Segment the sky."}
     assert q["query_id"].is_unique
     # "all" asks the dataset's whole category list; paper-only asks just the present ones
-    assert len(E.plan_queries(b, E.EvalConfig(standard_classes="all"))) == 2 * 5
-    paper_only = E.plan_queries(b, E.EvalConfig(protocols=("paper",)))
+    assert len(plan_queries(b, EvalConfig(standard_classes="all"))) == 2 * 5
+    paper_only = plan_queries(b, EvalConfig(protocols=("paper",)))
     assert list(zip(paper_only["image_id"], paper_only["category"])) == [("a", "cat"), ("a", "dog"), ("b", "sky")]
     assert not paper_only["standard"].any()
 
 
 def test_seeds_depend_on_the_question_only(tmp_path):
     b = seg_bench(tmp_path)
-    q1 = E.plan_queries(b, E.EvalConfig())
-    q2 = E.plan_queries(b, E.EvalConfig(sampler=SamplerConfig(batch_size=1, steps=3)))
+    q1 = plan_queries(b, EvalConfig())
+    q2 = plan_queries(b, EvalConfig(sampler=SamplerConfig(batch_size=1, steps=3)))
     assert q1["seed"].tolist() == q2["seed"].tolist()
     assert q1["seed"].is_unique
-    assert E.query_seed(0, "ade20k", "a", "Segment the cat.") == q1["seed"].iloc[0]
-    assert E.plan_queries(b, E.EvalConfig(seed=1))["seed"].tolist() != q1["seed"].tolist()
+    assert query_seed(0, "ade20k", "a", "Segment the cat.") == q1["seed"].iloc[0]
+    assert plan_queries(b, EvalConfig(seed=1))["seed"].tolist() != q1["seed"].tolist()
 
 
 def test_pets_classification_questions(tmp_path):
     rows = [{"image_id": "Bengal_1", "category": "Bengal", "input_original_digest": "d1"}]
     records = [ImageRecord("pets", "Bengal_1", "test", "Bengal_1.jpg", 8, 8, label_name="Bengal", species="cat")]
     b = bench(tmp_path, "pets", "classification", "pets", rows, records, ["Bengal", "beagle", "pug"])
-    q = E.plan_queries(b, E.EvalConfig())
+    q = plan_queries(b, EvalConfig())
     asked = dict(zip(q["category"], zip(q["paper"], q["standard"])))
     assert asked == {"Bengal": (False, True), "beagle": (False, True), "pug": (False, True),
                      "cat": (True, True), "dog": (True, True)}
@@ -71,18 +79,18 @@ def test_pets_classification_questions(tmp_path):
 def test_detection_and_depth_questions(tmp_path):
     rows = [{"image_id": "1", "category": "cat", "input_original_digest": "d"}]
     records = [ImageRecord("coco", "1", "val", "1.jpg", 8, 8, boxes=[Box("cat", 17, 0, 0, 4, 4)])]
-    q = E.plan_queries(bench(tmp_path, "coco", "detection", "coco", rows, records, ["person", "cat"]), E.EvalConfig())
+    q = plan_queries(bench(tmp_path, "coco", "detection", "coco", rows, records, ["person", "cat"]), EvalConfig())
     assert q["instruction"].tolist() == ["Detect the cat."]  # only split categories: 'person' never occurs
     rows = [{"image_id": i, "category": None, "input_original_digest": i} for i in ("x", "y")]
     records = [ImageRecord("nyuv2", i, "test", f"{i}.jpg", 8, 8) for i in ("x", "y")]
-    q = E.plan_queries(bench(tmp_path, "nyuv2", "depth", "nyuv2", rows, records, []), E.EvalConfig())
+    q = plan_queries(bench(tmp_path, "nyuv2", "depth", "nyuv2", rows, records, []), EvalConfig())
     assert q["instruction"].tolist() == ["Estimate the depth of this image."] * 2 and q["paper"].all() and q["standard"].all()
 
 
 def test_heldout_questions_use_every_phrasing(tmp_path):
     b = seg_bench(tmp_path)
-    b.name = E.HELDOUT_BENCHMARK
-    q = E.plan_queries(b, E.EvalConfig(), ["Segment %category%.", "Which image segments contain the %category%?"])
+    b.spec = BENCHMARKS["ade20k_heldout"]
+    q = plan_queries(b, EvalConfig(), ["Segment %category%.", "Which image segments contain the %category%?"])
     assert len(q) == 3 * 2
     assert set(q["phrasing"]) == {"Segment %category%.", "Which image segments contain the %category%?"}
     assert "Which image segments contain the sky?" in set(q["instruction"])
@@ -90,42 +98,42 @@ def test_heldout_questions_use_every_phrasing(tmp_path):
 
 def test_select_images_is_a_deterministic_prefix():
     ids = [f"img{i}" for i in range(20)]
-    five = E.select_images(ids, 5, 0, "ade20k")
-    assert five == E.select_images(list(reversed(ids)), 5, 0, "ade20k")
-    assert E.select_images(ids, 8, 0, "ade20k")[:5] == five  # more images keep the first ones
-    assert sorted(E.select_images(ids, None, 0, "ade20k")) == sorted(ids)
-    assert E.select_images(ids, 5, 1, "ade20k") != five
+    five = select_images(ids, 5, 0, "ade20k")
+    assert five == select_images(list(reversed(ids)), 5, 0, "ade20k")
+    assert select_images(ids, 8, 0, "ade20k")[:5] == five  # more images keep the first ones
+    assert sorted(select_images(ids, None, 0, "ade20k")) == sorted(ids)
+    assert select_images(ids, 5, 1, "ade20k") != five
 
 
 def test_config_validation():
     with pytest.raises(ValueError, match="protocols"):
-        E.EvalConfig(protocols=("official",))
+        EvalConfig(protocols=("official",))
     with pytest.raises(ValueError, match="standard_classes"):
-        E.EvalConfig(standard_classes="some")
+        EvalConfig(standard_classes="some")
     with pytest.raises(ValueError, match="colour"):
-        E.EvalConfig(positive_colour="teal")
+        EvalConfig(positive_colour="teal")
     with pytest.raises(ValueError, match="differ"):
-        E.EvalConfig(positive_colour="red", negative_colour="red")
+        EvalConfig(positive_colour="red", negative_colour="red")
 
 
 def test_paired_comparison():
     untrained = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}
     # consistently and materially better untrained model (lower RMSE): beaten
     worse = {"a": 2.0, "b": 2.1, "c": 1.9, "d": 2.2}
-    result = E.paired_comparison(worse, untrained, higher_is_better=False, min_effect=0.05)
+    result = paired_comparison(worse, untrained, higher_is_better=False, min_effect=0.05)
     assert result["untrained_better"] and result["images"] == 4 and result["mean_difference"] == pytest.approx(-1.05)
     # noisy differences: not significant
     noisy = {"a": 0.2, "b": 2.5, "c": 0.3, "d": 1.6}
-    assert not E.paired_comparison(noisy, untrained, higher_is_better=False)["untrained_better"]
+    assert not paired_comparison(noisy, untrained, higher_is_better=False)["untrained_better"]
     # consistent but immaterial (below the minimal effect): not beaten
     tiny = {k: v + 0.01 for k, v in untrained.items()}
-    assert E.paired_comparison(tiny, untrained, higher_is_better=False)["untrained_better"]
-    assert not E.paired_comparison(tiny, untrained, higher_is_better=False, min_effect=0.05)["untrained_better"]
+    assert paired_comparison(tiny, untrained, higher_is_better=False)["untrained_better"]
+    assert not paired_comparison(tiny, untrained, higher_is_better=False, min_effect=0.05)["untrained_better"]
     # higher is better, equal values, missing and None values
-    assert not E.paired_comparison(untrained, untrained, True)["untrained_better"]
-    partial = E.paired_comparison({"a": 0.0, "b": None, "z": 5.0}, {"a": 3.0, "b": 1.0}, True)
+    assert not paired_comparison(untrained, untrained, True)["untrained_better"]
+    partial = paired_comparison({"a": 0.0, "b": None, "z": 5.0}, {"a": 3.0, "b": 1.0}, True)
     assert partial["images"] == 1 and partial["untrained_better"]
-    assert E.paired_comparison({}, untrained, True)["images"] == 0
+    assert paired_comparison({}, untrained, True)["images"] == 0
 
 
 def test_t_statistic_matches_scipy():
@@ -133,7 +141,7 @@ def test_t_statistic_matches_scipy():
 
     trained = {str(i): v for i, v in enumerate([0.1, 0.4, 0.35, 0.8, 0.5])}
     untrained = {str(i): v for i, v in enumerate([0.3, 0.5, 0.45, 0.6, 0.9])}
-    result = E.paired_comparison(trained, untrained, higher_is_better=True)
+    result = paired_comparison(trained, untrained, higher_is_better=True)
     t = stats.ttest_rel(list(trained.values()), list(untrained.values())).statistic
     assert result["t"] == pytest.approx(t)
     assert result["critical_t"] == pytest.approx(stats.t.ppf(0.95, 4))
@@ -141,28 +149,28 @@ def test_t_statistic_matches_scipy():
 
 def test_invalid_metrics():
     good = {"paper": {"miou": 40.0}, "standard": {"miou": 12.0, "pixel_acc": 80.0}}
-    assert E.invalid_metrics("ade20k", good) == []
+    assert invalid_metrics("ade20k", good) == []
     bad = {"paper": {"miou": float("nan")}, "standard": {"miou": 120.0}}
-    assert E.invalid_metrics("ade20k", bad) == ["paper/miou = nan (valid range 0..100)",
+    assert invalid_metrics("ade20k", bad) == ["paper/miou = nan (valid range 0..100)",
                                                 "standard/miou = 120.0 (valid range 0..100)", "standard/pixel_acc: missing"]
     depth = {"standard": {"rmse": -1.0, "abs_rel": 0.1, "log10": 0.1, "delta1": 1.5, "delta2": 1, "delta3": 1}}
-    assert E.invalid_metrics("nyuv2", depth) == ["standard/rmse = -1.0 (valid range 0..10)",
+    assert invalid_metrics("nyuv2", depth) == ["standard/rmse = -1.0 (valid range 0..10)",
                                                  "standard/delta1 = 1.5 (valid range 0..1)"]
     # only Pets has a binary accuracy
-    assert E.invalid_metrics("imagenet_sub", {"standard": {"accuracy": 50.0}}) == []
-    assert E.invalid_metrics("pets", {"standard": {"accuracy": 50.0}}) == ["standard/binary_accuracy: missing"]
+    assert invalid_metrics("imagenet_sub", {"standard": {"accuracy": 50.0}}) == []
+    assert invalid_metrics("pets", {"standard": {"accuracy": 50.0}}) == ["standard/binary_accuracy: missing"]
 
 
 def test_primary_metrics():
-    assert E.primary_metric("nyuv2", "standard") == ("rmse", False)
-    assert E.primary_metric("coco", "paper") == ("map", True)
-    assert E.primary_metric("voc_det", "standard") == ("ap", True)
-    assert E.primary_metric("fss1000", "standard") == ("miou", True)
-    assert E.metric_kind(E.HELDOUT_BENCHMARK) == "heldout"
+    assert primary_metric("nyuv2", "standard") == ("rmse", False)
+    assert primary_metric("coco", "paper") == ("map", True)
+    assert primary_metric("voc_det", "standard") == ("ap", True)
+    assert primary_metric("fss1000", "standard") == ("miou", True)
+    assert BENCHMARKS["ade20k_heldout"].kind == "heldout"
 
 
 def test_metrics_table_uses_fixed_mlflow_keys():
-    frame = E.metrics_table("voc_seg", {"paper": {"miou": 1.0}, "standard": {"miou": 2.0, "pixel_acc": 3.0}})
+    frame = metrics_table("voc_seg", {"paper": {"miou": 1.0}, "standard": {"miou": 2.0, "pixel_acc": 3.0}})
     assert frame["mlflow_key"].tolist() == ["eval/voc_seg/paper/miou", "eval/voc_seg/standard/miou",
                                            "eval/voc_seg/standard/pixel_acc"]
 
@@ -181,7 +189,7 @@ def results_dir(tmp_path: Path) -> Path:
             shifted = {p: {m: v + offset for m, v in values.items()} for p, values in metrics.items()}
             path = tmp_path / variant / benchmark / "metrics.parquet"
             path.parent.mkdir(parents=True)
-            E.metrics_table(benchmark, shifted).to_parquet(path)
+            metrics_table(benchmark, shifted).to_parquet(path)
     return tmp_path
 
 
@@ -194,7 +202,7 @@ def test_table1_places_published_numbers_beside_ours(tmp_path):
     assert coco.loc["det mAP ↑", "FP ours (paper)"] == 10.0 and coco.loc["det mAP ↑", "FP ours (standard)"] == 1.0
     assert coco.loc["det AP50 ↑", "RP ours (paper)"] == 21.0 and coco.loc["det AP50 ↑", "RP ours (standard)"] == 3.0
     assert math.isnan(table[table["benchmark"] == "ade20k"].iloc[0]["FP ours (paper)"])  # not evaluated: blank
-    assert table["benchmark"].tolist()[:8] == [b for b, *_ in T.TABLE1_PUBLISHED]
+    assert table["benchmark"].tolist()[:8] == ["nyuv2", "sunrgbd", "ade20k", "voc_seg", "pets", "imagenet_sub", "coco", "voc_det"]
     markdown = T.to_markdown(table)
     assert "| nyuv2 " in markdown and "0.275" in markdown and "nan" not in markdown
 
@@ -218,4 +226,4 @@ def test_published_baselines_match_the_paper():
     assert baselines.loc["InstructCV-RP", "coco"] == 48.5
     assert baselines.loc["SSA", "voc_seg"] == "*"
     assert len(baselines) == 14
-    assert np.isclose(sum(v[1] for v in T.TABLE3_PUBLISHED.values()), 42.793 + 48.739 + 45.686 + 44.758 + 40.153 + 47.972)
+    assert np.isclose(sum(v[1] for v in TABLE3_INSTRUCTIONS.values()), 42.793 + 48.739 + 45.686 + 44.758 + 40.153 + 47.972)

@@ -14,13 +14,13 @@ from instructcv_core.instructions.templates import (
     FP_TEMPLATES,
     HELDOUT,
     PLACEHOLDERS,
-    TASKS,
     load_bundled_bank,
     normalise,
     pick,
     placeholders_in,
     render,
 )
+from instructcv_core.tasks import TASK_NAMES as TASKS
 
 TABLE3 = [
     "Segment the %category%.",

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from instructcv_core import encoding
+from instructcv_core.tasks.depth import decode_depth
+from instructcv_core.tasks.segmentation import decode_segmentation
 from instructcv_core.data.imagestore import ImageStore
 from instructcv_core.construction.manifest import MANIFEST_SCHEMA, attach_fp, write_table
 from instructcv_core.construction.pairs import BuildConfig, build_units, plan_units
@@ -54,23 +55,27 @@ def _predict(pipeline_dir, store, rows):
 def _seg_iou(outputs, store, rows):
     ious = []
     for out, row in zip(outputs, rows.itertuples()):
-        pred = encoding.decode_segmentation(out)
-        truth = encoding.decode_segmentation(store.get(row.target_digest))
+        pred = decode_segmentation(out)
+        truth = decode_segmentation(store.get(row.target_digest))
         union = (pred | truth).sum()
         ious.append((pred & truth).sum() / union if union else 1.0)
     return float(np.mean(ious))
 
 
 def _depth_rmse(outputs, store, rows):
-    errors = [np.sqrt(np.mean((encoding.decode_depth(out) - encoding.decode_depth(store.get(row.target_digest))) ** 2))
+    errors = [np.sqrt(np.mean((decode_depth(out) - decode_depth(store.get(row.target_digest))) ** 2))
               for out, row in zip(outputs, rows.itertuples())]
     return float(np.mean(errors))
 
 
 @pytest.mark.slow
 def test_embedded_default_learns_segmentation_and_depth(tmp_path):
-    from instructcv_core.model import TinyModelConfig, build_tiny_base, fit_autoencoder, load_base
-    from instructcv_core.train import TrainConfig, train
+    from instructcv_core.model.autoencoder import fit_autoencoder
+    from instructcv_core.model.config import TinyModelConfig
+    from instructcv_core.model.loading import load_base
+    from instructcv_core.model.tiny_base import build_tiny_base
+    from instructcv_core.training.config import TrainConfig
+    from instructcv_core.training.loop import train
 
     manifest_path, test = _mini_manifests(tmp_path)
     store = ImageStore(tmp_path / "images")

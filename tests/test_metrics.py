@@ -11,7 +11,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from instructcv_core.metrics import (
+from instructcv_core.evaluation.metrics import (
     EIGEN_CROP_480x640,
     ConfusionMatrix,
     accuracy,

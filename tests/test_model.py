@@ -21,20 +21,17 @@ from diffusers import (
 from PIL import Image
 from safetensors.torch import load_file
 
-from instructcv_core import encoding
-from instructcv_core.model import (
-    BaseModelError,
-    TinyModelConfig,
-    build_tiny_base,
-    check_base_source,
-    encode_prompt,
-    fit_autoencoder,
-    load_base,
-    reconstruction_report,
-    round_trip,
-    tiny_vae,
-    widen_conv_in,
-)
+from instructcv_core.tasks.classification import encode_classification
+from instructcv_core.tasks.colours import PALETTE
+from instructcv_core.tasks.depth import encode_depth
+from instructcv_core.tasks.detection import encode_detection
+from instructcv_core.tasks.segmentation import encode_segmentation
+from instructcv_core.model.autoencoder import fit_autoencoder, reconstruction_report, round_trip
+from instructcv_core.model.config import TinyModelConfig
+from instructcv_core.model.conv_in import widen_conv_in
+from instructcv_core.model.loading import BaseModelError, check_base_source, load_base
+from instructcv_core.model.prompts import encode_prompt
+from instructcv_core.model.tiny_base import build_tiny_base, tiny_vae
 
 # Small enough for a fast test, same structure as the defaults (3 VAE levels = x4, 2 UNet levels).
 CONFIG = TinyModelConfig(vae_block_out_channels=(8, 16, 16), unet_block_out_channels=(32, 64), seed=7)
@@ -68,14 +65,14 @@ def toy_images(n: int, seed: int = 0, size: int = 64) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     masks, blocks, depths, photos = [], [], [], []
-    colours = list(encoding.PALETTE.values())
+    colours = list(PALETTE.values())
     for _ in range(n):
         cx, cy, r = rng.integers(12, size - 12, 2).tolist() + [int(rng.integers(6, 14))]
-        masks.append(encoding.encode_segmentation((xx - cx) ** 2 + (yy - cy) ** 2 < r * r))
-        blocks.append(encoding.encode_classification(colours[int(rng.integers(len(colours)))], (size, size)))
-        depths.append(encoding.encode_depth((1 + 8 * yy / size + rng.uniform(0, 1)).astype(np.float32)))
+        masks.append(encode_segmentation((xx - cx) ** 2 + (yy - cy) ** 2 < r * r))
+        blocks.append(encode_classification(colours[int(rng.integers(len(colours)))], (size, size)))
+        depths.append(encode_depth((1 + 8 * yy / size + rng.uniform(0, 1)).astype(np.float32)))
         photo = (rng.uniform(0, 1, (1, 1, 3)) * 200 + 20 * np.sin(xx / 5)[..., None]).clip(0, 255).astype(np.uint8)
-        photos.append(encoding.encode_detection(photo, [(cx - r, cy - r, 2 * r, 2 * r)]))
+        photos.append(encode_detection(photo, [(cx - r, cy - r, 2 * r, 2 * r)]))
     return {
         "segmentation": np.stack(masks),
         "classification": np.stack(blocks),
@@ -312,9 +309,9 @@ def test_reconstruction_report_keys_and_perfect_values(monkeypatch):
     assert report["segmentation"]["n"] == 3
     assert 0 <= report["segmentation"]["iou"] <= 1 and report["depth"]["rmse_m"] > 0
 
-    import instructcv_core.model as model
+    import instructcv_core.model.autoencoder as autoencoder
 
-    monkeypatch.setattr(model, "round_trip", lambda vae, images, batch_size=64: np.asarray(images).copy())
+    monkeypatch.setattr(autoencoder, "round_trip", lambda vae, images, batch_size=64: np.asarray(images).copy())
     perfect = reconstruction_report(vae, images)
     assert perfect["segmentation"]["iou"] == perfect["segmentation"]["iou_pooled"] == 1.0
     assert perfect["depth"]["rmse_m"] == 0.0 and perfect["classification"]["colour_accuracy"] == 1.0

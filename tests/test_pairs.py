@@ -10,14 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from instructcv_core import encoding
+from instructcv_core.benchmarks import manifest_benchmarks
 from instructcv_core.data.datasets import DATASETS
 from instructcv_core.data.imagestore import ImageStore
 from instructcv_core.data.labels import load_class_masks, load_depth_m
 from instructcv_core.construction.manifest import MANIFEST_SCHEMA, PAIR_SCHEMA, attach_fp, attach_rp, leaked_sources, write_table
+from instructcv_core.construction.config import BuildConfig
 from instructcv_core.construction.pairs import (
-    BENCHMARKS,
-    BuildConfig,
     SourceImageError,
     WorkUnit,
     build_unit,
@@ -28,6 +27,10 @@ from instructcv_core.construction.pairs import (
 )
 from instructcv_core.data.raw_stage import build_raw_dataset, resolve_spec
 from instructcv_core.data.records import read_records
+from instructcv_core.tasks.colours import PALETTE
+from instructcv_core.tasks.depth import decode_depth
+from instructcv_core.tasks.detection import encode_detection
+from instructcv_core.tasks.segmentation import decode_segmentation
 
 SMALL = {
     "coco": {"train": 5, "val": 3},
@@ -73,7 +76,7 @@ def test_plan_covers_every_training_source_and_benchmark(sources):
         ("classification", "pets", "trainval"): 4,
     }
     assert 0 < coco_train_with_boxes <= 5
-    assert {u.benchmark for u in units if u.role == "test"} == set(BENCHMARKS)
+    assert {u.benchmark for u in units if u.role == "test"} == {b.name for b in manifest_benchmarks()}
 
 
 def test_every_unit_makes_exactly_the_expected_number_of_pairs(built):
@@ -90,7 +93,7 @@ def test_segmentation_target_is_the_category_mask(built, sources):
     record = next(r for r in records if r.image_id == row["image_id"] and r.split == "val")
     masks, _ = load_class_masks(record, root)
     target = store.get(row["target_original_digest"])
-    assert np.array_equal(encoding.decode_segmentation(target), masks[row["category"]])
+    assert np.array_equal(decode_segmentation(target), masks[row["category"]])
     assert store.get(row["target_digest"]).shape == (64, 64, 3)
     assert np.array_equal(store.get(row["target_digest"]), resize(target, 64))
 
@@ -103,7 +106,7 @@ def test_detection_target_draws_every_box_of_the_category(built, sources):
     image = np.asarray(Image.open(root / record.image_path).convert("RGB"))
     boxes = [(b.x, b.y, b.w, b.h) for b in record.boxes if b.category == row["category"] and not b.iscrowd]
     assert [(b["x"], b["y"], b["w"], b["h"]) for b in row["boxes"]] == boxes
-    assert np.array_equal(store.get(row["target_original_digest"]), encoding.encode_detection(image, boxes))
+    assert np.array_equal(store.get(row["target_original_digest"]), encode_detection(image, boxes))
 
 
 def test_depth_target_is_metric_depth_at_255_per_10m(built, sources):
@@ -112,7 +115,7 @@ def test_depth_target_is_metric_depth_at_255_per_10m(built, sources):
     records, root, _ = sources["nyuv2"]
     record = next(r for r in records if r.image_id == row["image_id"] and r.split == "test")
     metres = np.clip(load_depth_m(record, root, dense=True), 0, 10)
-    decoded = encoding.decode_depth(store.get(row["target_original_digest"]))
+    decoded = decode_depth(store.get(row["target_original_digest"]))
     assert np.abs(decoded - metres).max() <= 10 / 255 / 2 + 1e-6
 
 
@@ -128,7 +131,7 @@ def test_pets_classification_has_binary_and_breed_questions(built, sources):
     assert breeds[0]["category"] == record.label_name
     for r in rows:
         assert r["color"] != r["color2"]
-        shown = encoding.PALETTE[r["color"] if r["positive"] else r["color2"]]
+        shown = PALETTE[r["color"] if r["positive"] else r["color2"]]
         assert tuple(store.get(r["target_digest"])[0, 0]) == shown
 
 

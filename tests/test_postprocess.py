@@ -1,5 +1,5 @@
 """Post-processing of generated outputs: exact values on small arrays, round trips through the
-encodings of :mod:`instructcv_core.encoding`, and the official detectors on synthetic images."""
+encodings of :mod:`instructcv_core.tasks`, and the official detectors on synthetic images."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instructcv_core.encoding import encode_depth, encode_detection
-from instructcv_core.postprocess import (
+from instructcv_core.tasks.arrays import resize_to
+from instructcv_core.tasks.box_detectors import (
     CORNER_BLUE_HSV,
     OFFICIAL_BLUE_HSV,
     Detection,
@@ -19,16 +19,15 @@ from instructcv_core.postprocess import (
     _in_range,
     _official_corner_dedup,
     box_iou,
-    classification_scores,
     colour_hsv_ranges,
     corner_boxes,
-    depth_metres,
     detect_boxes,
     paper_boxes,
-    resize_to,
-    segmentation_mask,
-    segmentation_scores,
 )
+from instructcv_core.tasks.classification import classification_scores
+from instructcv_core.tasks.depth import depth_metres, encode_depth
+from instructcv_core.tasks.detection import encode_detection
+from instructcv_core.tasks.segmentation import segmentation_mask, segmentation_scores
 
 # --------------------------------------------------------------------------------------------
 # synthetic images (none has a pixel in the blue or red HSV ranges)

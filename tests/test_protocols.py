@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from instructcv_core.metrics import binary_iou
-from instructcv_core.protocols import paper, standard
+from instructcv_core.evaluation.metrics import binary_iou
+from instructcv_core.evaluation.protocols import paper, standard
 
 # ================================================================ helpers
 
@@ -364,7 +364,7 @@ def test_quirk_green_reference_scores_an_ideal_model_zero():
     assert paper.classification_accuracy(ideal)["accuracy"] == 0.0
     inverted = [(k, t, dog, cat) for k, t, cat, dog in ideal]
     assert paper.classification_accuracy(inverted)["accuracy"] == 100.0
-    from instructcv_core.encoding import classification_margin
+    from instructcv_core.tasks.classification import classification_margin
 
     margins = [(t, {"cat": classification_margin(c, RED, GREEN), "dog": classification_margin(d, RED, GREEN)})
                for _, t, c, d in ideal]

@@ -1,4 +1,4 @@
-"""Batched 3-way-CFG sampling (`instructcv_core.sampling`) on a tiny InstructPix2Pix model at 32 px."""
+"""Batched 3-way-CFG sampling (`instructcv_core.inference.sampler`) on a tiny InstructPix2Pix model at 32 px."""
 
 from pathlib import Path
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from instructcv_core.sampling import InstructCVSampler, Request, SamplerConfig
+from instructcv_core.inference.config import Request, SamplerConfig
+from instructcv_core.inference.sampler import InstructCVSampler
 
 RES = 32
 
@@ -117,7 +118,9 @@ def test_config_and_loading_errors(tmp_path):
 
 
 def test_a_four_channel_unet_is_refused(tmp_path):
-    from instructcv_core.model import TinyModelConfig, build_tiny_base, load_base
+    from instructcv_core.model.config import TinyModelConfig
+    from instructcv_core.model.loading import load_base
+    from instructcv_core.model.tiny_base import build_tiny_base
 
     config = TinyModelConfig(image_size=RES, vae_block_out_channels=(8, 16, 16), unet_block_out_channels=(16, 32), seed=0)
     base = load_base(str(build_tiny_base(config, tmp_path / "base")))

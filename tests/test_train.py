@@ -1,10 +1,11 @@
-"""Instruction tuning (`instructcv_core.train`, `instructcv_core.latents`) on a tiny SD-shaped base at 32 px.
+"""Instruction tuning (`instructcv_core.training`) on a tiny SD-shaped base at 32 px.
 
 Covers: a short run's outputs (losses, checkpoints, result, a pipeline stock diffusers loads and runs,
 EMA weights saved), conditioning dropout, LitEma's warm-up, exact resume after SIGKILL (through
 Dagster Pipes), cached vs uncached latents, and the early, clear failures.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,13 @@ import pytest
 import torch
 import yaml
 
-from instructcv_core import train as T
+from instructcv_core.training import __main__ as cli
+from instructcv_core.training.checkpoint import STATE_FILE, checkpoint_dirs
+from instructcv_core.training.config import TrainConfig, load_config
+from instructcv_core.training.data import EpochPermutationSampler
+from instructcv_core.training.loop import train
+from instructcv_core.training.setup import make_ema
+from instructcv_core.training.step import apply_conditioning_dropout
 from instructcv_core.data.imagestore import ImageStore
 from instructcv_core.construction.manifest import MANIFEST_SCHEMA, write_table
 
@@ -36,7 +43,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
-    from instructcv_core.model import TinyModelConfig, build_tiny_base
+    from instructcv_core.model.config import TinyModelConfig
+    from instructcv_core.model.tiny_base import build_tiny_base
 
     config = TinyModelConfig(image_size=RES, vae_block_out_channels=(8, 16, 16), unet_block_out_channels=(16, 32),
                              text_encoder="minilm", prediction_type="epsilon", seed=0)
@@ -69,13 +77,13 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     return make_data(tmp_path_factory.mktemp("train_data"))
 
 
-def config_for(tiny_base, data, output_dir: Path, **overrides) -> T.TrainConfig:
+def config_for(tiny_base, data, output_dir: Path, **overrides) -> TrainConfig:
     manifest, images = data
     values = dict(base_model=str(tiny_base), manifest=str(manifest), image_store=str(images), output_dir=str(output_dir),
                   resolution=RES, train_batch_size=4, max_steps=6, checkpointing_steps=3, learning_rate=1e-3,
                   log_every=2, seed=0)
     values.update(overrides)
-    return T.TrainConfig(**values)
+    return TrainConfig(**values)
 
 
 def read_losses(output_dir: Path) -> list[dict]:
@@ -105,7 +113,7 @@ def test_short_run_writes_a_pipeline_stock_diffusers_loads_with_ema_weights(tiny
     run_id = client.create_run(experiment).info.run_id
     logged = []
     out = tmp_path / "run"
-    result = T.train(config_for(tiny_base, data, out, sample_every=3, sample_rows=2, sample_steps=2,
+    result = train(config_for(tiny_base, data, out, sample_every=3, sample_rows=2, sample_steps=2,
                                 mlflow_tracking_uri=uri, mlflow_run_id=run_id), on_log=logged.append)
 
     assert result.steps == 6 and result.resumed_from is None and result.stopped_by == "max_steps"
@@ -118,8 +126,8 @@ def test_short_run_writes_a_pipeline_stock_diffusers_loads_with_ema_weights(tiny
     summary = json.loads((out / "train_result.json").read_text())
     assert summary["steps"] == 6 and summary["pipeline_dir"] == str(out / "pipeline") and summary["config"]["max_steps"] == 6
     # checkpoints_total_limit 2: steps 3 and 6 remain, complete (renamed into place with their state)
-    assert [p.name for p in T.checkpoint_dirs(out)] == ["step-000003", "step-000006"]
-    assert json.loads((out / "checkpoints" / "step-000006" / T.STATE_FILE).read_text())["global_step"] == 6
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-000003", "step-000006"]
+    assert json.loads((out / "checkpoints" / "step-000006" / STATE_FILE).read_text())["global_step"] == 6
     assert Image.open(out / "samples" / "step-000006.png").size == (2 * RES, 3 * RES)
     history = client.get_metric_history(run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, 7))
@@ -147,7 +155,7 @@ def test_short_run_writes_a_pipeline_stock_diffusers_loads_with_ema_weights(tiny
 
     # Continuing into the same output_dir with a different batch size is refused, by name.
     with pytest.raises(ValueError, match="train_batch_size"):
-        T.train(config_for(tiny_base, data, out, max_steps=8, train_batch_size=2))
+        train(config_for(tiny_base, data, out, max_steps=8, train_batch_size=2))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -159,7 +167,7 @@ def test_conditioning_dropout_replaces_text_image_or_both():
     null = torch.zeros(1, 5, 3) - 7
 
     def run(probs, seed=0):
-        return T.apply_conditioning_dropout(text, image, null, probs, torch.Generator().manual_seed(seed))
+        return apply_conditioning_dropout(text, image, null, probs, torch.Generator().manual_seed(seed))
 
     t, i = run((1.0, 0.0, 0.0))
     assert (t == -7).all() and torch.equal(i, image)
@@ -180,7 +188,7 @@ def test_conditioning_dropout_replaces_text_image_or_both():
 
 def test_ema_follows_litema_warmup():
     module = torch.nn.Linear(3, 2)
-    ema = T.make_ema(module, 0.9999)
+    ema = make_ema(module, 0.9999)
     shadow = [p.detach().clone() for p in module.parameters()]
     for n in range(1, 8):
         with torch.no_grad():
@@ -194,7 +202,7 @@ def test_ema_follows_litema_warmup():
 
 
 def test_epoch_permutation_depends_only_on_seed_and_epoch():
-    a, b = T.EpochPermutationSampler(10, 3), T.EpochPermutationSampler(10, 3)
+    a, b = EpochPermutationSampler(10, 3), EpochPermutationSampler(10, 3)
     b.set_epoch(1)
     first, second = list(a), list(b)
     assert sorted(first) == list(range(10)) and first != second
@@ -208,14 +216,137 @@ def test_load_config_yaml_and_json(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(values))
     (tmp_path / "c.json").write_text(json.dumps(values))
     for name in ("c.yaml", "c.json"):
-        config = T.load_config(tmp_path / name)
+        config = load_config(tmp_path / name)
         assert config.conditioning_dropout == (0.1, 0.0, 0.1) and config.tasks == ("depth",)
-        assert T.TrainConfig(**config.to_dict()) == config
+        assert TrainConfig(**config.to_dict()) == config
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**values, "learning_rat": 1}))
     with pytest.raises(ValueError, match="learning_rat"):
-        T.load_config(tmp_path / "bad.yaml")
+        load_config(tmp_path / "bad.yaml")
     with pytest.raises(ValueError, match="conditioning_dropout"):
-        T.TrainConfig(**{**values, "conditioning_dropout": (0.5, 0.5, 0.5)})
+        TrainConfig(**{**values, "conditioning_dropout": (0.5, 0.5, 0.5)})
+
+
+# ------------------------------------------------------------------------------------------------
+# The step, checkpoints and the resume key, piece by piece
+
+
+def _objective(tiny_base, data, **recipe):
+    from instructcv_core.data.imagestore import ImageStore
+    from instructcv_core.training import data as D
+    from instructcv_core.training.setup import frozen_parts, load_trainable_base
+    from instructcv_core.training.step import DiffusionObjective, TextEmbeddings
+
+    config = config_for(tiny_base, data, Path("unused"), **recipe)
+    base = load_trainable_base(config)
+    frozen = frozen_parts(base, "no", torch.device("cpu"))
+    texts = TextEmbeddings(base.tokenizer, frozen.text_encoder)
+    objective = DiffusionObjective(unet=base.unet, vae=frozen.vae, noise_scheduler=base.noise_scheduler, texts=texts,
+                                   null_text=texts([""]), scaling_factor=base.vae.config.scaling_factor,
+                                   weight_dtype=torch.float32, device=torch.device("cpu"),
+                                   conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip)
+    frame = D.read_manifest(config.manifest)
+    batch = next(iter(D.make_loader(D.PairDataset(frame, ImageStore(Path(config.image_store)), RES), 4, seed=0)))
+    return config, objective, batch
+
+
+def test_micro_batch_loss_depends_only_on_the_batch_and_its_generator(tiny_base, data):
+    from instructcv_core.training.data import seeded_generator
+
+    _, objective, batch = _objective(tiny_base, data)
+    a = objective.micro_batch_loss(batch, seeded_generator(0, 5, 0, 0))
+    b = objective.micro_batch_loss(batch, seeded_generator(0, 5, 0, 0))
+    c = objective.micro_batch_loss(batch, seeded_generator(0, 6, 0, 0))
+    assert a.item() == b.item() and a.item() != c.item() and a.requires_grad
+
+
+def test_train_micro_batch_updates_the_weights_once_per_accumulation(tiny_base, data):
+    from accelerate import Accelerator
+
+    from instructcv_core.training.data import seeded_generator
+    from instructcv_core.training.setup import make_optimization
+    from instructcv_core.training.step import train_micro_batch
+
+    config, objective, batch = _objective(tiny_base, data, gradient_accumulation_steps=2)
+    accelerator = Accelerator(gradient_accumulation_steps=2)
+    optimizer, lr_scheduler, _ = make_optimization(config, objective.unet, 1)
+    objective.unet, optimizer, lr_scheduler = accelerator.prepare(objective.unet, optimizer, lr_scheduler)
+    before = [p.detach().clone() for p in objective.unet.parameters()]
+    train_micro_batch(accelerator, objective, optimizer, lr_scheduler, batch, seeded_generator(0, 0, 0, 0), None)
+    assert all(torch.equal(p, q) for p, q in zip(before, objective.unet.parameters()))  # gradients accumulate
+    train_micro_batch(accelerator, objective, optimizer, lr_scheduler, batch, seeded_generator(0, 0, 1, 0), None)
+    assert any(not torch.equal(p, q) for p, q in zip(before, objective.unet.parameters()))
+
+
+def test_checkpoint_round_trip_and_refusal_of_another_run(tmp_path):
+    from accelerate import Accelerator
+
+    from instructcv_core.training.checkpoint import Position, resume, save_checkpoint
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    accelerator = Accelerator()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    saved = [p.detach().clone() for p in model.parameters()]
+    key = {"seed": 0, "learning_rate": 0.1}
+    for step in (3, 6, 9):
+        save_checkpoint(accelerator, tmp_path, Position(step, 1, 4), 10, key, total_limit=2)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step-000006", "step-000009"]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    position, resumed_from = resume(accelerator, tmp_path, key)
+    assert position == Position(9, 1, 4) and resumed_from == 9
+    assert all(torch.equal(p, q) for p, q in zip(saved, model.parameters()))
+    with pytest.raises(ValueError, match=r"different learning_rate; use another output_dir"):
+        resume(accelerator, tmp_path, {**key, "learning_rate": 0.2})
+    assert resume(accelerator, tmp_path / "empty", key) == (Position(), None)
+
+
+TRAJECTORY_CHANGES = {
+    "resolution": 64, "train_batch_size": 2, "gradient_accumulation_steps": 2, "learning_rate": 2e-3,
+    "adam_weight_decay": 0.0, "lr_scheduler": "cosine", "lr_warmup_steps": 3, "max_grad_norm": 1.0, "max_steps": 7,
+    "seed": 1, "mixed_precision": "bf16", "use_ema": False, "ema_decay": 0.999, "conditioning_dropout": (0.1, 0.0, 0.0),
+    "random_flip": False, "prediction_type": "v_prediction", "cache_latents": True, "tasks": ("depth",),
+}
+CADENCE_CHANGES = {
+    "output_dir": "elsewhere", "log_every": 1, "sample_every": 2, "sample_rows": 1, "sample_steps": 3,
+    "checkpointing_steps": 1, "checkpoints_total_limit": 5, "mlflow_tracking_uri": "sqlite:///x.db",
+    "mlflow_run_id": "abc", "dataloader_num_workers": 2, "allow_network": True, "gradient_checkpointing": True,
+    "max_seconds": 60.0,
+}
+
+
+def test_resume_key_covers_the_trajectory_and_nothing_else(tiny_base, data, tmp_path):
+    import shutil
+
+    from instructcv_core.training.checkpoint import TRAJECTORY_FIELDS, resume_key, run_digest
+
+    assert set(TRAJECTORY_CHANGES) == set(TRAJECTORY_FIELDS)
+    assert set(TRAJECTORY_CHANGES) | set(CADENCE_CHANGES) | {"base_model", "manifest", "image_store"} == \
+        {f.name for f in dataclasses.fields(TrainConfig)}
+    config = config_for(tiny_base, data, tmp_path / "out")
+    key = resume_key(config, 1)
+    for name, value in TRAJECTORY_CHANGES.items():
+        changed = resume_key(dataclasses.replace(config, **{name: value}), 1)
+        assert {k for k in key if key[k] != changed[k]} == {name}, name
+    for name, value in CADENCE_CHANGES.items():
+        assert resume_key(dataclasses.replace(config, **{name: value}), 1) == key, name
+    assert resume_key(config, 2)["num_processes"] == 2
+    # the manifest by its bytes, the base model by its content (a base rebuilt at the same path differs)
+    manifest = tmp_path / "manifest.parquet"
+    shutil.copy(config.manifest, manifest)
+    assert resume_key(dataclasses.replace(config, manifest=str(manifest)), 1) == key
+    base = tmp_path / "base"
+    shutil.copytree(config.base_model, base)
+    assert resume_key(dataclasses.replace(config, base_model=str(base)), 1) == key
+    (base / "scheduler" / "scheduler_config.json").write_text("{}")
+    assert resume_key(dataclasses.replace(config, base_model=str(base)), 1)["base_model"] != key["base_model"]
+    # a run's folder name: the resume key and where it stops
+    assert run_digest(dataclasses.replace(config, log_every=1), 1) == run_digest(config, 1)
+    assert run_digest(dataclasses.replace(config, max_seconds=60.0), 1) != run_digest(config, 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,19 +354,19 @@ def test_load_config_yaml_and_json(tmp_path):
 
 
 def test_missing_base_model_fails_before_any_data_work(tmp_path):
-    from instructcv_core.model import BaseModelError
+    from instructcv_core.model.loading import BaseModelError
 
-    config = T.TrainConfig(base_model=str(tmp_path / "no-such-base"), manifest=str(tmp_path / "no-such.parquet"),
+    config = TrainConfig(base_model=str(tmp_path / "no-such-base"), manifest=str(tmp_path / "no-such.parquet"),
                            image_store=str(tmp_path / "images"), output_dir=str(tmp_path / "out"))
     with pytest.raises(BaseModelError, match="no-such-base"):
-        T.train(config)
+        train(config)
     assert not (tmp_path / "out").exists()
 
 
 def test_manifest_without_rows_for_the_tasks_fails_clearly(tiny_base, data, tmp_path):
     config = config_for(tiny_base, data, tmp_path / "out", tasks=("depth", "detection"))
     with pytest.raises(ValueError, match=r"manifest .*manifest\.parquet has no rows for tasks \['depth', 'detection'\]"):
-        T.train(config)
+        train(config)
 
 
 
@@ -245,10 +376,10 @@ def test_manifest_without_rows_for_the_tasks_fails_clearly(tiny_base, data, tmp_
 
 
 def test_cached_latents_give_the_same_losses_and_the_cache_is_reused(tiny_base, data, tmp_path):
-    from instructcv_core import latents
+    from instructcv_core.training import latent_cache as latents
 
-    plain = T.train(config_for(tiny_base, data, tmp_path / "plain", max_steps=4))
-    cached = T.train(config_for(tiny_base, data, tmp_path / "cached", max_steps=4, cache_latents=True))
+    plain = train(config_for(tiny_base, data, tmp_path / "plain", max_steps=4))
+    cached = train(config_for(tiny_base, data, tmp_path / "cached", max_steps=4, cache_latents=True))
     assert cached.extra["latent_cache_built"]
     cache_file = Path(cached.extra["latent_cache"])
     assert cache_file.parent == Path(data[0]).parent / latents.CACHE_FOLDER
@@ -259,7 +390,7 @@ def test_cached_latents_give_the_same_losses_and_the_cache_is_reused(tiny_base, 
     # A second run reuses the file, untouched; a task-filtered run reads the same (covering) cache.
     stamp = cache_file.stat().st_mtime_ns
     # (max_seconds 0: the wall-clock budget stops the run after its first step, and says so.)
-    again = T.train(config_for(tiny_base, data, tmp_path / "again", max_steps=5, max_seconds=0.0, cache_latents=True,
+    again = train(config_for(tiny_base, data, tmp_path / "again", max_steps=5, max_seconds=0.0, cache_latents=True,
                                tasks=("segmentation",)))
     assert not again.extra["latent_cache_built"] and Path(again.extra["latent_cache"]) == cache_file
     assert again.steps == 1 and again.stopped_by == "max_seconds" and (tmp_path / "again" / "pipeline").is_dir()
@@ -277,7 +408,7 @@ def test_cached_latents_give_the_same_losses_and_the_cache_is_reused(tiny_base, 
 
 
 def _command(config_path: Path) -> list[str]:
-    return [sys.executable, "-m", "instructcv_core.train", "--config", str(config_path)]
+    return [sys.executable, "-m", "instructcv_core.training", "--config", str(config_path)]
 
 
 def _env() -> dict:
@@ -288,7 +419,7 @@ def test_killed_run_resumes_to_the_same_losses_and_weights(tiny_base, data, tmp_
     import dagster as dg
 
     steps = 24
-    reference = T.train(config_for(tiny_base, data, tmp_path / "reference", max_steps=steps, checkpointing_steps=4))
+    reference = train(config_for(tiny_base, data, tmp_path / "reference", max_steps=steps, checkpointing_steps=4))
     assert reference.steps == steps
 
     out = tmp_path / "killed"
@@ -305,7 +436,7 @@ def test_killed_run_resumes_to_the_same_losses_and_weights(tiny_base, data, tmp_
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "train_result.json").exists(), "the run finished before it was killed"
-    killed_at = max(int(p.name.split("-")[1]) for p in T.checkpoint_dirs(out))
+    killed_at = max(int(p.name.split("-")[1]) for p in checkpoint_dirs(out))
     assert killed_at < steps
 
     # Rerun the same command to completion as a Dagster asset through Pipes (rank 0 reports).
@@ -330,14 +461,14 @@ def test_only_rank_zero_opens_dagster_pipes(monkeypatch, tmp_path):
     config_path = tmp_path / "c.yaml"
     config_path.write_text(yaml.safe_dump({"base_model": "b", "manifest": "m", "image_store": "i", "output_dir": "o"}))
     calls = []
-    monkeypatch.setattr(T, "train", lambda config, on_log=None: calls.append(on_log))
+    monkeypatch.setattr(cli, "train", lambda config, on_log=None: calls.append(on_log))
     monkeypatch.setenv("DAGSTER_PIPES_CONTEXT", "not-a-pipes-context")  # opening Pipes with it would fail
     for var, value in (("RANK", "1"), ("LOCAL_RANK", "2")):
         monkeypatch.delenv("RANK", raising=False)
         monkeypatch.delenv("LOCAL_RANK", raising=False)
         monkeypatch.setenv(var, value)
-        assert T.main(["--config", str(config_path)]) == 0
+        assert cli.main(["--config", str(config_path)]) == 0
     assert calls == [None, None]
     # dagster_pipes stays out of import time
-    check = "import sys, instructcv_core.train; assert 'dagster_pipes' not in sys.modules"
+    check = "import sys, instructcv_core.training.__main__; assert 'dagster_pipes' not in sys.modules"
     subprocess.run([sys.executable, "-c", check], check=True, env=_env(), cwd=PROJECT_ROOT)

@@ -163,7 +163,7 @@ def _dataset_check(ctx: DoctorContext, name: str) -> Check:
 def _base_model_check(ctx: DoctorContext) -> Check:
     from pipelines.resources import DEFAULT_BASE_MODEL
 
-    from instructcv_core.model import BaseModelError, check_base_source
+    from instructcv_core.model.loading import BaseModelError, check_base_source
 
     if ctx.profile == "mini":
         return Check("base model", "ok", "tiny SD-shaped model, built by the base_model asset")

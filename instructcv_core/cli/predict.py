@@ -4,7 +4,6 @@ checkpoint, sampling, and decoding/writing the outputs."""
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,56 +15,41 @@ from instructcv_core.cli._io import CONTEXT_SETTINGS, quiet_libraries, write_npy
 
 #: Image files ``predict`` takes from a folder (case-insensitive suffixes).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-TASK_CHOICES = ("auto", "segmentation", "detection", "depth", "classification")
+#: ``--task`` choices: inferred from the instruction, or a task of the registry (`instructcv_core.tasks`).
+TASK_CHOICES = ("auto", "segmentation", "detection", "depth", "classification")  # tests check it against TASKS
 DEFAULT_OUT = "instructcv-out"
 
 # --------------------------------------------------------------------------------------------------
 # predict: task inference
 
-_SEGMENTATION_RE = re.compile(r"\b(segment\w*|mask\w*|cut\s+out|highlight\w*)\b", re.IGNORECASE)
-_DETECTION_RE = re.compile(r"\b(detect\w*|box\w*|bounding|locat\w*|find\w*|rectangle\w*)\b", re.IGNORECASE)
-_DEPTH_RE = re.compile(r"\b(depth\w*|distance\w*|far|farther|farthest|close|closer|closest)\b", re.IGNORECASE)
-_CONDITIONAL_RE = re.compile(r"\b(if|otherwise|else|when|whether|yes|no)\b", re.IGNORECASE)
-KEYWORD_RULES = (("segmentation", _SEGMENTATION_RE), ("detection", _DETECTION_RE), ("depth", _DEPTH_RE))
-
-
-def palette_colours(instruction: str) -> list[str]:
-    """The distinct palette colour names (``encoding.PALETTE``) named in ``instruction``, in order of
-    appearance (``rosy brown`` is one colour, not ``brown``)."""
-    from instructcv_core.encoding import PALETTE
-
-    names = sorted(PALETTE, key=len, reverse=True)
-    pattern = re.compile(r"\b(" + "|".join(re.escape(n).replace(r"\ ", r"\s+") for n in names) + r")\b", re.IGNORECASE)
-    found: list[str] = []
-    for match in pattern.finditer(instruction):
-        name = re.sub(r"\s+", " ", match.group(1).lower())
-        if name not in found:
-            found.append(name)
-    return found
-
 
 def infer_task(instruction: str) -> str:
     """The task an instruction asks for, by the documented rule (``docs/cli.md``):
 
-    1. classification: the instruction names two different palette colours and has a conditional
-       word (if, otherwise, else, when, whether, yes, no): "Show red if the picture has a cat,
-       otherwise show green". The first colour named means "present";
-    2. otherwise keywords (whole words, any case): segment*/mask*/cut out/highlight* ->
+    1. a task whose rule settles it (classification: the instruction names two different palette
+       colours and has a conditional word: "Show red if the picture has a cat, otherwise show green";
+       the first colour named means "present");
+    2. otherwise each task's keywords (whole words, any case): segment*/mask*/cut out/highlight* ->
        segmentation; detect*/box*/bounding/locat*/find*/rectangle* -> detection;
        depth*/distance*/far/farther/farthest/close/closer/closest -> depth.
 
     Raises ``ValueError`` (with what matched) when no task or several tasks match.
     """
-    if len(palette_colours(instruction)) >= 2 and _CONDITIONAL_RE.search(instruction):
-        return "classification"
-    matches = {task: m.group(0) for task, rule in KEYWORD_RULES if (m := rule.search(instruction))}
+    from instructcv_core.tasks import TASKS
+
+    for name, task in TASKS.items():
+        if task.decisive and task.recognise(instruction):
+            return name
+    keyworded = [(name, task) for name, task in TASKS.items() if not task.decisive]
+    matches = {name: word for name, task in keyworded if (word := task.recognise(instruction))}
     if len(matches) == 1:
         return next(iter(matches))
     if not matches:
+        hints = ", ".join(task.instruction_hint for _, task in keyworded)
+        decisive = " or ".join(t.instruction_hint for t in TASKS.values() if t.decisive)
         raise ValueError(
-            f"cannot tell the task of the instruction {instruction!r} (no keyword of any task: segment/mask/cut out/"
-            "highlight, detect/box/locate/find, depth/distance/far/close, or 'show <colour> if ..., otherwise "
-            "<colour>'); pass --task")
+            f"cannot tell the task of the instruction {instruction!r} (no keyword of any task: {hints}, or "
+            f"{decisive}); pass --task")
     found = ", ".join(f"{task} ({word!r})" for task, word in matches.items())
     raise ValueError(f"the instruction {instruction!r} matches several tasks: {found}; pass --task")
 
@@ -141,84 +125,28 @@ def output_stems(paths: Sequence[Path]) -> dict[Path, str]:
     return {p: p.stem if counts[p.stem] == 1 else p.name.replace(".", "_") for p in paths}
 
 
-#: Overlay tint of segmentation masks and colour of drawn boxes (RGB).
-OVERLAY_RGB = (255, 0, 0)
-OVERLAY_ALPHA = 0.5
-
-
-def decode_and_write(task: str, output, image, out_dir: Path, stem: str, colours: Sequence[str] = ()) -> dict:
+def decode_and_write(task: str, output, image, out_dir: Path, stem: str, arguments: dict | None = None) -> dict:
     """Write the raw output and the decoded result of one image; returns a JSON-able summary.
 
     ``output``: the generated uint8 RGB image (generation resolution); ``image``: the input (its
-    size is the size of every decoded result).
+    size is the size of every decoded result); ``arguments``: what the task read from the
+    instruction (classification: its colours).
     """
-    import cv2
-    import numpy as np
-
-    from instructcv_core import encoding, postprocess
+    from instructcv_core.tasks import task as registered
 
     height, width = image.shape[:2]
-    size = (width, height)
     files = {"output": out_dir / f"{stem}.output.png"}
     write_png(files["output"], output)
-    summary: dict[str, Any] = {"task": task, "size": [width, height]}
-    if task == "segmentation":
-        mask = postprocess.segmentation_mask(output, size=size)
-        files["mask"] = out_dir / f"{stem}.mask.png"
-        files["overlay"] = out_dir / f"{stem}.overlay.png"
-        write_png(files["mask"], (mask * 255).astype(np.uint8))
-        overlay = image.astype(np.float32)
-        overlay[mask] = (1 - OVERLAY_ALPHA) * overlay[mask] + OVERLAY_ALPHA * np.array(OVERLAY_RGB, np.float32)
-        write_png(files["overlay"], np.clip(overlay + 0.5, 0, 255).astype(np.uint8))
-        summary["mask_fraction"] = float(mask.mean())
-        summary["text"] = f"{summary['mask_fraction']:.1%} of the image in the mask"
-    elif task == "detection":
-        detections = postprocess.detect_boxes(output, size=size)
-        thickness = max(2, round(min(width, height) / 150))
-        drawn = encoding.encode_detection(image, [(d.x, d.y, d.w, d.h) for d in detections], colour=OVERLAY_RGB,
-                                          width=thickness)
-        scale = max(0.35, min(width, height) / 600)
-        for d in detections:
-            cv2.putText(drawn, f"{d.score:.2f}", (int(d.x), max(int(d.y) - 3, int(12 * scale) + 2)),
-                        cv2.FONT_HERSHEY_SIMPLEX, scale, OVERLAY_RGB, max(1, thickness // 2), cv2.LINE_AA)
-        boxes = [{"x": d.x, "y": d.y, "w": d.w, "h": d.h, "score": round(d.score, 6)} for d in detections]
-        files["boxes"] = out_dir / f"{stem}.boxes.png"
-        files["boxes_json"] = out_dir / f"{stem}.boxes.json"
-        write_png(files["boxes"], drawn)
-        write_text(files["boxes_json"], json.dumps(boxes, indent=1) + "\n")
-        summary["boxes"] = boxes
-        best = f" (best score {boxes[0]['score']:.2f})" if boxes else ""
-        summary["text"] = f"{len(boxes)} box{'es' if len(boxes) != 1 else ''}{best}"
-    elif task == "depth":
-        metres = postprocess.depth_metres(output, size=size).astype(np.float32)
-        levels = np.clip(metres / encoding.DEPTH_MAX_M * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        coloured = cv2.applyColorMap(levels, cv2.COLORMAP_TURBO)[:, :, ::-1]  # BGR -> RGB
-        files["depth"] = out_dir / f"{stem}.depth.png"
-        files["depth_npy"] = out_dir / f"{stem}.depth.npy"
-        write_png(files["depth"], np.ascontiguousarray(coloured))
-        write_npy(files["depth_npy"], metres)
-        stats = {"min": float(metres.min()), "median": float(np.median(metres)), "max": float(metres.max())}
-        summary["depth_m"] = stats
-        summary["text"] = f"depth {stats['min']:.2f}-{stats['max']:.2f} m (median {stats['median']:.2f} m)"
-    elif task == "classification":
-        positive, negative = colours[0], colours[1]
-        margin = encoding.classification_margin(output, positive, negative)
-        distances = postprocess.classification_scores(output, {positive: positive, negative: negative})
-        decision = {
-            "present": bool(margin > 0),
-            "positive_colour": positive,
-            "negative_colour": negative,
-            "margin": margin,
-            "distance": distances,
-            "mean_rgb": [float(v) for v in output.reshape(-1, 3).mean(axis=0)],
-        }
-        files["class"] = out_dir / f"{stem}.class.json"
-        write_text(files["class"], json.dumps(decision, indent=1) + "\n")
-        summary.update({k: decision[k] for k in ("present", "positive_colour", "negative_colour", "margin")})
-        answer = f"present ({positive})" if decision["present"] else f"absent ({negative})"
-        summary["text"] = f"{answer}, margin {margin:+.1f}"
-    else:  # pragma: no cover - guarded by click.Choice
-        raise ValueError(f"unknown task {task!r}")
+    prediction = registered(task).describe(output, image, arguments or {})
+    for name, (suffix, content) in prediction.files.items():
+        files[name] = out_dir / f"{stem}{suffix}"
+        if suffix.endswith(".png"):
+            write_png(files[name], content)
+        elif suffix.endswith(".npy"):
+            write_npy(files[name], content)
+        else:
+            write_text(files[name], content)
+    summary: dict[str, Any] = {"task": task, "size": [width, height], **prediction.fields, "text": prediction.text}
     summary["files"] = {k: str(v) for k, v in files.items()}
     return summary
 
@@ -276,16 +204,12 @@ def predict(checkpoint: Path, image: Path, instruction: str, out: Path, task: st
             task = infer_task(instruction)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--task") from None
-    colours: list[str] = []
-    if task == "classification":
-        colours = palette_colours(instruction)
-        if len(colours) < 2:
-            from instructcv_core.encoding import PALETTE
+    from instructcv_core.tasks import task as registered
 
-            raise click.BadParameter(
-                f"a classification instruction must name two palette colours (present first, then absent), e.g. "
-                f"'Show red if the picture has a cat, otherwise show green'; found {colours or 'none'}. "
-                f"Palette: {', '.join(PALETTE)}", param_hint="--instruction")
+    try:
+        arguments = registered(task).instruction_arguments(instruction)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--instruction") from None
     if batch_size < 1:
         raise click.BadParameter(f"must be >= 1, got {batch_size}", param_hint="--batch-size")
     pipeline_dir = resolve_checkpoint(checkpoint)
@@ -304,7 +228,8 @@ def predict(checkpoint: Path, image: Path, instruction: str, out: Path, task: st
             raise click.ClickException(str(exc)) from None
 
     quiet_libraries()
-    from instructcv_core.sampling import InstructCVSampler, Request, SamplerConfig, resolve_device
+    from instructcv_core.inference.config import Request, SamplerConfig
+    from instructcv_core.inference.sampler import InstructCVSampler, resolve_device
 
     try:
         config = SamplerConfig(steps=steps, text_guidance=text_guidance, image_guidance=image_guidance,
@@ -338,7 +263,7 @@ def predict(checkpoint: Path, image: Path, instruction: str, out: Path, task: st
             for index, output in sampler.generate(requests, images):
                 key = requests[index].image_key
                 path = Path(key)
-                summary = decode_and_write(task, output, images[key], out, stems[path], colours)
+                summary = decode_and_write(task, output, images[key], out, stems[path], arguments)
                 summary = {"image": str(path), "instruction": instruction, **summary}
                 if as_json:
                     tqdm.write(json.dumps(summary), file=sys.stdout)

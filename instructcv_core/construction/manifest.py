@@ -21,8 +21,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from instructcv_core.instructions import templates as instructions
 from instructcv_core.data.records import atomic_write
+from instructcv_core.instructions import templates as instructions
+from instructcv_core.tasks import task
 
 _BOX = pa.struct([("x", pa.float64()), ("y", pa.float64()), ("w", pa.float64()), ("h", pa.float64())])
 PAIR_SCHEMA = pa.schema(
@@ -115,12 +116,8 @@ def attach_rp(pairs: pd.DataFrame, bank: pd.DataFrame, seed: int) -> pd.DataFram
 
 
 def _slots(row) -> dict:
-    """The placeholder values of one pair: category, and the colour pair for classification."""
-    if row.task == "depth":
-        return {}
-    if row.task == "classification":
-        return {"category": row.category_text, "color": row.color, "color2": row.color2}
-    return {"category": row.category_text}
+    """The placeholder values of one pair (its task's: category, colours)."""
+    return task(row.task).instruction_slots(row)
 
 
 def leaked_sources(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:

@@ -1,8 +1,10 @@
 """From raw records to (input, target) pairs: which images feed which task, and their visual targets.
 
 A *pair* is one input image, one task, one category (where the task has one) and the target image
-the model must draw (`instructcv_core.encoding`). Instructions are attached later
+the model must draw (its task's ``targets`` in `instructcv_core.tasks`). Instructions are attached later
 (`instructcv_core.construction.manifest`), so the same pairs serve the FP and RP manifests.
+
+Which raw splits feed training and which benchmarks are tested: `instructcv_core.benchmarks`.
 
 - Segmentation: one pair per (image, category present); the target is the white-on-black mask of
   every pixel of that category (instances merged; void pixels are black).
@@ -11,8 +13,8 @@ the model must draw (`instructcv_core.encoding`). Instructions are attached late
 - Depth: one pair per image; the target is the 8-bit gray depth map (255 = 10 m) computed from the
   metric depth (the hole-filled map where the dataset has one).
 - Classification: per image, one positive pair (its class named, target = the positive colour) and
-  negatives (another class named, target = the negative colour). Oxford-IIIT Pet yields the paper's
-  binary cat/dog variant and a 37-breed variant. Colours are drawn per pair, seeded.
+  negatives (another class named, target = the negative colour). Oxford-IIIT Pet (records with a
+  species) yields the paper's binary cat/dog variant and a 37-breed variant. Colours are drawn per pair, seeded.
 
 Inputs and targets are resized to the training resolution (square, LANCZOS, as the official loader)
 and stored content-addressed (`ImageStore`); test pairs also keep the original-resolution input and
@@ -31,60 +33,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from instructcv_core import encoding
+from instructcv_core.benchmarks import TRAIN_SOURCES, manifest_benchmarks
+from instructcv_core.construction.config import BuildConfig
 from instructcv_core.data.imagestore import ImageStore, pixel_digest
-from instructcv_core.data.labels import load_class_masks, load_depth_m
 from instructcv_core.data.records import ImageRecord, QuarantineEntry
-
-TASKS = ("segmentation", "detection", "depth", "classification")
-
-# Which raw splits train which task (the official recipe: ADE20K seg, COCO det, NYUv2 depth, Pets cls).
-TRAIN_SOURCES: dict[str, tuple[tuple[str, str], ...]] = {
-    "segmentation": (("ade20k", "train"),),
-    "detection": (("coco", "train"),),
-    "depth": (("nyuv2", "train"), ("nyuv2", "train_sync")),
-    "classification": (("pets", "trainval"),),
-}
-# Test benchmarks: name -> (task, dataset, split). In-domain first, then external.
-BENCHMARKS: dict[str, tuple[str, str, str]] = {
-    "nyuv2": ("depth", "nyuv2", "test"),
-    "ade20k": ("segmentation", "ade20k", "val"),
-    "coco": ("detection", "coco", "val"),
-    "pets": ("classification", "pets", "test"),
-    "sunrgbd": ("depth", "sunrgbd", "test"),
-    "voc_seg": ("segmentation", "voc", "val"),
-    "voc_det": ("detection", "voc", "val"),
-    "imagenet_sub": ("classification", "imagenet_sub", "val"),
-    "fss1000": ("segmentation", "fss1000", "test"),
-}
-# Names as they read in an instruction, where a dataset's own name does not.
-PROMPT_NAMES = {
-    ("voc", "aeroplane"): "aeroplane",
-    ("voc", "diningtable"): "dining table",
-    ("voc", "pottedplant"): "potted plant",
-    ("voc", "tvmonitor"): "tv monitor",
-    ("voc", "motorbike"): "motorbike",
-}
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """How targets are made. Everything here changes the pairs, so it is part of their identity."""
-
-    resolution: int = 256
-    seed: int = 0
-    box_colour: str = "blue"  # a PALETTE name; the official COCO targets are blue, the paper text says red
-    box_width: int = 4
-    include_crowd: bool = False
-    pets_variants: tuple[str, ...] = ("binary", "breeds")
-    classification_negatives: int = 1  # negative pairs per image for the multi-class variants
-
-    def __post_init__(self) -> None:
-        if self.box_colour not in encoding.PALETTE:
-            raise ValueError(f"box_colour {self.box_colour!r} is not a palette colour ({', '.join(encoding.PALETTE)})")
-        unknown = set(self.pets_variants) - {"binary", "breeds"}
-        if unknown:
-            raise ValueError(f"pets_variants: unknown variant(s) {sorted(unknown)} (known: binary, breeds)")
+from instructcv_core.tasks import task
 
 
 @dataclass(frozen=True)
@@ -120,18 +73,19 @@ def plan_units(sources: dict[str, tuple[list[ImageRecord], Path, list[str]]]) ->
     A dataset missing from ``sources`` contributes nothing (the caller decides which are required).
     """
     units: list[WorkUnit] = []
-    for task, splits in TRAIN_SOURCES.items():
+    for task_name, splits in TRAIN_SOURCES.items():
         for dataset, split in splits:
             if dataset in sources:
                 records, root, classes = sources[dataset]
-                units += [WorkUnit(task, "train", None, r, str(root), tuple(classes)) for r in records if r.split == split]
-    for benchmark, (task, dataset, split) in BENCHMARKS.items():
-        if dataset in sources:
-            records, root, classes = sources[dataset]
+                units += [WorkUnit(task_name, "train", None, r, str(root), tuple(classes)) for r in records if r.split == split]
+    for benchmark in manifest_benchmarks():
+        if benchmark.dataset in sources:
+            records, root, classes = sources[benchmark.dataset]
+            labelled = task(benchmark.task).has_labels
             units += [
-                WorkUnit(task, "test", benchmark, r, str(root), tuple(classes))
+                WorkUnit(benchmark.task, "test", benchmark.name, r, str(root), tuple(classes))
                 for r in records
-                if r.split == split and _has_labels(r, task)
+                if r.split == benchmark.split and labelled(r)
             ]
     return units
 
@@ -181,7 +135,7 @@ def build_unit(unit: WorkUnit, config: BuildConfig, store: ImageStore) -> list[d
         "input_digest": store.put(resize(image, config.resolution)),
         "input_original_digest": store.put(image) if unit.role == "test" else None,
     }
-    targets = _TARGETS[unit.task](unit, image, config)
+    targets = task(unit.task).targets(record, root, image, unit.class_names, config)
     rows = []
     for target in targets:
         key = "|".join(
@@ -205,96 +159,6 @@ def build_unit(unit: WorkUnit, config: BuildConfig, store: ImageStore) -> list[d
     return rows
 
 
-@dataclass
-class Target:
-    image: np.ndarray
-    category: str | None = None
-    category_text: str | None = None
-    variant: str | None = None
-    positive: bool | None = None
-    color: str | None = None
-    color2: str | None = None
-    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
-
-
-def _segmentation_targets(unit: WorkUnit, image: np.ndarray, config: BuildConfig) -> list[Target]:
-    masks, _void = load_class_masks(unit.record, Path(unit.root))
-    return [
-        Target(encoding.encode_segmentation(mask), name, prompt_name(unit.record.dataset, name))
-        for name, mask in sorted(masks.items())
-        if mask.any()
-    ]
-
-
-def _detection_targets(unit: WorkUnit, image: np.ndarray, config: BuildConfig) -> list[Target]:
-    by_category: dict[str, list[tuple[float, float, float, float]]] = {}
-    for box in unit.record.boxes:
-        if box.iscrowd and not config.include_crowd:
-            continue
-        by_category.setdefault(box.category, []).append((box.x, box.y, box.w, box.h))
-    colour = encoding.PALETTE[config.box_colour]
-    return [
-        Target(encoding.encode_detection(image, boxes, colour, config.box_width), name,
-               prompt_name(unit.record.dataset, name), boxes=boxes)
-        for name, boxes in sorted(by_category.items())
-    ]
-
-
-def _depth_targets(unit: WorkUnit, image: np.ndarray, config: BuildConfig) -> list[Target]:
-    depth = load_depth_m(unit.record, Path(unit.root), dense=True)
-    if depth.shape != image.shape[:2]:
-        raise ValueError(f"depth map is {depth.shape[::-1]} but the image is {image.shape[1::-1]}")
-    return [Target(encoding.encode_depth(depth))]
-
-
-def _classification_targets(unit: WorkUnit, image: np.ndarray, config: BuildConfig) -> list[Target]:
-    """Positive and negative colour blocks; every draw is seeded by the image and the question."""
-    record = unit.record
-    size = (image.shape[1], image.shape[0])
-    questions: list[tuple[str, str, bool]] = []  # (variant, class named, is it the image's class)
-    if record.dataset == "pets":
-        if "binary" in config.pets_variants:
-            for species in ("cat", "dog"):
-                questions.append(("binary", species, species == record.species))
-        if "breeds" in config.pets_variants:
-            questions += _with_negatives("breeds", record.label_name, unit.class_names, record, config)
-    else:
-        questions += _with_negatives("classes", record.label_name, unit.class_names, record, config)
-
-    targets = []
-    for variant, name, positive in questions:
-        rng = _rng(config.seed, record.dataset, record.image_id, variant, name)
-        color, color2 = encoding.draw_colour_pair(rng)
-        block = encoding.encode_classification(encoding.PALETTE[color if positive else color2], size)
-        targets.append(Target(block, name, prompt_name(record.dataset, name), variant, positive, color, color2))
-    return targets
-
-
-def _with_negatives(variant, true_class, class_names, record, config) -> list[tuple[str, str, bool]]:
-    if true_class is None:
-        raise ValueError(f"{record.image_path}: no class label")
-    others = sorted(c for c in class_names if c != true_class)
-    rng = _rng(config.seed, record.dataset, record.image_id, variant, "negatives")
-    k = min(config.classification_negatives, len(others))
-    negatives = [others[i] for i in sorted(rng.choice(len(others), size=k, replace=False))] if k else []
-    return [(variant, true_class, True)] + [(variant, n, False) for n in negatives]
-
-
-_TARGETS = {
-    "segmentation": _segmentation_targets,
-    "detection": _detection_targets,
-    "depth": _depth_targets,
-    "classification": _classification_targets,
-}
-
-
-def prompt_name(dataset: str, name: str) -> str:
-    """A category as it reads in an instruction ("tvmonitor" -> "tv monitor", "american_bulldog" -> "american bulldog")."""
-    if (dataset, name) in PROMPT_NAMES:
-        return PROMPT_NAMES[(dataset, name)]
-    return name.strip().replace("_", " ")
-
-
 def resize(image: np.ndarray, resolution: int) -> np.ndarray:
     """Square resize to ``resolution`` (aspect ignored) with LANCZOS, as the official training loader."""
     return np.asarray(Image.fromarray(image).resize((resolution, resolution), Image.Resampling.LANCZOS))
@@ -308,31 +172,6 @@ def _load_rgb(path: Path) -> np.ndarray:
         raise SourceImageError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
 
 
-def _rng(seed: int, *parts: str) -> np.random.Generator:
-    digest = hashlib.sha256("|".join([str(seed), *map(str, parts)]).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-
-
 def expected_pairs(unit: WorkUnit, config: BuildConfig) -> int:
     """How many pairs `build_unit` makes for ``unit``, from the record alone (for count checks)."""
-    record = unit.record
-    if unit.task == "segmentation":
-        return len(record.categories)
-    if unit.task == "detection":
-        return len({b.category for b in record.boxes if config.include_crowd or not b.iscrowd})
-    if unit.task == "depth":
-        return 1
-    negatives = min(config.classification_negatives, max(0, len(unit.class_names) - 1))
-    if record.dataset == "pets":
-        return 2 * ("binary" in config.pets_variants) + (1 + negatives) * ("breeds" in config.pets_variants)
-    return 1 + negatives
-
-
-def _has_labels(record: ImageRecord, task: str) -> bool:
-    if task == "segmentation":
-        return record.mask_format is not None
-    if task == "detection":
-        return bool(record.boxes)
-    if task == "depth":
-        return record.depth_path is not None
-    return record.label_name is not None
+    return task(unit.task).expected_pairs(unit.record, unit.class_names, config)

@@ -25,8 +25,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-TASKS: tuple[str, ...] = ("segmentation", "detection", "depth", "classification")
-
 #: The fixed (FP) prompt of each task.
 FP_TEMPLATES: dict[str, str] = {
     "segmentation": "Segment the %category%.",

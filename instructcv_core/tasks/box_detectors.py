@@ -1,110 +1,34 @@
-"""Post-processing: a *generated* output image -> a task prediction.
-
-The model outputs an RGB image at generation resolution (e.g. 64x64 or 256x256). The functions
-here read a prediction out of it: a segmentation mask, detection boxes, metric depth or colour
-distances for classification. Inputs follow :mod:`instructcv_core.encoding`: images are uint8
-RGB ``(H, W, 3)``, boxes ``(x, y, w, h)`` in pixel-edge coordinates (COCO ``bbox`` /
-``cv2.boundingRect``) unless a function says it returns ``(x0, y0, x1, y1)``; sizes are
-``(width, height)``.
+"""Boxes out of a generated detection image: the official detectors, and a confidence score of ours.
 
 Detection follows the official code (AlaaLab/InstructCV, evaluate/postproc_det2.py): its
 contour detector ``postDet.extract_bbox`` (:func:`detect_boxes`, which adds a confidence score
 of our own) and its corner-template detector ``ext_coor`` (:func:`corner_boxes`);
 :func:`paper_boxes` concatenates the two as the official script does. Each docstring says
-which parts follow the official code and which are ours.
+which parts follow the official code and which are ours. Images are uint8 RGB ``(H, W, 3)``;
+boxes ``(x, y, w, h)`` in pixel-edge coordinates unless a function says it returns
+``(x0, y0, x1, y1)``; sizes are ``(width, height)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from .encoding import DEFAULT_BOX_COLOUR, DEPTH_MAX_M, Colour, _check_image, _mean_rgb, _rgb
+from instructcv_core.tasks.arrays import Size, check_image
+from instructcv_core.tasks.colours import Colour, rgb
 
-Size = tuple[int, int]
 HsvRange = tuple[tuple[int, int, int], tuple[int, int, int]]
 
+#: Outline colour of detection targets. The official COCO builder draws ``outline="blue"``
+#: (0, 0, 255); the paper's text says red. Both work: pass ``colour=``.
+DEFAULT_BOX_COLOUR: tuple[int, int, int] = (0, 0, 255)
 #: OpenCV HSV range of the official contour detector (``extract_bbox``), blue outlines.
 OFFICIAL_BLUE_HSV: HsvRange = ((100, 130, 50), (125, 255, 255))
 #: OpenCV HSV range of the official corner-template detector (``ext_coor``).
 CORNER_BLUE_HSV: HsvRange = ((100, 110, 70), (140, 255, 255))
-
-
-# --------------------------------------------------------------------------------------------
-# resizing and channels
-
-
-def resize_to(image: np.ndarray, size: Size | None, resample=Image.Resampling.BILINEAR) -> np.ndarray:
-    """Resize with Pillow to ``size = (width, height)``; ``None`` (or the same size) returns the
-    input unchanged.
-
-    Accepts uint8 ``(H, W, 3)`` / ``(H, W)`` arrays and float ``(H, W)`` arrays (resized as
-    float32 in Pillow mode "F"); the dtype is kept (float input comes back float32). Pillow's
-    BILINEAR antialiases when shrinking. (Pillow >= 13 may run the vertical pass first, which
-    changes results slightly versus the Pillow <= 12 of the authors' 2023 setup.)
-    """
-    image = np.asarray(image)
-    if size is None:
-        return image
-    width, height = (int(v) for v in size)
-    if width < 1 or height < 1:
-        raise ValueError(f"size must be positive (width, height), got {size!r}")
-    if image.shape[:2] == (height, width):
-        return image
-    if image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-        pil = Image.fromarray(np.ascontiguousarray(image))
-    elif np.issubdtype(image.dtype, np.floating) and image.ndim == 2:
-        pil = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32))  # mode "F"
-    else:
-        raise TypeError(f"expected uint8 (H, W[, 3]) or float (H, W), got {image.dtype} {image.shape}")
-    return np.asarray(pil.resize((width, height), resample=resample))
-
-
-def _channel_values(output: np.ndarray, channel: str | int) -> np.ndarray:
-    """float32 (H, W): the channel mean, or one channel (0 = R, 1 = G, 2 = B) of an RGB image.
-    A 2-D gray image is taken as is (``channel`` ignored)."""
-    output = np.asarray(output)
-    if output.ndim == 2:
-        return output.astype(np.float32)
-    if output.ndim != 3:
-        raise ValueError(f"output must be (H, W) or (H, W, C), got {output.shape}")
-    if isinstance(channel, str):
-        if channel != "mean":
-            raise ValueError(f"channel must be 'mean' or an int, got {channel!r}")
-        return output.astype(np.float32).mean(axis=2)
-    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
-        raise ValueError(f"channel must be 'mean' or an int, got {channel!r}")
-    if not 0 <= channel < output.shape[2]:
-        raise ValueError(f"channel {channel} out of range for {output.shape[2]} channels")
-    return output[:, :, int(channel)].astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# segmentation
-
-
-def segmentation_scores(
-    output: np.ndarray, size: Size | None = None, channel: str | int = "mean"
-) -> np.ndarray:
-    """float32 ``(H, W)`` foreground scores in 0..255: the channel mean (or RGB channel
-    ``channel``) of ``output``, then resized (bilinear, as float) to ``size = (width, height)``."""
-    return resize_to(_channel_values(output, channel), size).astype(np.float32, copy=False)
-
-
-def segmentation_mask(
-    output: np.ndarray, threshold: float = 127, channel: str | int = "mean", size: Size | None = None
-) -> np.ndarray:
-    """bool mask: ``segmentation_scores(output, size, channel) > threshold``.
-
-    The official evaluation (``evaluate_cls_seg_det.py``) keeps cv2 (BGR) channel 0 > 10 at
-    generation size, i.e. the *blue* channel: ``segmentation_mask(output, 10, channel=2)``.
-    The default (mean > 127) is ours.
-    """
-    return segmentation_scores(output, size=size, channel=channel) > threshold
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,7 +52,7 @@ class Detection:
 
 def _to_bgr(output: np.ndarray, size: Size | None) -> np.ndarray:
     """RGB output -> BGR, resized with ``cv2.resize`` (INTER_LINEAR) like the official code."""
-    bgr = cv2.cvtColor(_check_image(output, "output"), cv2.COLOR_RGB2BGR)
+    bgr = cv2.cvtColor(check_image(output, "output"), cv2.COLOR_RGB2BGR)
     if size is not None:
         width, height = (int(v) for v in size)
         if bgr.shape[:2] != (height, width):
@@ -146,10 +70,10 @@ def colour_hsv_ranges(
     crossing hue 0/180 (red) is split in two. Colours too grey or dark to be told by hue raise
     ``ValueError`` (pass ``hsv_range`` to :func:`detect_boxes` instead).
     """
-    rgb = _rgb(colour)
-    if rgb == (0, 0, 255):
+    value = rgb(colour)
+    if value == (0, 0, 255):
         return [OFFICIAL_BLUE_HSV]
-    hue, sat, val = (int(v) for v in cv2.cvtColor(np.uint8([[rgb[::-1]]]), cv2.COLOR_BGR2HSV)[0, 0])
+    hue, sat, val = (int(v) for v in cv2.cvtColor(np.uint8([[value[::-1]]]), cv2.COLOR_BGR2HSV)[0, 0])
     if sat < min_saturation or val < min_value:
         raise ValueError(f"colour {colour!r} (HSV {hue}, {sat}, {val}) is too grey or dark for a hue range")
     low, high = hue - hue_tolerance, hue + hue_tolerance
@@ -397,51 +321,14 @@ def paper_boxes(output: np.ndarray, size: Size | None) -> list[tuple[float, floa
     return contour + [tuple(float(v) for v in b) for b in corner_boxes(output, size)]
 
 
-# --------------------------------------------------------------------------------------------
-# depth and classification
-
-
-def depth_metres(
-    output: np.ndarray,
-    size: Size | None = None,
-    channel: str | int = "mean",
-    max_depth_m: float = DEPTH_MAX_M,
-) -> np.ndarray:
-    """float32 metres ``(H, W)``: ``channel value * max_depth_m / 255`` at generation size, then
-    resized (bilinear, as float) to ``size = (width, height)``.
-
-    The paper protocol reads channel 0 (red of the PIL image): ``channel=0``; the default
-    channel mean is ours. The official ``evaluate_depes.py`` resizes the uint8 image first
-    (torchvision ``Resize``), so its values are rounded to whole levels; here they are not.
-    """
-    if not max_depth_m > 0:
-        raise ValueError(f"max_depth_m must be > 0, got {max_depth_m}")
-    metres = _channel_values(output, channel) * np.float32(max_depth_m / 255.0)
-    return resize_to(metres.astype(np.float32), size).astype(np.float32, copy=False)
-
-
-def classification_scores(output: np.ndarray, colours: Mapping[str, Colour]) -> dict[str, float]:
-    """Euclidean RGB distance (0..255 units) from the output's mean colour to each named colour;
-    smaller is closer. ``colours`` maps a label to an (r, g, b) tuple or a PALETTE name."""
-    mean = _mean_rgb(output)
-    return {
-        name: float(np.linalg.norm(mean - np.array(_rgb(colour), dtype=np.float64)))
-        for name, colour in colours.items()
-    }
-
-
 __all__ = [
     "CORNER_BLUE_HSV",
+    "DEFAULT_BOX_COLOUR",
     "OFFICIAL_BLUE_HSV",
     "Detection",
     "box_iou",
-    "classification_scores",
     "colour_hsv_ranges",
     "corner_boxes",
-    "depth_metres",
     "detect_boxes",
     "paper_boxes",
-    "resize_to",
-    "segmentation_mask",
-    "segmentation_scores",
 ]

@@ -23,67 +23,17 @@ from __future__ import annotations
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from instructcv_core.model import encode_prompt, images_to_tensor, tensor_to_images
+from instructcv_core.inference.config import SCHEDULERS, Request, SamplerConfig
+from instructcv_core.model.autoencoder import images_to_tensor, tensor_to_images
+from instructcv_core.model.prompts import encode_prompt
 
-#: Scheduler names of the config -> diffusers class names.
-SCHEDULERS = {
-    "euler_ancestral": "EulerAncestralDiscreteScheduler",  # the official sampler (k-diffusion euler_ancestral)
-    "euler": "EulerDiscreteScheduler",
-    "ddim": "DDIMScheduler",
-    "dpmsolver++": "DPMSolverMultistepScheduler",
-}
+#: The config's model precisions as torch dtypes.
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """How outputs are generated. The defaults are the official evaluation recipe."""
-
-    steps: int = 100
-    text_guidance: float = 7.5  # s_T
-    image_guidance: float = 1.5  # s_I
-    scheduler: str = "euler_ancestral"
-    resolution: int = 256  # square input, aspect ratio ignored (official Resize((res, res)))
-    batch_size: int = 16  # items per UNet call (the call itself sees 3x this)
-    dtype: str = "float32"
-    device: str = "auto"  # "auto": cuda when available, else cpu
-
-    def __post_init__(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler {self.scheduler!r} unknown; choose one of {sorted(SCHEDULERS)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} unknown; choose one of {sorted(DTYPES)}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1 (got {self.steps}, {self.batch_size})")
-        if self.resolution % 8:
-            raise ValueError(f"resolution must be a multiple of 8, got {self.resolution}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def unet_evaluations(self, items: int) -> int:
-        """UNet evaluations (one per item, branch and step) to generate ``items`` outputs."""
-        return items * self.steps * (3 if self.guided else 1)
-
-    @property
-    def guided(self) -> bool:
-        # As the stock pipeline: guidance runs when s_T > 1 and s_I >= 1.
-        return self.text_guidance > 1.0 and self.image_guidance >= 1.0
-
-
-@dataclass(frozen=True)
-class Request:
-    """One output to generate: an image (by key), an instruction and the seed of its noise."""
-
-    image_key: str
-    instruction: str
-    seed: int
 
 
 def resolve_device(name: str) -> torch.device:
@@ -232,4 +182,4 @@ class InstructCVSampler:
         return tensor_to_images(decoded)
 
 
-__all__ = ["DTYPES", "SCHEDULERS", "InstructCVSampler", "Request", "SamplerConfig", "resolve_device"]
+__all__ = ["DTYPES", "InstructCVSampler", "Request", "SamplerConfig", "resolve_device"]

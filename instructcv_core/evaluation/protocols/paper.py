@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from instructcv_core.metrics import per_category_ap, run_coco_bbox_eval
+from instructcv_core.evaluation.metrics import per_category_ap, run_coco_bbox_eval
 
 # --------------------------------------------------------------------------------------------
 # segmentation

@@ -57,7 +57,7 @@ def bytes_to_unicode() -> dict[int, str]:
 def default_words() -> list[str]:
     """Words of every instruction this project writes (FP templates, paraphrase bank, held-out
     phrasings), the palette colour names and common object names, lower case, sorted."""
-    from instructcv_core.encoding import PALETTE
+    from instructcv_core.tasks.colours import PALETTE
     from instructcv_core.instructions.templates import FP_TEMPLATES, HELDOUT, load_bundled_bank
 
     texts = list(FP_TEMPLATES.values()) + [h.text for h in HELDOUT] + list(PALETTE) + EXTRA_WORDS

@@ -14,7 +14,7 @@ same generated outputs the way the benchmarks' own literature does:
 * FSS-1000: per-class accumulated foreground IoU, mean over classes.
 
 Units: mIoU, AP and accuracy in percent; RMSE in metres; AbsRel, SqRel, log10 and deltas as in
-:func:`instructcv_core.metrics.depth_errors` (fractions, SqRel in metres).
+:func:`instructcv_core.evaluation.metrics.depth_errors` (fractions, SqRel in metres).
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from instructcv_core.metrics import ConfusionMatrix, coco_detection_ap, depth_errors
-from instructcv_core.metrics import eigen_crop as eigen_crop_mask  # depth_metrics has an eigen_crop flag
+from instructcv_core.evaluation.metrics import ConfusionMatrix, coco_detection_ap, depth_errors
+from instructcv_core.evaluation.metrics import eigen_crop as eigen_crop_mask  # depth_metrics has an eigen_crop flag
 
 # --------------------------------------------------------------------------------------------
 # segmentation
 
 #: Default per-class score threshold: the mean-RGB value above which a pixel is "foreground"
-#: (:func:`instructcv_core.encoding.decode_segmentation`'s default).
+#: (:func:`instructcv_core.tasks.segmentation.decode_segmentation`'s default).
 SEG_THRESHOLD = 127.0
 
 
@@ -90,7 +90,7 @@ def segmentation_miou(
     queried; a class missing from ``scores`` is simply never predicted (a warning says so).
 
     Labels are combined with :func:`combine_class_scores`, accumulated over the dataset in a
-    :class:`~instructcv_core.metrics.ConfusionMatrix`, and the mIoU is the mean per-class IoU over
+    :class:`~instructcv_core.evaluation.metrics.ConfusionMatrix`, and the mIoU is the mean per-class IoU over
     classes present in the GT or the prediction (a class predicted but absent from every GT has
     IoU 0 and counts).
 
@@ -223,10 +223,10 @@ def depth_metrics(
     ``samples``: ``(pred_m, gt_m)``: float metres at the GT size; in ``gt_m`` 0 (or any value
     outside the range) means "no measurement". Per image:
 
-    * valid = ``min_depth < gt < max_depth`` (and inside :func:`~instructcv_core.metrics.eigen_crop`
+    * valid = ``min_depth < gt < max_depth`` (and inside :func:`~instructcv_core.evaluation.metrics.eigen_crop`
       when ``eigen_crop``); NaN GT is invalid;
     * the prediction is clipped to ``[min_depth, max_depth]`` (inf -> max, NaN -> min, as BTS);
-    * :func:`~instructcv_core.metrics.depth_errors` on the valid pixels.
+    * :func:`~instructcv_core.evaluation.metrics.depth_errors` on the valid pixels.
 
     The metrics are averaged over images (images without a valid pixel are skipped and counted).
     Returns the eight metrics, ``images``, ``skipped_images``, ``eigen_crop``, ``warnings``.
@@ -269,7 +269,7 @@ def classification_accuracy(samples: Iterable[tuple[str, Mapping[str, float]]]) 
     """Accuracy of argmax-margin classification, in percent.
 
     ``samples``: ``(true_class, margins)`` where ``margins[c]`` is the output of the query for
-    class ``c`` scored by :func:`instructcv_core.encoding.classification_margin` (> 0: nearer the
+    class ``c`` scored by :func:`instructcv_core.tasks.classification.classification_margin` (> 0: nearer the
     positive colour, "present"). The predicted class is the one with the largest margin; equal
     margins go to the first class name in sorted order.
 

@@ -1,7 +1,7 @@
 """Generic metric functions: mask IoU, confusion-matrix mIoU, depth errors, COCO AP, accuracy.
 
 These are the textbook definitions, with no InstructCV-specific choices; the two evaluation
-protocols in :mod:`instructcv_core.protocols` (``paper``: faithful to the official scripts,
+protocols in :mod:`instructcv_core.evaluation.protocols` (``paper``: faithful to the official scripts,
 ``standard``: community conventions) are built on them.
 
 Conventions:

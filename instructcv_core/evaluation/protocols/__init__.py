@@ -1,9 +1,9 @@
 """Evaluation protocols: how decoded predictions become the numbers of a table.
 
-* :mod:`~instructcv_core.protocols.paper` reproduces the official InstructCV evaluation scripts
+* :mod:`~instructcv_core.evaluation.protocols.paper` reproduces the official InstructCV evaluation scripts
   (AlaaLab/InstructCV, ``evaluate/``), their flaws included, so that our numbers can be set beside
   the paper's;
-* :mod:`~instructcv_core.protocols.standard` follows the community conventions of each benchmark
+* :mod:`~instructcv_core.evaluation.protocols.standard` follows the community conventions of each benchmark
   (dataset-accumulated mIoU over all classes, COCO AP with real scores, NYU depth on raw metres,
   argmax classification).
 
@@ -13,6 +13,6 @@ percent (0..100), RMSE in metres, AbsRel and the deltas as fractions. ``docs/pro
 the two side by side and lists every quirk of ``paper``.
 """
 
-from instructcv_core.protocols import paper, standard
+from instructcv_core.evaluation.protocols import paper, standard
 
 __all__ = ["paper", "standard"]

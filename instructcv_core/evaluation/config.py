@@ -1,0 +1,65 @@
+"""What an evaluation asks and how it decodes the answers (:class:`EvalConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from instructcv_core.inference.config import SamplerConfig
+
+PROTOCOLS = ("paper", "standard")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What an evaluation asks and how it decodes the answers. Everything here is part of its identity."""
+
+    sampler: SamplerConfig = field(default_factory=SamplerConfig, metadata={"help": "How outputs are generated."})
+    protocols: tuple[str, ...] = field(default=PROTOCOLS, metadata={"help": "Protocols to score: paper and/or standard."})
+    max_images: int | None = field(default=None, metadata={
+        "help": "Images per benchmark (0 or None: the whole test split)."})
+    heldout_images: int | None = field(default=200, metadata={
+        "help": "ADE20K images of the held-out-phrasing evaluation (Table 3; the paper used 200; 0 or None: all)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the image subset and of every output's noise."})
+    standard_classes: str = field(default="split", metadata={
+        "help": "Categories the standard protocol asks: those of the test split (split) or the dataset's list (all)."})
+    standard_threshold: float = field(default=127.0, metadata={
+        "help": "Standard segmentation: channel mean > threshold at ground-truth size."})
+    paper_threshold: float = field(default=10.0, metadata={
+        "help": "Paper segmentation: blue channel > threshold at generation size (official 10)."})
+    positive_colour: str = field(default="red", metadata={
+        "help": "Classification questions: the colour meaning 'present' (Show red if ..., otherwise show green)."})
+    negative_colour: str = field(default="green", metadata={"help": "Classification questions: the colour meaning 'absent'."})
+    sample_rows: int = field(default=6, metadata={"help": "Rows of the sample grid (input | output | prediction | truth)."})
+
+    def __post_init__(self) -> None:
+        from instructcv_core.tasks.colours import PALETTE  # the palette, not the tasks: no heavy imports here
+
+        object.__setattr__(self, "protocols", tuple(self.protocols))
+        unknown = set(self.protocols) - set(PROTOCOLS)
+        if unknown or not self.protocols:
+            raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}, got {self.protocols}")
+        if self.standard_classes not in ("split", "all"):
+            raise ValueError(f"standard_classes must be 'split' or 'all', got {self.standard_classes!r}")
+        for colour in (self.positive_colour, self.negative_colour):
+            if colour not in PALETTE:
+                raise ValueError(f"unknown colour {colour!r}; choose from {list(PALETTE)}")
+        if self.positive_colour == self.negative_colour:
+            raise ValueError("positive_colour and negative_colour must differ")
+        if self.sample_rows < 0:
+            raise ValueError(f"sample_rows must be >= 0, got {self.sample_rows}")
+        for name in ("max_images", "heldout_images"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0 (0 or None: every image), got {value}")
+            if value == 0:  # a run config cannot say None (null means "the preset"): 0 says "every image"
+                object.__setattr__(self, name, None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def image_limit(self, setting: str) -> int | None:
+        """The value of an image-count setting (a benchmark's ``image_limit``: max_images | heldout_images)."""
+        return getattr(self, setting)
+
+
+__all__ = ["PROTOCOLS", "EvalConfig"]

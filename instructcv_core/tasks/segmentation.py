@@ -1,0 +1,347 @@
+"""Semantic segmentation: one white-on-black mask per (image, category).
+
+Target ``v(y)``: the pixels of the category white (255, 255, 255), everything else black. Evaluation
+comes in three kinds: closed-set segmentation (ADE20K, VOC: the `paper` protocol asks only the
+categories present, the `standard` one every category and builds a label map), open-vocabulary
+segmentation (FSS-1000: each image asked for its own unseen class), and the held-out phrasings of
+Table 3 (ADE20K asked with six instructions never used in training).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from instructcv_core.evaluation.data import present_categories, standard_categories
+from instructcv_core.evaluation.protocols import paper, standard
+from instructcv_core.instructions.templates import FP_TEMPLATES, render
+from instructcv_core.tasks.arrays import Size, channel_values, resize_to
+from instructcv_core.tasks.base import (
+    OVERLAY_ALPHA,
+    OVERLAY_RGB,
+    MetricSpec,
+    Prediction,
+    Question,
+    Target,
+    expected_target,
+    per_image,
+    record_size,
+)
+from instructcv_core.tasks.category_names import prompt_name
+
+# --------------------------------------------------------------------------------------------
+# encoding and decoding
+
+
+def encode_segmentation(mask: np.ndarray) -> np.ndarray:
+    """Binary mask -> white-on-black RGB image (official per-class target).
+
+    Pixel ``(i, j)`` is (255, 255, 255) where ``mask[i, j]`` is True and (0, 0, 0) elsewhere;
+    output shape ``(H, W, 3)``, uint8. ``mask`` must be a bool array (build it as
+    ``labels == class_id``); other dtypes raise ``TypeError`` so that a 0/255 label image or a
+    label map cannot be passed by mistake.
+
+    Void / ignore pixels (ADE20K 0 "other", VOC 255 boundary, Pets trimap border) are simply not
+    the category: they are black, exactly like background. The encoding cannot mark them; an
+    evaluation that should ignore them needs the void mask separately.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"mask must be bool (e.g. labels == class_id), got {mask.dtype}")
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got {mask.shape}")
+    image = np.zeros((*mask.shape, 3), dtype=np.uint8)
+    image[mask] = 255
+    return image
+
+
+def decode_segmentation(image: np.ndarray, threshold: int = 127, channel: str | int = "mean") -> np.ndarray:
+    """RGB image -> bool mask: foreground where the chosen channel value is ``> threshold``.
+
+    ``channel="mean"`` uses the mean of the three channels (a float in 0..255); an int uses that
+    channel of the array *as passed* (0 = R, 1 = G, 2 = B for the RGB images of this project).
+    A 2-D (H, W) gray image is accepted too; ``channel`` is then ignored.
+
+    The official evaluation reads predictions with ``cv2.imread`` (BGR) and keeps channel 0 > 10,
+    i.e. the *blue* channel with threshold 10: on an RGB array that is
+    ``decode_segmentation(image, threshold=10, channel=2)``. The default (mean > 127) is the exact
+    inverse of :func:`encode_segmentation` and is robust to colour casts.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        values = image.astype(np.float32)
+    elif image.ndim == 3:
+        if channel == "mean":
+            values = image.astype(np.float32).mean(axis=2)
+        elif isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+            if not 0 <= channel < image.shape[2]:
+                raise ValueError(f"channel {channel} out of range for {image.shape[2]} channels")
+            values = image[:, :, int(channel)]
+        else:
+            raise ValueError(f"channel must be 'mean' or an int, got {channel!r}")
+    else:
+        raise ValueError(f"image must be (H, W) or (H, W, C), got {image.shape}")
+    return values > threshold
+
+
+# --------------------------------------------------------------------------------------------
+# post-processing of generated outputs
+
+
+def segmentation_scores(
+    output: np.ndarray, size: Size | None = None, channel: str | int = "mean"
+) -> np.ndarray:
+    """float32 ``(H, W)`` foreground scores in 0..255: the channel mean (or RGB channel
+    ``channel``) of ``output``, then resized (bilinear, as float) to ``size = (width, height)``."""
+    return resize_to(channel_values(output, channel), size).astype(np.float32, copy=False)
+
+
+def segmentation_mask(
+    output: np.ndarray, threshold: float = 127, channel: str | int = "mean", size: Size | None = None
+) -> np.ndarray:
+    """bool mask: ``segmentation_scores(output, size, channel) > threshold``.
+
+    The official evaluation (``evaluate_cls_seg_det.py``) keeps cv2 (BGR) channel 0 > 10 at
+    generation size, i.e. the *blue* channel: ``segmentation_mask(output, 10, channel=2)``.
+    The default (mean > 127) is ours.
+    """
+    return segmentation_scores(output, size=size, channel=channel) > threshold
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation: closed-set, open-vocabulary and held-out-phrasing segmentation
+
+
+def _gt_masks(bench, image_id: str):
+    from instructcv_core.data.labels import load_class_masks
+
+    return load_class_masks(bench.records[image_id], bench.root)
+
+
+def closed_set_questions(bench, config, task: str):
+    """Segmentation and detection: the paper asks each image for its present categories, the standard
+    protocol asks it for every category of the benchmark (each question asked once)."""
+    want_standard = "standard" in config.protocols
+    present = present_categories(bench)
+    asked = standard_categories(bench, config) if want_standard else []
+    for image_id in bench.image_ids:
+        mine = present.get(image_id, [])
+        for category in dict.fromkeys([*mine, *asked]):
+            text = render(FP_TEMPLATES[task], category=prompt_name(bench.dataset, category))
+            yield Question(image_id, text, category, category in mine, category in asked or not want_standard)
+
+
+class ClosedSetSegmentation:
+    """ADE20K, VOC: per-image mean IoU of present classes (paper); confusion-matrix mIoU (standard)."""
+
+    kind = "segmentation"
+    metrics = MetricSpec(
+        {"paper": {"miou": (0, 100, True)}, "standard": {"miou": (0, 100, True), "pixel_acc": (0, 100, True)}},
+        {"paper": "miou", "standard": "miou"})
+
+    def metric_ranges(self, benchmark):
+        return self.metrics.ranges
+
+    def questions(self, bench, config, phrasings=None):
+        return closed_set_questions(bench, config, "segmentation")
+
+    def score(self, bench, outputs, output_image, target_image, config):
+        from_names = {name: i for i, name in enumerate(bench.categories)}
+        background = 0 if bench.spec.background_class else None
+        offset = 1 if background is not None else 0  # VOC: 0 = background, classes 1..20
+        num_classes = len(bench.categories) + offset
+        ignore = 255
+        predictions = []
+        paper_samples, standard_images, standard_ids = [], [], []
+        for image_id, group in outputs.groupby("image_id", sort=False):
+            record = bench.records[image_id]
+            masks, void = _gt_masks(bench, image_id)
+            labels = np.full((record.height, record.width), ignore if background is None else background, dtype=np.int32)
+            for name, mask in masks.items():
+                labels[mask] = from_names[name] + offset
+            if void is not None:
+                labels[void] = ignore
+            scores = {}
+            for row in group.itertuples():
+                output = output_image(row.output_digest)
+                gt = masks.get(row.category, np.zeros((record.height, record.width), bool))
+                if row.paper:
+                    pred = segmentation_mask(output, threshold=config.paper_threshold, channel=2)
+                    paper_samples.append((image_id, row.category, pred, gt))
+                s = segmentation_scores(output, size=record_size(record))
+                if row.standard:
+                    scores[from_names[row.category] + offset] = s
+                predictions.append({"query_id": row.query_id,
+                                    "foreground_fraction": float((s > config.standard_threshold).mean())})
+            if scores:
+                standard_images.append((scores, labels))
+                standard_ids.append(image_id)
+        out = {"predictions": pd.DataFrame(predictions)}
+        if "paper" in config.protocols:
+            out["paper"] = paper.segmentation_miou(paper_samples)
+        if "standard" in config.protocols:
+            seg = lambda images: standard.segmentation_miou(images, num_classes=num_classes, ignore_index=ignore,  # noqa: E731
+                                                            threshold=config.standard_threshold, background=background)
+            out["standard"] = {**seg(standard_images),
+                               "per_image": per_image(seg, standard_ids, standard_images, "miou")}
+        return out
+
+
+class OpenVocabularySegmentation:
+    """FSS-1000: each image asked for its own (unseen) class; mIoU per class (Table 2)."""
+
+    kind = "open_vocabulary"
+    metrics = MetricSpec({"paper": {"miou": (0, 100, True)}, "standard": {"miou": (0, 100, True)}},
+                         {"paper": "miou", "standard": "miou"})
+
+    def metric_ranges(self, benchmark):
+        return self.metrics.ranges
+
+    def questions(self, bench, config, phrasings=None):
+        present = present_categories(bench)
+        for image_id in bench.image_ids:
+            for category in present.get(image_id, []):
+                yield Question(image_id, render(FP_TEMPLATES["segmentation"], category=prompt_name(bench.dataset, category)),
+                               category, True, True)
+
+    def score(self, bench, outputs, output_image, target_image, config):
+        predictions, paper_samples, standard_samples = [], [], []
+        for row in outputs.itertuples():
+            record = bench.records[row.image_id]
+            masks, _ = _gt_masks(bench, row.image_id)
+            gt = masks.get(row.category, np.zeros((record.height, record.width), bool))
+            output = output_image(row.output_digest)
+            paper_samples.append((row.image_id, row.category, segmentation_mask(output, config.paper_threshold, 2), gt))
+            mask = segmentation_mask(output, config.standard_threshold, "mean", size=record_size(record))
+            standard_samples.append((row.category, mask, gt))
+            predictions.append({"query_id": row.query_id, "foreground_fraction": float(mask.mean())})
+        out = {"predictions": pd.DataFrame(predictions)}
+        if "paper" in config.protocols:
+            out["paper"] = paper.fss_miou(paper_samples)
+        if "standard" in config.protocols:
+            out["standard"] = {**standard.fss_miou(standard_samples),
+                               "per_image": per_image(standard.fss_miou, list(outputs["image_id"]), standard_samples, "miou")}
+        return out
+
+
+class HeldoutPhrasingSegmentation:
+    """Table 3: the present categories asked with each held-out phrasing; mIoU per phrasing and their mean."""
+
+    kind = "heldout"
+    metrics = MetricSpec({"paper": {"miou": (0, 100, True)}, "standard": {"miou": (0, 100, True)}},
+                         {"paper": "miou", "standard": "miou"})
+
+    def metric_ranges(self, benchmark):
+        return self.metrics.ranges
+
+    def questions(self, bench, config, phrasings=None):
+        present = present_categories(bench)
+        for image_id in bench.image_ids:
+            for phrasing in phrasings or []:
+                for category in present.get(image_id, []):
+                    text = render(phrasing, category=prompt_name(bench.dataset, category))
+                    yield Question(image_id, text, category, True, True, phrasing=phrasing)
+
+    def score(self, bench, outputs, output_image, target_image, config):
+        """Both protocols per phrasing (standard: per-class accumulated IoU over the asked classes)."""
+        predictions, per_phrasing = [], {p: {"paper": [], "standard": []} for p in outputs["phrasing"].unique()}
+        masks_cache: dict[str, dict] = {}
+        for row in outputs.itertuples():
+            record = bench.records[row.image_id]
+            if row.image_id not in masks_cache:
+                masks_cache[row.image_id] = _gt_masks(bench, row.image_id)[0]
+            gt = masks_cache[row.image_id].get(row.category, np.zeros((record.height, record.width), bool))
+            output = output_image(row.output_digest)
+            per_phrasing[row.phrasing]["paper"].append(
+                (row.image_id, row.category, segmentation_mask(output, config.paper_threshold, 2), gt))
+            mask = segmentation_mask(output, config.standard_threshold, "mean", size=record_size(record))
+            per_phrasing[row.phrasing]["standard"].append((row.category, mask, gt))
+            predictions.append({"query_id": row.query_id, "foreground_fraction": float(mask.mean())})
+        out = {"predictions": pd.DataFrame(predictions)}
+        for protocol in config.protocols:
+            by_phrasing = {}
+            for phrasing, samples in per_phrasing.items():
+                result = paper.segmentation_miou(samples["paper"]) if protocol == "paper" else standard.fss_miou(samples["standard"])
+                by_phrasing[phrasing] = float(result["miou"])
+            values = [v for v in by_phrasing.values() if not math.isnan(v)]
+            out[protocol] = {"miou": float(np.mean(values)) if values else math.nan, "by_phrasing": by_phrasing}
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# the task
+
+
+class SegmentationTask:
+    name = "segmentation"
+    evaluations = {e.kind: e for e in (ClosedSetSegmentation(), OpenVocabularySegmentation(), HeldoutPhrasingSegmentation())}
+    instruction_hint = "segment/mask/cut out/highlight"
+    decisive = False
+    _keywords = re.compile(r"\b(segment\w*|mask\w*|cut\s+out|highlight\w*)\b", re.IGNORECASE)
+
+    def has_labels(self, record) -> bool:
+        return record.mask_format is not None
+
+    def targets(self, record, root: Path, image, class_names, config) -> list[Target]:
+        """One mask per category present (instances merged; void pixels are black)."""
+        from instructcv_core.data.labels import load_class_masks
+
+        masks, _void = load_class_masks(record, Path(root))
+        return [
+            Target(encode_segmentation(mask), name, prompt_name(record.dataset, name))
+            for name, mask in sorted(masks.items())
+            if mask.any()
+        ]
+
+    def expected_pairs(self, record, class_names, config) -> int:
+        return len(record.categories)
+
+    def instruction_slots(self, row) -> dict[str, str]:
+        return {"category": row.category_text}
+
+    def recognise(self, instruction: str) -> str | None:
+        match = self._keywords.search(instruction)
+        return match.group(0) if match else None
+
+    def instruction_arguments(self, instruction: str) -> dict:
+        return {}
+
+    def describe(self, output, image, arguments) -> Prediction:
+        """The mask (0/255) and the input with the mask tinted, at the input's size."""
+        height, width = image.shape[:2]
+        mask = segmentation_mask(output, size=(width, height))
+        overlay = image.astype(np.float32)
+        overlay[mask] = (1 - OVERLAY_ALPHA) * overlay[mask] + OVERLAY_ALPHA * np.array(OVERLAY_RGB, np.float32)
+        fraction = float(mask.mean())
+        return Prediction(
+            files={"mask": (".mask.png", (mask * 255).astype(np.uint8)),
+                   "overlay": (".overlay.png", np.clip(overlay + 0.5, 0, 255).astype(np.uint8))},
+            fields={"mask_fraction": fraction}, text=f"{fraction:.1%} of the image in the mask")
+
+    def preview(self, output, image, colour, colour2, config) -> np.ndarray:
+        size = (image.shape[1], image.shape[0])
+        return encode_segmentation(segmentation_mask(output, config.standard_threshold, "mean", size=size))
+
+    def truth_preview(self, bench, row, target_image) -> np.ndarray:
+        return expected_target(bench, row, target_image)
+
+    def reconstruction_metrics(self, originals, round_trips) -> dict[str, float]:
+        """``iou``: mean per-image IoU of the masks (mean gray > 127; both empty counts 1);
+        ``iou_pooled``: all pixels together."""
+        a = np.stack([decode_segmentation(im, threshold=127) for im in originals])
+        b = np.stack([decode_segmentation(im, threshold=127) for im in round_trips])
+        inter = (a & b).sum(axis=(1, 2))
+        union = (a | b).sum(axis=(1, 2))
+        return {"iou": float(np.where(union > 0, inter / np.maximum(union, 1), 1.0).mean()),
+                "iou_pooled": float(inter.sum() / max(union.sum(), 1))}
+
+
+TASK = SegmentationTask()
+
+__all__ = ["TASK", "ClosedSetSegmentation", "HeldoutPhrasingSegmentation", "OpenVocabularySegmentation",
+           "SegmentationTask", "closed_set_questions", "decode_segmentation", "encode_segmentation",
+           "segmentation_mask", "segmentation_scores"]

@@ -1,0 +1,138 @@
+"""The training stage's config: every knob of a run, its default, its help text and its validation.
+
+YAML/JSON keys are the field names (:func:`load_config`). The profile presets (``mini``, ``paper``)
+live in :mod:`instructcv_core.presets`; the Dagster run config is generated from this class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from instructcv_core.presets import knob
+
+MixedPrecision = Literal["no", "fp16", "bf16"]
+MIXED_PRECISION = typing.get_args(MixedPrecision)
+#: The `diffusers.optimization.get_scheduler` schedules that need no extra arguments.
+LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+LR_SCHEDULERS = typing.get_args(LrScheduler)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (the InstructPix2Pix recipe's defaults, as the official code).
+
+    A knob whose meaningful value is "none" also takes an explicit value, for run configs that cannot
+    say null: ``max_seconds=inf`` (no budget), ``max_grad_norm=inf`` (no clipping),
+    ``checkpoints_total_limit=0`` (keep all); they are normalised to ``None``.
+    """
+
+    base_model: str = knob(help="SD-v1.5-layout folder, hub id or single checkpoint file (`model.load_base`).")
+    manifest: str = knob(help="Parquet manifest with the columns of `training.data.MANIFEST_COLUMNS`.")
+    image_store: str = knob(help="ImageStore root holding the manifest's digests at `resolution`.")
+    output_dir: str = knob(help="Folder of the run: checkpoints, losses, samples, the pipeline.")
+    resolution: int = knob(256, "Square training resolution in pixels.")
+    train_batch_size: int = knob(16, "Micro-batch size per process.")
+    gradient_accumulation_steps: int = knob(1, "Micro-batches per optimizer step.")
+    learning_rate: float = knob(1e-4, "AdamW learning rate (the peak, under a schedule with warm-up).")
+    adam_weight_decay: float = knob(1e-2, "AdamW weight decay (torch's default, which the official code uses).")
+    lr_scheduler: LrScheduler = knob("constant", "Learning-rate schedule (a `diffusers.optimization.get_scheduler` name).")
+    lr_warmup_steps: int = knob(0, "Warm-up steps of the learning-rate schedule.")
+    max_grad_norm: float | None = knob(None, "Clip the gradient norm to this (.inf or unset: no clipping, as the official config).")
+    max_steps: int = knob(1000, "Optimizer steps to train for.")
+    max_seconds: float | None = knob(None, "Wall-clock budget of the training loop in seconds; stops at whichever of "
+                                           "max_steps and this comes first (.inf: no budget).")
+    checkpointing_steps: int = knob(500, "Save a resumable checkpoint every N optimizer steps (and at the end).")
+    checkpoints_total_limit: int | None = knob(2, "Keep this many newest checkpoints (0: keep all).")
+    seed: int = knob(0, "Seeds the data order and every random draw of a micro-batch.")
+    mixed_precision: MixedPrecision = knob("no", "Precision of the forward passes: no | fp16 | bf16.")
+    gradient_checkpointing: bool = knob(False, "Recompute UNet activations in the backward pass (memory for compute).")
+    use_ema: bool = knob(True, "Keep an EMA of the UNet weights; the saved pipeline carries the EMA weights.")
+    ema_decay: float = knob(0.9999, "EMA decay (with LitEma's warm-up, min(decay, (1 + n) / (10 + n))).")
+    conditioning_dropout: tuple[float, float, float] = knob(
+        (0.05, 0.05, 0.05), "Classifier-free-guidance dropout per sample: (text only, both, image only).")
+    random_flip: bool = knob(True, "Joint horizontal flip of input and target with p = 0.5.")
+    prediction_type: Literal["epsilon", "v_prediction"] | None = knob(
+        None, "Override the base scheduler's prediction type (unset: the base's).")
+    cache_latents: bool = knob(False, "Encode every input and target once with the frozen VAE (VAE encoding "
+                                      "dominates at small resolutions; same statistics).")
+    dataloader_num_workers: int = knob(0, "DataLoader worker processes.")
+    allow_network: bool = knob(False, "Let model loading download from the Hugging Face hub.")
+    log_every: int = knob(10, "Log progress every N optimizer steps.")
+    sample_every: int = knob(0, "Save a preview grid of `sample_rows` fixed rows every N steps (0: off).")
+    sample_rows: int = knob(4, "Rows of the preview grid.")
+    sample_steps: int = knob(20, "Sampling steps of the preview.")
+    mlflow_tracking_uri: str | None = knob(None, "MLflow tracking URI of `mlflow_run_id`.")
+    mlflow_run_id: str | None = knob(None, "Rank 0 logs metrics to this existing MLflow run when set.")
+    tasks: tuple[str, ...] | None = knob(None, "Train only on manifest rows of these tasks (unset: all).")
+
+    def __post_init__(self) -> None:
+        self.conditioning_dropout = tuple(float(p) for p in self.conditioning_dropout)
+        if self.tasks is not None:
+            self.tasks = (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks)
+        if self.max_seconds is not None and math.isinf(self.max_seconds):
+            self.max_seconds = None
+        if self.max_grad_norm is not None and math.isinf(self.max_grad_norm):
+            self.max_grad_norm = None
+        if self.checkpoints_total_limit == 0:
+            self.checkpoints_total_limit = None
+        if len(self.conditioning_dropout) != 3 or min(self.conditioning_dropout) < 0 or sum(self.conditioning_dropout) > 1:
+            raise ValueError(f"conditioning_dropout must be 3 probabilities summing to <= 1, got {self.conditioning_dropout}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
+        for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "lr_warmup_steps", "sample_every", "dataloader_num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_seconds is not None and self.max_seconds < 0:
+            raise ValueError(f"max_seconds must be >= 0 (or .inf for no budget), got {self.max_seconds}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0 (or .inf for no clipping), got {self.max_grad_norm}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 0:
+            raise ValueError(f"checkpoints_total_limit must be >= 0 (0 keeps all), got {self.checkpoints_total_limit}")
+        if not 0 <= self.ema_decay <= 1:
+            raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
+        if self.learning_rate <= 0 or self.adam_weight_decay < 0:
+            raise ValueError(f"learning_rate must be > 0 and adam_weight_decay >= 0, got {self.learning_rate}, "
+                             f"{self.adam_weight_decay}")
+
+    def to_dict(self) -> dict:
+        """Plain values (lists for tuples): what YAML/JSON and :func:`load_config` round-trip."""
+        out = dataclasses.asdict(self)
+        out["conditioning_dropout"] = list(self.conditioning_dropout)
+        out["tasks"] = None if self.tasks is None else list(self.tasks)
+        return out
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """A TrainConfig from a YAML (.yaml/.yml) or JSON file; unknown keys are refused by name."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown TrainConfig key(s): {', '.join(unknown)}")
+    missing = sorted(f.name for f in dataclasses.fields(TrainConfig)
+                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data)
+    if missing:
+        raise ValueError(f"{path}: missing TrainConfig key(s): {', '.join(missing)}")
+    return TrainConfig(**data)

@@ -1,0 +1,134 @@
+"""One training step of the InstructPix2Pix recipe: the loss of a micro-batch and the update it feeds.
+
+- Loss: L2 between the UNet output and the scheduler's target (noise for epsilon, velocity for
+  v-prediction) at uniformly drawn timesteps, on ``scaling_factor * z`` with ``z`` drawn from the VAE
+  posterior of the target; the UNet input is ``cat(noisy latent, unscaled posterior mode of the input)``.
+- Conditioning dropout per sample (5% text only, 5% both, 5% image only); null text = encoder(""),
+  null image = zero latent (:func:`apply_conditioning_dropout`).
+- Joint horizontal flip of input and target, p = 0.5.
+
+Every random draw comes, in a fixed order, from the one generator a micro-batch is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def apply_conditioning_dropout(text_emb, image_latents, null_text_emb, probs, generator):
+    """InstructPix2Pix classifier-free-guidance dropout, per sample (official `ddpm_edit.get_input`).
+
+    One r ~ U(0, 1) per sample: text is replaced by the null embedding when r < p1 + p2, the image
+    latent by zeros when p1 <= r < p1 + p2 + p3 (so p1 text only, p2 both, p3 image only).
+    """
+    p_text, p_both, p_image = probs
+    r = torch.rand(text_emb.shape[0], generator=generator).to(text_emb.device)
+    drop_text = r < p_text + p_both
+    drop_image = (r >= p_text) & (r < p_text + p_both + p_image)
+    text_emb = torch.where(drop_text[:, None, None], null_text_emb.to(text_emb.dtype).expand_as(text_emb), text_emb)
+    image_latents = torch.where(drop_image[:, None, None, None], torch.zeros_like(image_latents), image_latents)
+    return text_emb, image_latents
+
+
+class TextEmbeddings:
+    """Frozen text-encoder outputs cached per distinct instruction (there are few; encoding is costly on CPU).
+
+    Each prompt is encoded alone, exactly as the diffusers pipeline encodes it (`model.encode_prompt`),
+    so an embedding never depends on which other prompts shared its batch. The cache is bounded;
+    an evicted prompt is re-encoded to the same values.
+    """
+
+    def __init__(self, tokenizer, text_encoder, max_entries: int = 4096):
+        self.tokenizer, self.text_encoder, self.max_entries = tokenizer, text_encoder, max_entries
+        self.cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        from instructcv_core.model.prompts import encode_prompt
+
+        for prompt in dict.fromkeys(prompts):
+            if prompt not in self.cache:
+                if len(self.cache) >= self.max_entries:
+                    self.cache.pop(next(iter(self.cache)))
+                self.cache[prompt] = encode_prompt(self.tokenizer, self.text_encoder, [prompt])[0].float()
+        return torch.stack([self.cache[p] for p in prompts])
+
+
+@dataclass
+class DiffusionObjective:
+    """The conditional latent-diffusion loss: the UNet being trained, the frozen parts and the recipe.
+
+    vae: the frozen VAE in ``weight_dtype`` on ``device`` (unused when batches carry cached latent
+    statistics). null_text: ``texts([""])``, the null prompt of classifier-free guidance.
+    """
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    noise_scheduler: object
+    texts: TextEmbeddings
+    null_text: torch.Tensor
+    scaling_factor: float
+    weight_dtype: torch.dtype
+    device: torch.device
+    conditioning_dropout: tuple[float, float, float]
+    random_flip: bool
+
+    def micro_batch_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """The loss of one micro-batch; draws flip, posterior eps, noise, timesteps and dropout from ``generator``."""
+        from instructcv_core.training.latent_cache import posterior_stats
+
+        device = self.device
+        n = len(batch["instruction"])
+        flip = torch.rand(n, generator=generator) < 0.5  # drawn even when flips are off: same stream
+        if not self.random_flip:
+            flip = torch.zeros_like(flip)
+        if "input_stats" in batch:
+            rows = torch.arange(n)
+            input_stats = batch["input_stats"][rows, flip.long()].to(device)  # (n, 2, C, h, w)
+            target_stats = batch["target_stats"][rows, flip.long()].to(device)
+            image_latents, target_mean, target_std = input_stats[:, 0], target_stats[:, 0], target_stats[:, 1]
+        else:
+            # One joint horizontal flip of input and target, then one VAE pass over both.
+            pair = torch.cat([batch["input"], batch["target"]]).to(device)
+            pair = torch.where(torch.cat([flip, flip]).to(device)[:, None, None, None], pair.flip(-1), pair)
+            mean, std = posterior_stats(self.vae, pair.to(self.weight_dtype))
+            image_latents, target_mean, target_std = mean[:n].float(), mean[n:].float(), std[n:].float()
+        # Target latent: a posterior sample (mean + std * eps, as latent_dist.sample()), scaled.
+        eps = torch.randn(target_mean.shape, generator=generator).to(device)
+        latents = (target_mean + target_std * eps) * self.scaling_factor
+        # Image condition: the posterior mode, unscaled (the official code's encode_first_stage(...).mode()).
+        image_latents = image_latents.float()
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=generator).to(device)
+        text_emb, image_latents = apply_conditioning_dropout(self.texts(batch["instruction"]), image_latents, self.null_text,
+                                                             self.conditioning_dropout, generator)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "epsilon":
+            target = noise
+        else:  # v_prediction
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        pred = self.unet(torch.cat([noisy, image_latents], dim=1), timesteps, encoder_hidden_states=text_emb).sample
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def train_micro_batch(accelerator, objective: DiffusionObjective, optimizer, lr_scheduler, batch: dict,
+                      generator: torch.Generator, max_grad_norm: float | None) -> torch.Tensor:
+    """Backpropagate one micro-batch's loss; on the last micro-batch of an accumulation, update the weights.
+
+    Under ``accelerator.accumulate`` the optimizer and scheduler steps only take effect when gradients
+    sync (every ``gradient_accumulation_steps`` micro-batches); the gradient norm is clipped then.
+    Returns the (undetached) loss.
+    """
+    with accelerator.accumulate(objective.unet):
+        loss = objective.micro_batch_loss(batch, generator)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm is not None:
+            accelerator.clip_grad_norm_(objective.unet.parameters(), max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss
+

@@ -1,0 +1,208 @@
+"""The task registry and the benchmark table: every task has the same shape, every benchmark names a
+registered task, what repeats per benchmark is generated from the table, and a fifth task needs no
+edit outside its own module."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from instructcv_core.benchmarks import BENCHMARKS, TABLES, Benchmark, TableRow, in_table, manifest_benchmarks
+from instructcv_core.data.records import ImageRecord
+from instructcv_core.evaluation.config import EvalConfig
+from instructcv_core.evaluation.data import BenchmarkData
+from instructcv_core.evaluation.planning import plan_queries
+from instructcv_core.evaluation.scoring import invalid_metrics, primary_metric, score
+from instructcv_core.tasks import TASK_NAMES, TASKS, MetricSpec, Question, evaluation, task
+from instructcv_core.tasks.base import Evaluation, Task
+
+TASK_METHODS = [name for name, member in inspect.getmembers(Task) if inspect.isfunction(member) and not name.startswith("_")]
+EVALUATION_METHODS = [name for name, member in inspect.getmembers(Evaluation)
+                      if inspect.isfunction(member) and not name.startswith("_")]
+
+
+def test_the_registry_holds_the_four_tasks_in_the_papers_order():
+    assert TASK_NAMES == ("segmentation", "detection", "depth", "classification")
+    assert all(TASKS[name].name == name for name in TASKS)
+    with pytest.raises(KeyError, match="known: segmentation, detection, depth, classification"):
+        task("colourise")
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_every_task_implements_the_protocol(name):
+    t = TASKS[name]
+    assert len(TASK_METHODS) == 10
+    for method in TASK_METHODS:
+        assert callable(getattr(t, method)), f"{name} lacks {method}"
+        protocol_params = list(inspect.signature(getattr(Task, method)).parameters)[1:]
+        assert list(inspect.signature(getattr(t, method)).parameters) == protocol_params, (name, method)
+    assert isinstance(t.instruction_hint, str) and isinstance(t.decisive, bool)
+    assert t.evaluations, name
+    for kind, ev in t.evaluations.items():
+        assert ev.kind == kind
+        for method in EVALUATION_METHODS:
+            assert callable(getattr(ev, method)), f"{name}/{kind} lacks {method}"
+        assert isinstance(ev.metrics, MetricSpec)
+        for protocol in ("paper", "standard"):
+            headline = ev.metrics.headline[protocol]
+            assert headline in ev.metrics.ranges[protocol]
+
+
+def test_only_classification_settles_the_task_by_its_own_rule():
+    assert [t.name for t in TASKS.values() if t.decisive] == ["classification"]
+    assert TASKS["segmentation"].recognise("Cut out the car") == "Cut out"
+    assert TASKS["classification"].recognise("Show red if there is a cat") is None  # one colour only
+    assert TASKS["classification"].recognise("Show red if there is a cat, otherwise green") == "if"
+
+
+def test_predict_offers_every_registered_task():
+    from instructcv_core.cli.predict import TASK_CHOICES
+
+    assert TASK_CHOICES == ("auto", *TASK_NAMES)
+
+
+# ------------------------------------------------------------------------------------------------
+# the benchmark table
+
+
+def test_every_benchmark_names_a_registered_task_and_one_of_its_evaluations():
+    for b in BENCHMARKS.values():
+        assert b.task in TASKS, b.name
+        assert b.kind in TASKS[b.task].evaluations, b.name
+        assert b.table in TABLES
+        assert b.test_manifest in {m.name for m in manifest_benchmarks()}
+        assert b.image_limit in ("max_images", "heldout_images") and hasattr(EvalConfig(), b.image_limit)
+        ranges = evaluation(b.task, b.kind).metric_ranges(b)
+        for row in b.rows:  # every table row shows metrics the benchmark reports
+            assert row.paper_metric in ranges["paper"] and row.standard_metric in ranges["standard"], (b.name, row)
+
+
+def test_the_benchmark_table_lists_the_papers_evaluations():
+    assert [b.name for b in manifest_benchmarks()] == [
+        "nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub", "fss1000"]
+    assert [b.name for b in BENCHMARKS.values() if b.in_domain and b.untrained_reference] == ["nyuv2", "ade20k", "coco", "pets"]
+    assert [b.name for b in BENCHMARKS.values() if not b.untrained_reference] == ["ade20k_heldout"]
+    assert BENCHMARKS["ade20k_heldout"].test_manifest == "ade20k"
+    # dataset properties that were name checks
+    assert [b.name for b in BENCHMARKS.values() if b.background_class] == ["voc_seg"]
+    assert [b.name for b in BENCHMARKS.values() if b.eigen_crop] == ["nyuv2"]
+    assert [b.name for b in BENCHMARKS.values() if b.binary_species] == ["pets"]
+
+
+def test_table_rows_are_placed_explicitly_not_by_order():
+    for table in TABLES:
+        positions = [row.position for _, row in in_table(table)]
+        assert positions == list(range(len(positions))), table
+    assert [(b.name, row.label) for b, row in in_table("table1")][-2:] == [("coco", "det AP50 ↑"), ("voc_det", "det AP50 ↑")]
+    assert [b.name for b, _ in in_table("table2")] == ["fss1000"]
+    assert len(in_table("table3")) == 6 and {b.name for b, _ in in_table("table3")} == {"ade20k_heldout"}
+
+
+def test_eval_assets_and_tables_are_generated_from_the_table():
+    import dagster as dg
+
+    from assets.evaluate import TABLE_SPECS, evaluate_fp, evaluate_untrained, results_tables
+
+    assert {k.path[0] for k in evaluate_fp.keys} == {f"eval_{b}_fp" for b in BENCHMARKS}
+    assert {k.path[0] for k in evaluate_untrained.keys} == {f"eval_{b.name}_untrained" for b in BENCHMARKS.values()
+                                                            if b.untrained_reference}
+    checks = {(c.asset_key.path[0], c.name) for c in evaluate_fp.check_specs}
+    assert ("eval_coco_fp", "not_beaten_by_untrained") in checks
+    assert ("eval_ade20k_heldout_fp", "not_beaten_by_untrained") not in checks
+    assert {name: benchmarks for name, (_, benchmarks) in TABLE_SPECS.items()} == {
+        "table1": ("nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub"),
+        "table2": ("fss1000",), "table3": ("ade20k_heldout",)}
+    deps = {dep.asset_key for dep in results_tables.specs_by_key[dg.AssetKey("table2")].deps}
+    assert deps == {dg.AssetKey("eval_fss1000_fp"), dg.AssetKey("eval_fss1000_rp")}
+
+
+# ------------------------------------------------------------------------------------------------
+# a fifth task flows through planning and scoring without edits outside its module
+
+
+class CountingEvaluation:
+    kind = "counting"
+    metrics = MetricSpec({"paper": {"count_error": (0, math.inf, False)}, "standard": {"count_error": (0, math.inf, False)}},
+                         {"paper": "count_error", "standard": "count_error"})
+
+    def metric_ranges(self, benchmark):
+        return self.metrics.ranges
+
+    def questions(self, bench, config, phrasings=None):
+        for image_id in bench.image_ids:
+            yield Question(image_id, "Count the objects.", None, True, True)
+            yield Question(image_id, "How many objects?", None, False, True)
+
+    def score(self, bench, outputs, output_image, target_image, config):
+        errors = [abs(float(output_image(d).mean()) / 255 - 1) for d in outputs["output_digest"]]
+        per_protocol = {"count_error": float(np.mean(errors)), "images": len(set(outputs["image_id"]))}
+        return {"predictions": pd.DataFrame({"query_id": outputs["query_id"], "error": errors}),
+                "paper": dict(per_protocol), "standard": dict(per_protocol)}
+
+
+def test_a_fifth_task_plans_and_scores_through_the_registry(monkeypatch, tmp_path):
+    counting = type("CountingTask", (), {"name": "counting", "evaluations": {"counting": CountingEvaluation()}})()
+    spec = Benchmark("toy_count", "counting", "toy", "test", False, "Counting (toy)", "counting", "table1",
+                     (TableRow("count error ↓", "count_error", "count_error", math.nan, math.nan, 99),))
+    monkeypatch.setitem(TASKS, "counting", counting)
+    monkeypatch.setitem(BENCHMARKS, "toy_count", spec)
+    frame = pd.DataFrame([{"image_id": i, "category": None, "input_original_digest": f"d{i}"} for i in ("b", "a")])
+    manifest = tmp_path / "toy.parquet"
+    frame.to_parquet(manifest)
+    records = {i: ImageRecord("toy", i, "test", f"{i}.jpg", 4, 4) for i in ("a", "b")}
+    bench = BenchmarkData(spec, frame, records, tmp_path, [], ["b", "a"], manifest)
+
+    queries = plan_queries(bench, EvalConfig())
+    assert list(zip(queries["image_id"], queries["instruction"], queries["paper"], queries["standard"])) == [
+        ("a", "Count the objects.", True, True), ("a", "How many objects?", False, True),
+        ("b", "Count the objects.", True, True), ("b", "How many objects?", False, True)]
+    outputs = queries.assign(output_digest=["white", "black", "white", "white"])
+    images = {"white": np.full((2, 2, 3), 255, np.uint8), "black": np.zeros((2, 2, 3), np.uint8)}
+    scores = score(bench, outputs, images.__getitem__, images.__getitem__, EvalConfig())
+    assert scores.metrics == {"paper": {"count_error": 0.25}, "standard": {"count_error": 0.25}}
+    assert scores.details["standard"] == {"images": 2}
+    assert invalid_metrics("toy_count", scores.metrics) == []
+    assert primary_metric("toy_count", "standard") == ("count_error", False)
+
+
+# ------------------------------------------------------------------------------------------------
+# the eval and build configs: one declaration per knob, profile presets in one place
+
+
+def test_eval_config_takes_the_profile_preset_then_the_run_config():
+    from assets.evaluate import EvalAssetConfig, eval_config
+    from instructcv_core.evaluation.config import EvalConfig
+    from instructcv_core.inference.config import SamplerConfig
+    from pipelines.resources import InstructCVSettings
+
+    mini = eval_config(EvalAssetConfig(), InstructCVSettings(profile="mini", seed=3))
+    assert mini == EvalConfig(sampler=SamplerConfig(steps=8, batch_size=32, dtype="float32", resolution=64),
+                              max_images=6, heldout_images=4, seed=3)
+    paper = eval_config(EvalAssetConfig(), InstructCVSettings(profile="paper"))
+    assert (paper.sampler.steps, paper.sampler.batch_size, paper.sampler.dtype, paper.sampler.resolution) == (100, 64, "float16", 256)
+    assert (paper.max_images, paper.heldout_images) == (None, 200)
+    chosen = eval_config(EvalAssetConfig(steps=2, max_images=0, protocols=["standard"], negative_colour="blue",
+                                         resolution=32), InstructCVSettings(profile="mini"))
+    assert (chosen.sampler.steps, chosen.sampler.resolution, chosen.sampler.batch_size) == (2, 32, 32)
+    assert (chosen.max_images, chosen.protocols, chosen.negative_colour) == (None, ("standard",), "blue")  # 0: every image
+    with pytest.raises(ValueError, match="negative_colour"):
+        eval_config(EvalAssetConfig(negative_colour="red"), InstructCVSettings(profile="mini"))
+    with pytest.raises(ValueError, match="dtype"):
+        eval_config(EvalAssetConfig(dtype="float8"), InstructCVSettings(profile="mini"))
+
+
+def test_build_config_takes_the_preset_the_run_config_and_the_settings():
+    from assets.datasets import DatasetBuildConfig, _build_config
+    from instructcv_core.construction.config import BuildConfig
+    from pipelines.resources import InstructCVSettings
+
+    settings = InstructCVSettings(profile="mini", seed=5)
+    assert _build_config(DatasetBuildConfig(), settings) == BuildConfig(resolution=64, seed=5)
+    chosen = _build_config(DatasetBuildConfig(box_colour="red", pets_variants=["binary"], workers=1), settings)
+    assert (chosen.box_colour, chosen.pets_variants, chosen.box_width) == ("red", ("binary",), 4)
+    with pytest.raises(ValueError, match="box_colour"):
+        _build_config(DatasetBuildConfig(box_colour="teal"), settings)
