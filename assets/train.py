@@ -23,8 +23,9 @@ from pipelines.resources import InstructCVSettings, MlflowTracking
 # cannot live only in configs/mini.yaml). Paper: the official recipe (lr 1e-4 constant, batch 128
 # per device, EMA 0.9999; bf16 and gradient checkpointing on GPU). Mini: minutes on 2 CPU cores.
 PROFILE_TRAIN_DEFAULTS = {
+    # checkpointing_steps 12: a kill loses at most ~30 s (2.3 s per step measured on 2 CPU cores, docs/recovery.md)
     "mini": {"max_steps": 100_000, "max_seconds": 180.0, "train_batch_size": 32, "learning_rate": 5e-4,
-             "checkpointing_steps": 200, "mixed_precision": "no", "gradient_checkpointing": False},
+             "checkpointing_steps": 12, "mixed_precision": "no", "gradient_checkpointing": False},
     "paper": {"max_steps": 20_000, "max_seconds": None, "train_batch_size": 128, "learning_rate": 1e-4,
               "checkpointing_steps": 1000, "mixed_precision": "bf16", "gradient_checkpointing": True},
 }
