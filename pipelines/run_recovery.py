@@ -56,7 +56,7 @@ class RunState:
 
     @property
     def stale(self) -> bool:
-        """Dead, or finished while still holding claims: safe to release."""
+        """Dead, or finished with no live process but still holding claims: safe to release."""
         return self.verdict == "dead" or (self.verdict == "finished" and bool(self.slots or self.pending))
 
     def describe(self) -> str:
@@ -134,16 +134,16 @@ def inspect_runs(instance: dg.DagsterInstance, exclude: Sequence[str] = ()) -> l
             continue
         state = RunState(run_id, run.job_name, run.status, "unknown",
                          slots=slots.get(run_id, []), pending=pending.get(run_id, []))
-        if run.status in FINISHED_STATUSES:
-            state.verdict = "finished"
-        elif run.tags.get(HOST_TAG, host) == host:
+        if run.tags.get(HOST_TAG, host) == host:
             logged = _logged_processes(instance, run_id)
             state.pids = sorted({pid for pid, _ in logged})
             state.alive_pids = sorted({pid for pid, at in logged if process_alive(pid, at)})
-            if state.alive_pids:
-                state.verdict = "alive"
-            elif state.pids:
-                state.verdict = "dead"
+        if state.alive_pids:  # a finished run too: a force-terminated step may still run
+            state.verdict = "alive"
+        elif run.status in FINISHED_STATUSES:
+            state.verdict = "finished"
+        elif state.pids:
+            state.verdict = "dead"
         states.append(state)
     return sorted(states, key=lambda s: s.run_id)
 
