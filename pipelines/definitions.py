@@ -15,6 +15,7 @@ from assets.train import instructcv_fp_checkpoint, instructcv_rp_checkpoint
 from pipelines.jobs import full_reproduction, raw_data
 from pipelines.project import ensure_dagster_home
 from pipelines.resources import InstructCVSettings, MlflowTracking
+from pipelines.run_recovery import recovering_executor, stale_run_sensor
 
 ensure_dagster_home()
 
@@ -28,6 +29,10 @@ defs = dg.Definitions(
     ],
     asset_checks=[*raw_checks, paraphrase_bank_variety, *manifest_checks],
     jobs=[full_reproduction, raw_data],
+    # A run killed outright (kill -9, OOM) keeps its `gpu` slot: every run releases such runs before
+    # its first step, and the daemon of `dagster dev` does so every minute (pipelines/run_recovery.py).
+    executor=recovering_executor,
+    sensors=[stale_run_sensor],
     resources={
         # INSTRUCTCV_DATA_ROOT moves every artefact of runs launched without a run config (the UI's
         # Materialize button, `dagster asset materialize`); a run config's data_root still wins.

@@ -290,19 +290,24 @@ def render_table(checks: Sequence[Check], use_rich: bool) -> str | None:
 @click.option("--verify", is_flag=True, help="Check the checksums of archives not verified before (reads every byte).")
 @click.option("--outputs-gb", type=float, default=None,
               help="Disk allowance in GB for what a run writes besides the raw datasets [default: paper 20, mini 1].")
+@click.option("--release-stale", is_flag=True,
+              help="Mark failed the Dagster runs whose processes died and free the pool slots they hold.")
 def doctor(profile: str | None, config: Path | None, data_root: Path | None, verify: bool,
-           outputs_gb: float | None) -> None:
+           outputs_gb: float | None, release_stale: bool) -> None:
     """Report what a (paper) run needs and what is missing on this machine.
 
     Checks every source dataset (archives in the downloads folder, with size and, with --verify,
     checksum; or an extracted copy), the base model (found locally, weights not loaded), the
-    paraphrase model, the GPU, free disk space and the Python packages. Exit code 0 when a run
-    needs nothing more (no downloads), 1 otherwise; each missing item says what to do.
+    paraphrase model, the GPU, free disk space and the Python packages, and the Dagster instance
+    ($DAGSTER_HOME): runs left STARTED by a killed process and the pool slots they hold
+    (--release-stale frees them). Exit code 0 when a run needs nothing more (no downloads), 1
+    otherwise; each missing item says what to do.
 
     \b
     Examples:
       instructcv doctor
       instructcv doctor --config my-paper.yaml --data-root /data/instructcv --verify
+      instructcv doctor --profile mini --release-stale   # after a killed run
     """
     root = PROJECT_DIR
     if config is None and (profile or "paper") == "paper":
@@ -328,6 +333,9 @@ def doctor(profile: str | None, config: Path | None, data_root: Path | None, ver
     outputs_gb = OUTPUTS_GB[profile] if outputs_gb is None else outputs_gb
     checks += [_base_model_check(ctx), _paraphraser_check(ctx), _gpu_check(ctx), _disk_check(ctx, outputs_gb),
                _packages_check()]
+    from instructcv_core.cli.doctor_runs import instance_checks
+
+    checks += instance_checks(release_stale)
 
     source = f"config {config}" if config else "built-in defaults"
     click.echo(f"instructcv doctor: profile {profile}, {source}, data root {ctx.data_root}")
