@@ -99,6 +99,8 @@ def test_zip_extracts_identical_content(tmp_path, out):
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
         "members": len(FILES),
+        "bytes": sum(len(data) for data in FILES.values()),
+        "normalised_modes": [],
     }
 
 
