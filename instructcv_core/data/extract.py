@@ -15,8 +15,9 @@
   archive's own size once past a floor) and the free disk space; no two members may name the
   same path; an archive must hold at least one file; a tar must end with its end-of-archive
   marker (a tar cut at a member boundary, or with a corrupt header midway, otherwise reads as a
-  shorter valid one). While extracting, no zip member may inflate past its declared size, and the
-  bytes actually written must equal the declared total.
+  shorter valid one). While extracting, no member can write past its declared size (tarfile copies
+  exactly that many bytes; zipfile stops there and fails the CRC check), and the bytes actually
+  written must equal the declared total.
 - Modes are normalised (no setuid/setgid/sticky bits, no group/other write; tarfile's ``"data"``
   filter for tar, default permissions for zip) and every member whose mode changed is *reported*:
   logged, and listed under ``normalised_modes`` in the marker.
@@ -263,25 +264,10 @@ class _ZipSource:
         return changed
 
     def extract(self, into: Path, on_member: Callable[[], None]) -> None:
+        # zipfile stops inflating a member at its declared size (and then fails its CRC check),
+        # so a member cannot write more than the central directory says.
         for info in _counting(self.members, on_member):
-            target = into / info.filename
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._copy_member(info, target)
-
-    def _copy_member(self, info: zipfile.ZipInfo, target: Path) -> None:
-        """Inflate one member, refusing to write a byte past its declared size."""
-        written = 0
-        with self._zip.open(info) as source, open(target, "wb") as out:
-            while chunk := source.read(1 << 20):
-                written += len(chunk)
-                if written > info.file_size:
-                    raise ArchiveContentError(
-                        self.archive, f"member '{info.filename}' inflates past its declared {info.file_size:,} bytes"
-                    )
-                out.write(chunk)
+            self._zip.extract(info, into)
 
     def close(self) -> None:
         self._zip.close()

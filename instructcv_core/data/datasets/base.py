@@ -28,7 +28,9 @@ class RemoteFile:
     """One published file: its name on disk, URLs (primary first, then mirrors) and checksum.
 
     ``checksum`` is ``"<algo>:<hexdigest>"`` with algo md5, sha1 or sha256, or None where the
-    host publishes none (the download then records the sha256 it saw).
+    host publishes none; ``size`` the byte length. Without a checksum the download checks the
+    pinned size and sniffs the content; without either, only the content (recorded as
+    verification ``"content"``, never as verified; see `instructcv_core.data.download`).
     ``extract``: whether the file is an archive to unpack into the dataset folder.
     """
 

@@ -73,10 +73,11 @@ SPEC = DatasetSpec(
     ),
     homepage="https://cs.nyu.edu/~fergus/datasets/nyu_depth_v2.html",
     files=(
-        # about 2.8 GB; no checksum is published
+        # no checksum is published; the size is the file's published byte length
         RemoteFile(
             MAT_NAME,
             ("http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/nyu_depth_v2_labeled.mat",),
+            size=2_972_037_809,
             extract=False,
         ),
         RemoteFile(
