@@ -30,6 +30,7 @@ Label files are not photographs: `read_label` returns the stored indices of a si
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,9 +61,13 @@ def open_image(path: Path, *, max_pixels: int = MAX_PIXELS, decode: bool = True)
     """
     path = Path(path)
     try:
-        im = Image.open(path)
+        with warnings.catch_warnings():  # Pillow's own bomb warning: our cap, lower, decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
     except FileNotFoundError:
         raise ImageRefused(path, "file not found") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageRefused(path, f"exceeds the cap of {max_pixels:,} pixels ({exc})") from None
     except Exception as exc:  # Pillow raises many types for bad data; every one means "unusable"
         raise ImageRefused(path, f"undecodable image ({type(exc).__name__}: {exc})") from None
     with im:
