@@ -185,19 +185,19 @@ class _TarSource:
 
     def _check_end_marker(self) -> None:
         """tarfile stops quietly at a missing or corrupt header after the first: look at what
-        stopped it. A complete archive ends with a zero block where the next header would be."""
-        self._tar.fileobj.seek(self._tar.offset)
-        block = self._tar.fileobj.read(tarfile.BLOCKSIZE)
-        if len(block) < tarfile.BLOCKSIZE:
+        stopped it (`_HeaderRecordingTarInfo`). A complete archive ends with a zero block."""
+        stop = getattr(self._tar, "stopped_by", None)
+        if isinstance(stop, tarfile.EOFHeaderError):
+            return
+        if isinstance(stop, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)):
             raise ArchiveContentError(
                 self.archive, f"truncated: no end-of-archive marker after {len(self.members)} members "
-                f"(the file ends at byte {self._tar.offset + len(block)}); delete it so that it is downloaded again"
+                f"(the data ends near byte {self._tar.offset}); delete it so that it is downloaded again"
             )
-        if block.count(0) != tarfile.BLOCKSIZE:
-            raise ArchiveContentError(
-                self.archive, f"corrupt member header at byte {self._tar.offset} after {len(self.members)} "
-                "members; delete it so that it is downloaded again"
-            )
+        raise ArchiveContentError(
+            self.archive, f"corrupt member header at byte {self._tar.offset} after {len(self.members)} "
+            f"members ({stop}); delete it so that it is downloaded again"
+        )
 
     def check(self) -> None:
         for member in self.members:
@@ -235,6 +235,19 @@ class _TarSource:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _HeaderRecordingTarInfo(tarfile.TarInfo):
+    """Records on the archive which header error ended the member list (``stopped_by``):
+    tarfile treats a zero block (the end-of-archive marker), no data and a corrupt header alike."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.HeaderError as exc:
+            tarfile_.stopped_by = exc
+            raise
 
 
 class _ZipSource:
@@ -284,7 +297,7 @@ def _open_archive(archive: Path) -> _TarSource | _ZipSource:
     if zipfile.is_zipfile(archive):
         return _ZipSource(archive, zipfile.ZipFile(archive))
     try:
-        tar = tarfile.open(archive, mode="r:*")
+        tar = tarfile.open(archive, mode="r:*", tarinfo=_HeaderRecordingTarInfo)
     except tarfile.ReadError as exc:
         raise ValueError(
             f"{archive}: not a zip or tar archive (tar may be uncompressed, gzip, bzip2 or xz), "
