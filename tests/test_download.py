@@ -532,3 +532,71 @@ def test_malformed_checksum_is_refused_before_any_request(serve, dest, tmp_path,
 def test_filename_must_be_a_plain_name(dest, filename):
     with pytest.raises(ValueError, match="plain file name"):
         fetch(RemoteFile(filename, ("http://127.0.0.1:9/x",)), dest)
+
+
+# --- content sniff and verification levels ------------------------------------------------------
+
+from instructcv_core.data.download import content_problem, verification_level  # noqa: E402
+
+
+def test_empty_file_without_checksum_is_refused_and_not_recorded(mirror, dest):
+    (mirror / "data.bin").write_bytes(b"")
+    with pytest.raises(DownloadError, match="data.bin: the copy from .* is unusable: empty file"):
+        fetch(remote((mirror / "data.bin").as_uri()), dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_html_page_instead_of_a_zip_is_refused(mirror, dest):
+    (mirror / "data.zip").write_bytes(b"<!DOCTYPE html><html>quota exceeded</html>")
+    spec = RemoteFile("data.zip", ((mirror / "data.zip").as_uri(),), size=42)
+    with pytest.raises(DownloadError, match=r"not a zip archive \(starts with b'<!DOCTYP'"):
+        fetch(spec, dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_unpinned_file_is_recorded_as_content_checked_not_verified(mirror, dest, caplog):
+    url = (mirror / "data.bin").as_uri()
+    with caplog.at_level(logging.WARNING, logger="instructcv_core.data.download"):
+        result = fetch(remote(url), dest)
+    assert result.verification == "content"
+    assert "NOT verified: no size either" in caplog.text
+    assert json.loads((dest / ".data.bin.verified.json").read_text())["verification"] == "content"
+    assert fetch(remote(url), dest).reused  # the record is reused at the same level
+
+
+def test_verification_levels():
+    assert verification_level(remote("u", checksum=checksum("md5"))) == "checksum"
+    assert verification_level(remote("u", size=3)) == "size+content"
+    assert verification_level(remote("u")) == "content"
+
+
+def test_reused_file_is_rechecked_when_the_spec_pins_more(mirror, dest):
+    url = (mirror / "data.bin").as_uri()
+    fetch(remote(url), dest)  # recorded at level "content"
+    with pytest.raises(DownloadError, match=f"expected {len(PAYLOAD) + 1} bytes, got {len(PAYLOAD)}"):
+        fetch(remote(url, size=len(PAYLOAD) + 1), dest)  # now a size is pinned: checked again
+
+
+@pytest.mark.parametrize(
+    "name, head, problem",
+    [
+        ("a.zip", b"PK\x03\x04rest", None),
+        ("a.zip", b"PK\x05\x06" + b"\0" * 18, None),  # an empty zip is still a zip (extraction refuses it)
+        ("a.tar.gz", b"\x1f\x8b\x08rest", None),
+        ("a.tar.gz", b"x" * 257 + b"ustar\x0000", None),  # Pets' .tar.gz are plain tars
+        ("a.tgz", b"BZh91AY", None),
+        ("a.tar", b"x" * 600, "not a tar archive"),
+        ("a.mat", b"MATLAB 5.0 MAT-file", None),
+        ("a.mat", b"\0" * 512 + b"\x89HDF\r\n\x1a\n", None),
+        ("a.mat", b"<html>", "not a MATLAB file"),
+        ("list.txt", b"a b\n", None),
+        ("list.txt", b"a\0b", "binary data where text is expected"),
+        ("list.txt", b"\xff\xfe\xfd" + b"x" * 10, "not UTF-8 text"),
+        ("data.bin", b"\0", None),
+    ],
+)
+def test_content_sniff(tmp_path, name, head, problem):
+    path = tmp_path / name
+    path.write_bytes(head)
+    result = content_problem(path, name)
+    assert (result is None) if problem is None else (problem in result)

@@ -99,6 +99,8 @@ def test_zip_extracts_identical_content(tmp_path, out):
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
         "members": len(FILES),
+        "bytes": sum(len(data) for data in FILES.values()),
+        "normalised_modes": [],
     }
 
 
@@ -275,3 +277,147 @@ def test_folder_without_marker_is_replaced(tmp_path, out):
     safe_extract(make_tar(tmp_path / "images.tar"), dest)
     assert tree(dest) == FILES
     assert sorted(p.name for p in out.iterdir()) == ["images"]
+
+
+# --- budgets, duplicates, truncation, empty archives, mode report ----------------------------------
+
+from instructcv_core.data.extract import ArchiveContentError, ExtractionLimits, read_marker  # noqa: E402
+
+
+def test_zip_bomb_is_refused_by_ratio_before_writing(tmp_path, out):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.bin", b"\0" * (8 << 20))  # 8 MiB of zeros deflate to ~8 KB
+    limits = ExtractionLimits(ratio_floor_bytes=1 << 20, max_ratio=100)
+    with pytest.raises(ArchiveContentError, match=r"ratio of [\d,]+ over the limit of 100"):
+        safe_extract(archive, out / "bomb", limits=limits)
+    assert list(out.iterdir()) == []
+
+
+def test_declared_bytes_over_budget_are_refused(tmp_path, out):
+    archive = make_tar(tmp_path / "big.tar")  # 46 bytes of files
+    with pytest.raises(ArchiveContentError, match="declare 46 bytes, over the limit of 45"):
+        safe_extract(archive, out / "big", limits=ExtractionLimits(max_bytes=45))
+    assert safe_extract(archive, out / "big", limits=ExtractionLimits(max_bytes=46)) == out / "big"
+
+
+def test_zip_member_inflating_past_its_declared_size_stops_there(tmp_path, out):
+    archive = make_zip(tmp_path / "liar.zip", {"a.txt": b"x" * 1000})
+    data = bytearray(archive.read_bytes())
+    # Patch the declared (uncompressed) size in the central directory: 1000 -> 10.
+    central = data.rindex(b"PK\x01\x02")
+    assert int.from_bytes(data[central + 24 : central + 28], "little") == 1000
+    data[central + 24 : central + 28] = (10).to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged or truncated archive .BadZipFile: Bad CRC-32 for file 'a.txt'"):
+        safe_extract(archive, out / "liar")
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("names", [("a/b.txt", "a/b.txt"), ("a/b.txt", "./a/b.txt"), ("a/b.txt", "a//b.txt")])
+def test_duplicate_tar_members_are_refused(tmp_path, out, names):
+    archive = tmp_path / "dup.tar"
+    with tarfile.open(archive, "w") as tar:
+        add_tar_member(tar, names[0], b"first")
+        add_tar_member(tar, names[1], b"second")
+    with pytest.raises(ArchiveContentError, match="name the same path"):
+        safe_extract(archive, out / "dup")
+    assert list(out.iterdir()) == []
+
+
+def test_duplicate_zip_members_are_refused(tmp_path, out):
+    archive = tmp_path / "dup.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a.txt", b"first")
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            zf.writestr("a.txt", b"second")
+    with pytest.raises(ArchiveContentError, match="members 'a.txt' and 'a.txt' name the same path"):
+        safe_extract(archive, out / "dup")
+
+
+def test_folder_listed_twice_is_accepted(tmp_path, out):
+    archive = tmp_path / "dirs.tar"
+    with tarfile.open(archive, "w") as tar:
+        add_tar_member(tar, "a", type=tarfile.DIRTYPE, mode=0o755)
+        add_tar_member(tar, "a/", type=tarfile.DIRTYPE, mode=0o755)
+        add_tar_member(tar, "a/b.txt", b"b")
+    assert tree(safe_extract(archive, out / "dirs")) == {"a/b.txt": b"b"}
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip", "folders only"])
+def test_archive_without_files_is_refused_naming_it(tmp_path, out, kind):
+    archive = tmp_path / f"empty.{kind.split()[0]}"
+    if kind == "zip":
+        zipfile.ZipFile(archive, "w").close()
+    else:
+        with tarfile.open(archive, "w") as tar:
+            if kind == "folders only":
+                add_tar_member(tar, "a", type=tarfile.DIRTYPE, mode=0o755)
+    with pytest.raises(ArchiveContentError, match=rf"{archive.name}: holds no files"):
+        safe_extract(archive, out / "empty")
+
+
+def test_tar_cut_at_a_member_boundary_is_truncated(tmp_path, out):
+    archive = make_tar(tmp_path / "cut.tar")
+    data = archive.read_bytes()
+    with tarfile.open(archive) as tar:
+        boundary = tar.getmembers()[-1].offset  # the last member's header starts here
+    archive.write_bytes(data[:boundary])
+    with pytest.raises(ArchiveContentError, match=r"truncated: no end-of-archive marker after 3 members"):
+        safe_extract(archive, out / "cut")
+    assert list(out.iterdir()) == []
+
+
+def test_tar_with_corrupt_header_midway_is_refused(tmp_path, out):
+    archive = make_tar(tmp_path / "corrupt.tar")
+    with tarfile.open(archive) as tar:
+        offset = tar.getmembers()[2].offset
+    data = bytearray(archive.read_bytes())
+    data[offset + 148 : offset + 156] = b"garbage!"  # the header checksum field
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ArchiveContentError, match=rf"corrupt member header at byte {offset} after 2 members"):
+        safe_extract(archive, out / "corrupt")
+
+
+def test_compressed_tar_cut_at_a_member_boundary_is_truncated(tmp_path, out):
+    plain = make_tar(tmp_path / "plain.tar")
+    with tarfile.open(plain) as tar:
+        boundary = tar.getmembers()[-1].offset
+    archive = tmp_path / "cut.tar.gz"
+    import gzip
+
+    archive.write_bytes(gzip.compress(plain.read_bytes()[:boundary]))
+    with pytest.raises(ArchiveContentError, match="truncated"):
+        safe_extract(archive, out / "cut")
+
+
+def test_normalised_tar_modes_are_reported(tmp_path, out, caplog):
+    archive = tmp_path / "modes.tar"
+    with tarfile.open(archive, "w") as tar:
+        add_tar_member(tar, "run.sh", b"#!/bin/sh\n", mode=0o4777)
+        add_tar_member(tar, "plain.txt", b"ok", mode=0o644)
+    dest = safe_extract(archive, out / "modes")
+    assert read_marker(dest)["normalised_modes"] == [
+        {"member": "run.sh", "archive_mode": "0o4777", "written_mode": "0o755"}
+    ]
+    assert stat.S_IMODE((dest / "run.sh").stat().st_mode) == 0o755
+    assert "member 'run.sh' has mode 0o4777; written as 0o755" in caplog.text
+
+
+def test_normalised_zip_modes_are_reported(tmp_path, out):
+    archive = tmp_path / "modes.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("tool")
+        info.external_attr = (stat.S_IFREG | 0o6775) << 16
+        zf.writestr(info, b"x")
+        zf.writestr("plain.txt", b"ok")
+    dest = safe_extract(archive, out / "modes")
+    assert read_marker(dest)["normalised_modes"] == [
+        {"member": "tool", "archive_mode": "0o6775", "written_mode": "0o755"}
+    ]
+    assert not (dest / "tool").stat().st_mode & (stat.S_ISUID | stat.S_ISGID)
+
+
+def test_marker_records_the_bytes_written(tmp_path, out):
+    dest = safe_extract(make_tar(tmp_path / "images.tar"), out / "images")
+    assert read_marker(dest)["bytes"] == sum(len(v) for v in FILES.values())

@@ -207,15 +207,19 @@ def test_corrupt_source_image_is_quarantined_not_fatal(sources, tmp_path):
     assert {r["image_id"] for r in result.rows} == {good.image_id}
 
 
-def test_missing_annotation_file_is_an_error_naming_it(sources, tmp_path):
+def test_missing_annotation_file_quarantines_its_item_naming_file_and_reason(sources, tmp_path):
     records, root, classes = sources["ade20k"]
     copy_root = tmp_path / "ade"
     shutil.copytree(root, copy_root)
-    record = records[0]
-    (copy_root / record.mask_path).unlink()
-    unit = WorkUnit("segmentation", "train", None, record, str(copy_root), tuple(classes))
-    with pytest.raises(OSError, match=record.mask_path.split("/")[-1]):
-        build_units([unit], CONFIG, tmp_path / "store")
+    bad, good = records[0], records[1]
+    (copy_root / bad.mask_path).unlink()
+    units = [WorkUnit("segmentation", "train", None, r, str(copy_root), tuple(classes)) for r in (bad, good)]
+    result = build_units(units, CONFIG, tmp_path / "store")
+    assert [q.path for q in result.quarantine] == [f"ade20k/{bad.image_path}"]
+    assert result.quarantine[0].reason == (
+        f"segmentation ade20k/{bad.split}/{bad.image_id}: ImageRefused: {copy_root / bad.mask_path}: file not found"
+    )
+    assert {r["image_id"] for r in result.rows} == {good.image_id}
 
 
 def test_build_config_rejects_unknown_values():

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from instructcv_core.cli._io import CONTEXT_SETTINGS, project_root
+from instructcv_core.run_config import RunConfigError, check_run_config
 
 JOB = "full_reproduction"
 PROFILE_CONFIGS = {"mini": None, "paper": "configs/paper.yaml"}
@@ -48,6 +49,14 @@ def reproduce(profile: str, config: Path | None, dry_run: bool) -> None:
         click.echo(shlex.join(command))
         return
     root = project_root()
+    profile_config = PROFILE_CONFIGS[profile]
+    chosen = config if config is not None else (root / profile_config if profile_config else None)
+    if chosen is not None:
+        try:  # Dagster would read duplicate keys, aliases, $VAR and a bad data_root without a word
+            for note in check_run_config(Path(chosen), root):
+                click.echo(f"instructcv: {note}", err=True)
+        except RunConfigError as exc:
+            raise click.ClickException(str(exc)) from None
     env = dict(os.environ)
     env.setdefault("DAGSTER_HOME", str(root / "dagster_home"))
     env.setdefault("PYTHONUNBUFFERED", "1")

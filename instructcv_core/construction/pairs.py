@@ -35,6 +35,7 @@ from PIL import Image
 
 from instructcv_core.benchmarks import TRAIN_SOURCES, manifest_benchmarks
 from instructcv_core.construction.config import BuildConfig
+from instructcv_core.data.images import ImageRefused, read_rgb
 from instructcv_core.data.imagestore import ImageStore, pixel_digest
 from instructcv_core.data.records import ImageRecord, QuarantineEntry
 from instructcv_core.tasks import task
@@ -111,9 +112,11 @@ def _build_chunk(units: list[WorkUnit], config: BuildConfig, store_root: str) ->
     for unit in units:
         try:
             out.rows += build_unit(unit, config, store)
-        except SourceImageError as exc:  # reported in the quarantine list, never dropped silently
-            out.quarantine.append(QuarantineEntry(f"{unit.record.dataset}/{unit.record.image_path}", f"{unit.task}: {exc}"))
-        # A missing or broken label file is not quarantined: it propagates as an error naming the file.
+        except Exception as exc:  # one bad image, label, box or depth file costs its item, not the stage
+            item = f"{unit.task} {unit.record.dataset}/{unit.record.split}/{unit.record.image_id}"
+            out.quarantine.append(QuarantineEntry(
+                f"{unit.record.dataset}/{unit.record.image_path}", f"{item}: {type(exc).__name__}: {exc}"
+            ))
     return out
 
 
@@ -166,10 +169,9 @@ def resize(image: np.ndarray, resolution: int) -> np.ndarray:
 
 def _load_rgb(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as exc:  # PIL raises many types for bad data; each means "unusable image"
-        raise SourceImageError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
+        return read_rgb(path)  # the readers' own pixel cap and mode policy
+    except ImageRefused as exc:
+        raise SourceImageError(f"{path}: unreadable image ({exc.reason})") from exc
 
 
 def expected_pairs(unit: WorkUnit, config: BuildConfig) -> int:

@@ -2,8 +2,12 @@
 
 `fetch` is the entry point. Its contract:
 
-- ``dest_dir / remote.filename`` exists only once its content has been verified: against the
-  published checksum (and size) where there is one, otherwise it is just recorded (sha256).
+- ``dest_dir / remote.filename`` exists only once its content has been verified, at the strongest
+  level the spec allows (`verification_level`): ``"checksum"`` (the published digest, and size
+  where pinned), ``"size+content"`` (the pinned size, and a content sniff), or ``"content"`` (no
+  pin at all: only the sniff; logged as a warning with the sha256 to pin, and never called
+  verified by the size or digest). The sniff (`content_problem`) always runs: the file must be
+  non-empty and start like what its name says (zip, tar in any compression, MATLAB, text).
 - Bytes arrive in ``<filename>.part`` first. An interrupted download (network error, killed process)
   resumes from the bytes already there with an HTTP ``Range`` request.
 - URLs are tried in order (primary, then mirrors); transient failures are retried with exponential
@@ -88,7 +92,7 @@ class FetchResult:
 
     ``url`` is the URL the bytes came from, or None when an already verified file was reused;
     ``sha256`` is the hex digest of the file (whatever algorithm the published checksum uses);
-    ``bytes`` is its size.
+    ``bytes`` is its size; ``verification`` what it was checked against (`verification_level`).
     """
 
     path: Path
@@ -96,6 +100,51 @@ class FetchResult:
     sha256: str
     bytes: int
     reused: bool
+    verification: str = "checksum"
+
+
+def verification_level(remote: RemoteFile) -> str:
+    """``"checksum"``, ``"size+content"`` or ``"content"``: the strongest check ``remote`` pins."""
+    if remote.checksum is not None:
+        return "checksum"
+    return "size+content" if remote.size is not None else "content"
+
+
+_TEXT_SUFFIXES = (".txt", ".json", ".csv")
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def content_problem(path: Path, filename: str) -> str | None:
+    """Why ``path`` cannot be the file ``filename`` names, judged by its first bytes; None if it can.
+
+    Empty is always wrong. By suffix: ``.zip`` starts with a zip signature; a tar (plain or
+    compressed) with gzip/bzip2/xz magic or ``ustar`` at byte 257; ``.mat`` with MATLAB's text
+    header or the HDF5 signature (v7.3); ``.txt``/``.json``/``.csv`` is UTF-8 without NUL bytes.
+    Other names get the non-empty check only.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head:
+        return "empty file"
+    name = filename.lower()
+    if name.endswith(".zip") and not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return f"not a zip archive (starts with {head[:8]!r}; an HTML error page?)"
+    if name.endswith(_TAR_SUFFIXES) and not (head.startswith(_COMPRESSED_MAGIC) or head[257:262] == b"ustar"):
+        return f"not a tar archive, plain or compressed (starts with {head[:8]!r}; an HTML error page?)"
+    if name.endswith(".mat") and not (head.startswith(b"MATLAB") or _HDF5_MAGIC in (head[:8], head[512:520])):
+        return f"not a MATLAB file (starts with {head[:8]!r})"
+    if name.endswith(_TEXT_SUFFIXES):
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 3:  # not just a character cut by the 64 KiB window
+                return "not UTF-8 text"
+            text = ""
+        if "\0" in text:
+            return "binary data where text is expected"
+    return None
 
 
 def file_digest(path: Path, algo: str = "sha256") -> str:
@@ -250,9 +299,11 @@ def _reuse_verified(remote: RemoteFile, paths: _Paths) -> FetchResult | None:
         and record.get("size") == stat.st_size
         and record.get("mtime_ns") == stat.st_mtime_ns
         and remote.size in (None, stat.st_size)
+        and record.get("verification") == verification_level(remote)
         and isinstance(record.get("sha256"), str)
     ):
-        return FetchResult(paths.final, None, record["sha256"], stat.st_size, reused=True)
+        return FetchResult(paths.final, None, record["sha256"], stat.st_size, reused=True,
+                           verification=record["verification"])
     # Placed by hand, or changed since it was verified: check its content before trusting it.
     try:
         sha256 = _verify(paths.final, remote, source=str(paths.final))
@@ -262,7 +313,7 @@ def _reuse_verified(remote: RemoteFile, paths: _Paths) -> FetchResult | None:
         paths.sidecar.unlink(missing_ok=True)
         return None
     size = _write_sidecar(remote, paths, sha256)
-    return FetchResult(paths.final, None, sha256, size, reused=True)
+    return FetchResult(paths.final, None, sha256, size, reused=True, verification=verification_level(remote))
 
 
 def _read_sidecar(path: Path) -> dict | None:
@@ -278,6 +329,7 @@ def _write_sidecar(remote: RemoteFile, paths: _Paths, sha256: str) -> int:
     stat = paths.final.stat()
     record = {
         "checksum": remote.checksum,
+        "verification": verification_level(remote),
         "sha256": sha256,
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
@@ -289,9 +341,16 @@ def _write_sidecar(remote: RemoteFile, paths: _Paths, sha256: str) -> int:
 def _verify(path: Path, remote: RemoteFile, *, source: str) -> str:
     """Check ``path`` against the published size and checksum; return its sha256 (hex).
 
-    Size first: it costs a ``stat`` where the digest costs reading the whole file.
+    Size and content sniff first: they cost a ``stat`` and one small read where the digest costs
+    reading the whole file.
     """
     size = path.stat().st_size
+    problem = content_problem(path, remote.filename)
+    if problem is not None:
+        raise DownloadError(
+            f"{remote.filename}: the copy from {source} is unusable: {problem}. Delete it and download "
+            "it again, or check the URL in the dataset spec."
+        )
     if remote.size is not None and size != remote.size:
         raise DownloadError(
             f"{remote.filename}: size mismatch for the copy from {source}: expected "
@@ -300,9 +359,13 @@ def _verify(path: Path, remote: RemoteFile, *, source: str) -> str:
         )
     if remote.checksum is None:
         sha256 = file_digest(path)
+        pinned = "checked against its pinned size and content type only" if remote.size is not None else (
+            "NOT verified: no size either, only its content type was checked"
+        )
         logger.warning(
-            "%s: no published checksum to verify against; recording the sha256 seen: %s",
+            "%s: no published checksum (%s); pin this sha256 in the dataset spec: %s",
             remote.filename,
+            pinned,
             sha256,
         )
         return sha256
@@ -334,8 +397,9 @@ def _install(remote: RemoteFile, paths: _Paths, url: str) -> FetchResult:
         raise
     os.replace(paths.part, paths.final)
     size = _write_sidecar(remote, paths, sha256)
-    logger.info("%s: downloaded and verified from %s (%d bytes)", remote.filename, url, size)
-    return FetchResult(paths.final, url, sha256, size, reused=False)
+    level = verification_level(remote)
+    logger.info("%s: downloaded from %s (%d bytes; verification: %s)", remote.filename, url, size, level)
+    return FetchResult(paths.final, url, sha256, size, reused=False, verification=level)
 
 
 # --- the network -------------------------------------------------------------------------------

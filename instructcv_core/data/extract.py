@@ -10,6 +10,17 @@
   ``dest`` only once complete, so ``dest`` is absent, the previous extraction, or the new one.
 - An unchanged archive is not extracted twice: ``dest/.extracted.json`` records the archive's
   name, size and mtime, and a matching marker makes the call return at once.
+- Nothing unbounded or ambiguous is extracted (`ArchiveContentError`, nothing written): the
+  declared sizes of the members must fit `ExtractionLimits` (total bytes, and a ratio to the
+  archive's own size once past a floor) and the free disk space; no two members may name the
+  same path; an archive must hold at least one file; a tar must end with its end-of-archive
+  marker (a tar cut at a member boundary, or with a corrupt header midway, otherwise reads as a
+  shorter valid one). While extracting, no member can write past its declared size (tarfile copies
+  exactly that many bytes; zipfile stops there and fails the CRC check), and the bytes actually
+  written must equal the declared total.
+- Modes are normalised (no setuid/setgid/sticky bits, no group/other write; tarfile's ``"data"``
+  filter for tar, default permissions for zip) and every member whose mode changed is *reported*:
+  logged, and listed under ``normalised_modes`` in the marker.
 
 The format is detected by content, not by name (Oxford-IIIT Pet's ``images.tar.gz`` is an
 uncompressed tar): zip, or tar uncompressed or compressed with gzip, bzip2 or xz.
@@ -25,6 +36,7 @@ import json
 import logging
 import lzma
 import os
+import posixpath
 import re
 import secrets
 import shutil
@@ -35,6 +47,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -56,6 +69,34 @@ _DAMAGED_ARCHIVE_ERRORS = (
 _WINDOWS_DRIVE = re.compile(r"[A-Za-z]:")
 
 
+@dataclass(frozen=True)
+class ExtractionLimits:
+    """The budget of one archive, checked on the members' declared sizes before extraction.
+
+    ``max_bytes``: total bytes the members may expand to (the largest published archive, COCO's
+    train2017.zip, holds 19 GB of images). ``max_ratio``: expanded bytes per archive byte, once
+    the total exceeds ``ratio_floor_bytes`` (small archives of text compress far better than any
+    image dataset, and cannot do harm). ``max_members``: entries (COCO train2017 has 118k).
+    """
+
+    max_bytes: int = 64 << 30
+    max_ratio: float = 100.0
+    ratio_floor_bytes: int = 64 << 20
+    max_members: int = 1_000_000
+
+
+DEFAULT_LIMITS = ExtractionLimits()
+_DISK_HEADROOM_BYTES = 64 << 20  # left free after extraction, for the marker and everything else
+
+
+class ArchiveContentError(ValueError):
+    """An archive that is safe to read but not extracted: over budget, ambiguous, empty or truncated."""
+
+    def __init__(self, archive: Path, reason: str) -> None:
+        self.archive, self.reason = archive, reason
+        super().__init__(f"{archive}: {reason}")
+
+
 class UnsafeArchiveError(ValueError):
     """A member that could write outside the destination, or is not a plain file or folder."""
 
@@ -70,6 +111,7 @@ def safe_extract(
     *,
     progress: Callable[[int, int], None] | None = None,
     show_bar: bool = True,
+    limits: ExtractionLimits = DEFAULT_LIMITS,
 ) -> Path:
     """Extract ``archive`` (zip or tar) so that ``dest`` holds exactly its members; return ``dest``.
 
@@ -77,8 +119,11 @@ def safe_extract(
     ``show_bar`` also draws a tqdm bar on stderr (it stays off without a TTY).
     A ``dest`` that exists without a marker matching ``archive`` is replaced, whatever it holds.
 
-    Raises `UnsafeArchiveError` (nothing extracted) for a dangerous member, ValueError for a file
-    that is not a zip or tar archive or is damaged, FileNotFoundError for a missing archive.
+    Raises `UnsafeArchiveError` (nothing extracted) for a dangerous member, `ArchiveContentError`
+    (nothing extracted) for an archive over ``limits``, with duplicate members, without files, or
+    truncated; ValueError for a file that is not a zip or tar archive or is damaged;
+    FileNotFoundError for a missing archive. Members whose mode was normalised are logged and
+    listed in the marker (`read_marker`).
     """
     archive, dest = Path(archive), Path(dest)
     identity = _archive_identity(archive)
@@ -88,7 +133,8 @@ def safe_extract(
     try:
         with _open_archive(archive) as source:
             source.check()  # before anything touches the disk
-            _extract_atomically(source, dest, identity, progress=progress, show_bar=show_bar)
+            declared = _check_content(source, limits, dest)
+            _extract_atomically(source, dest, identity, declared, progress=progress, show_bar=show_bar)
     except tarfile.FilterError as exc:  # the "data" filter caught what check() should have
         raise UnsafeArchiveError(archive, exc.tarinfo.name, str(exc)) from exc
     except _DAMAGED_ARCHIVE_ERRORS as exc:
@@ -107,6 +153,13 @@ def _archive_identity(archive: Path) -> dict[str, object]:
     """What tells one version of an archive from another, without reading it all."""
     st = archive.stat()
     return {"archive": archive.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def read_marker(dest: Path) -> dict:
+    """What `safe_extract` recorded about the extraction in ``dest``: the archive's identity,
+    ``members``, ``bytes`` written and ``normalised_modes`` (member, mode in the archive, mode
+    written; octal strings)."""
+    return json.loads((Path(dest) / MARKER_NAME).read_text())
 
 
 def _marker_matches(dest: Path, identity: dict[str, object]) -> bool:
@@ -128,6 +181,23 @@ class _TarSource:
         # Reads the whole index up front; for a compressed tar this costs one extra decompression
         # pass, the price of refusing a bad member before extracting any.
         self.members = tar.getmembers()
+        self._check_end_marker()
+
+    def _check_end_marker(self) -> None:
+        """tarfile stops quietly at a missing or corrupt header after the first: look at what
+        stopped it (`_HeaderRecordingTarInfo`). A complete archive ends with a zero block."""
+        stop = getattr(self._tar, "stopped_by", None)
+        if isinstance(stop, tarfile.EOFHeaderError):
+            return
+        if isinstance(stop, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)):
+            raise ArchiveContentError(
+                self.archive, f"truncated: no end-of-archive marker after {len(self.members)} members "
+                f"(the data ends near byte {self._tar.offset}); delete it so that it is downloaded again"
+            )
+        raise ArchiveContentError(
+            self.archive, f"corrupt member header at byte {self._tar.offset} after {len(self.members)} "
+            f"members ({stop}); delete it so that it is downloaded again"
+        )
 
     def check(self) -> None:
         for member in self.members:
@@ -135,9 +205,25 @@ class _TarSource:
             if reason:
                 raise UnsafeArchiveError(self.archive, member.name, reason)
 
+    def entries(self) -> list[tuple[str, bool, int]]:
+        """(name, is a folder, declared size) of every member."""
+        return [(m.name, m.isdir(), m.size if m.isreg() else 0) for m in self.members]
+
+    def normalised_modes(self, into: Path) -> list[dict[str, str]]:
+        """Members whose mode the ``"data"`` filter changes (setuid, group/other write, ...)."""
+        changed = []
+        for member in self.members:
+            if not member.isreg():
+                continue  # folders get default modes, which is what the filter does to them too
+            written = tarfile.data_filter(member, str(into)).mode
+            if written is not None and written != member.mode:
+                changed.append({"member": member.name, "archive_mode": oct(member.mode), "written_mode": oct(written)})
+        return changed
+
     def extract(self, into: Path, on_member: Callable[[], None]) -> None:
         # extractall rather than one extract() per member: it sets directory times and modes
-        # only after filling the directories.
+        # only after filling the directories. tarfile copies exactly ``member.size`` bytes (a
+        # short read is an error), so a tar member cannot write more than it declares.
         members = _counting(self.members, on_member)
         self._tar.extractall(into, members=members, filter="data")
 
@@ -149,6 +235,19 @@ class _TarSource:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _HeaderRecordingTarInfo(tarfile.TarInfo):
+    """Records on the archive which header error ended the member list (``stopped_by``):
+    tarfile treats a zero block (the end-of-archive marker), no data and a corrupt header alike."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.HeaderError as exc:
+            tarfile_.stopped_by = exc
+            raise
 
 
 class _ZipSource:
@@ -164,7 +263,22 @@ class _ZipSource:
             if reason:
                 raise UnsafeArchiveError(self.archive, info.filename, reason)
 
+    def entries(self) -> list[tuple[str, bool, int]]:
+        return [(i.filename, i.is_dir(), i.file_size) for i in self.members]
+
+    def normalised_modes(self, into: Path) -> list[dict[str, str]]:
+        """Members whose recorded Unix mode is not honoured (files are written with default modes)."""
+        changed = []
+        for info in self.members:
+            mode = info.external_attr >> 16
+            if not info.is_dir() and stat.S_IMODE(mode) & _DROPPED_MODE_BITS:
+                written = stat.S_IMODE(mode) & ~_DROPPED_MODE_BITS
+                changed.append({"member": info.filename, "archive_mode": oct(stat.S_IMODE(mode)), "written_mode": oct(written)})
+        return changed
+
     def extract(self, into: Path, on_member: Callable[[], None]) -> None:
+        # zipfile stops inflating a member at its declared size (and then fails its CRC check),
+        # so a member cannot write more than the central directory says.
         for info in _counting(self.members, on_member):
             self._zip.extract(info, into)
 
@@ -183,7 +297,7 @@ def _open_archive(archive: Path) -> _TarSource | _ZipSource:
     if zipfile.is_zipfile(archive):
         return _ZipSource(archive, zipfile.ZipFile(archive))
     try:
-        tar = tarfile.open(archive, mode="r:*")
+        tar = tarfile.open(archive, mode="r:*", tarinfo=_HeaderRecordingTarInfo)
     except tarfile.ReadError as exc:
         raise ValueError(
             f"{archive}: not a zip or tar archive (tar may be uncompressed, gzip, bzip2 or xz), "
@@ -194,6 +308,51 @@ def _open_archive(archive: Path) -> _TarSource | _ZipSource:
     except BaseException:
         tar.close()
         raise
+
+
+# Mode bits extraction never writes: setuid, setgid, sticky, and write for group and others.
+_DROPPED_MODE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH
+
+
+def _check_content(source: _TarSource | _ZipSource, limits: ExtractionLimits, dest: Path) -> int:
+    """Refuse an empty, ambiguous or over-budget archive; return the declared bytes of its files."""
+    entries = source.entries()
+    archive = source.archive
+    if not any(not is_dir for _, is_dir, _ in entries):
+        raise ArchiveContentError(archive, "holds no files (an empty archive is never a dataset)")
+    if len(entries) > limits.max_members:
+        raise ArchiveContentError(archive, f"{len(entries):,} members exceed the limit of {limits.max_members:,}")
+    seen: dict[str, tuple[str, bool]] = {}
+    for name, is_dir, _ in entries:
+        path = posixpath.normpath(name)
+        if path == "." and is_dir:
+            continue
+        if path in seen and not (is_dir and seen[path][1]):  # a folder listed twice is harmless
+            raise ArchiveContentError(
+                archive, f"members '{seen[path][0]}' and '{name}' name the same path (one would silently replace the other)"
+            )
+        seen[path] = (name, is_dir)
+    declared = sum(size for _, _, size in entries)
+    size = archive.stat().st_size
+    if declared > limits.max_bytes:
+        raise ArchiveContentError(archive, f"members declare {declared:,} bytes, over the limit of {limits.max_bytes:,}")
+    if declared > limits.ratio_floor_bytes and declared > limits.max_ratio * size:
+        raise ArchiveContentError(
+            archive, f"members declare {declared:,} bytes from {size:,} archive bytes, a ratio of "
+            f"{declared / size:,.0f} over the limit of {limits.max_ratio:g}"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest.parent).free
+    if declared + _DISK_HEADROOM_BYTES > free:
+        raise ArchiveContentError(
+            archive, f"needs {declared:,} bytes but {dest.parent} has {free:,} free; free some space or "
+            "extract elsewhere"
+        )
+    return declared
+
+
+def _written_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _name_problem(name: str) -> str | None:
@@ -245,6 +404,7 @@ def _extract_atomically(
     source: _TarSource | _ZipSource,
     dest: Path,
     identity: dict[str, object],
+    declared: int,
     *,
     progress: Callable[[int, int], None] | None,
     show_bar: bool,
@@ -257,7 +417,17 @@ def _extract_atomically(
         with _MemberProgress(source.archive.name, len(source.members), progress, show_bar) as meter:
             source.extract(staging, meter.advance)
             meter.finish()
-        marker = {**identity, "members": len(source.members)}
+        written = _written_bytes(staging)
+        if written != declared:
+            raise ArchiveContentError(
+                source.archive, f"wrote {written:,} bytes where its members declare {declared:,}; "
+                "delete it so that it is downloaded again"
+            )
+        normalised = source.normalised_modes(staging)
+        for change in normalised:
+            logger.warning("%s: member '%s' has mode %s; written as %s", source.archive.name,
+                           change["member"], change["archive_mode"], change["written_mode"])
+        marker = {**identity, "members": len(source.members), "bytes": written, "normalised_modes": normalised}
         (staging / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
         _swap_into_place(staging, dest)
     except BaseException:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from instructcv_core.data.datasets import dataset_module
+from instructcv_core.data.images import read_uint16
 from instructcv_core.data.records import ImageRecord
 
 SUNRGBD_MAX_DEPTH_M = 8.0
@@ -60,9 +60,4 @@ def load_class_masks(record: ImageRecord, root: Path) -> tuple[dict[str, np.ndar
 
 
 def _read_uint16(path: Path) -> np.ndarray:
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise ValueError(f"{path}: unreadable depth PNG")
-    if raw.dtype != np.uint16 or raw.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel 16-bit PNG, got {raw.dtype} {raw.shape}")
-    return raw
+    return read_uint16(path)  # ImageRefused (a ValueError) names the file and the reason

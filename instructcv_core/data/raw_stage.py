@@ -26,8 +26,8 @@ from typing import Callable
 
 from instructcv_core.data.datasets import dataset_module
 from instructcv_core.data.datasets.base import DatasetLayoutError, DatasetSpec, RemoteFile
-from instructcv_core.data.download import fetch, verify_checksum
-from instructcv_core.data.extract import safe_extract
+from instructcv_core.data.download import content_problem, fetch, verification_level, verify_checksum
+from instructcv_core.data.extract import read_marker, safe_extract
 from instructcv_core.data.records import atomic_write_text, write_records
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,9 @@ def acquire(
                 if not remote.required:
                     continue
                 raise SourceUnavailableError(f"{path}: missing (archive_dir given for {spec.name})")
-            if remote.checksum:
-                verify_checksum(path, remote.checksum)
+            level = _verify_local(path, remote)
             files.append({"filename": remote.filename, "url": None, "path": str(path), "checksum": remote.checksum,
-                          "bytes": path.stat().st_size, "reused": True})
+                          "bytes": path.stat().st_size, "reused": True, "verification": level})
         else:
             if not remote.urls:
                 if not remote.required:
@@ -144,10 +143,28 @@ def acquire(
             if result.reused:
                 info(f"{remote.filename}: verified earlier, not downloaded again")
             files.append({"filename": remote.filename, "url": result.url, "path": str(path), "sha256": result.sha256,
-                          "checksum": remote.checksum, "bytes": result.bytes, "reused": result.reused})
+                          "checksum": remote.checksum, "bytes": result.bytes, "reused": result.reused,
+                          "verification": result.verification})
         _unpack(path, remote, extracted, info, show_bar)
     root = _find_root(extracted, spec)
     return root, files, "archive_dir" if archive_dir is not None else "download"
+
+
+def _verify_local(path: Path, remote: RemoteFile) -> str:
+    """Check a user's copy against the spec as `fetch` checks a download; return the level reached."""
+    problem = content_problem(path, remote.filename)
+    if problem is not None:
+        raise SourceUnavailableError(f"{path}: unusable copy of {remote.filename}: {problem}")
+    if remote.size is not None and path.stat().st_size != remote.size:
+        raise SourceUnavailableError(
+            f"{path}: {path.stat().st_size} bytes, but {remote.filename} is published with {remote.size}"
+        )
+    if remote.checksum:
+        verify_checksum(path, remote.checksum)
+    level = verification_level(remote)
+    if level == "content":
+        log.warning("%s: no checksum or size is published; only its content type was checked", path)
+    return level
 
 
 def build_raw_dataset(
@@ -275,6 +292,9 @@ def _unpack(path: Path, remote: RemoteFile, extracted: Path, info: Logger, show_
         with tempfile.TemporaryDirectory(prefix=".unpack-", dir=extracted) as tmp:
             unpacked = safe_extract(path, Path(tmp) / "contents", progress=_progress_logger(remote.filename, info, "members"),
                                     show_bar=show_bar)
+            for change in read_marker(unpacked)["normalised_modes"]:
+                info(f"{remote.filename}: member {change['member']} has mode {change['archive_mode']}; "
+                     f"written as {change['written_mode']}")
             _merge_tree(unpacked, extracted)
     markers.mkdir(exist_ok=True)
     atomic_write_text(marker, json.dumps(identity))

@@ -21,7 +21,6 @@ import functools
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from instructcv_core.data.datasets.base import (
     DatasetLayoutError,
@@ -31,7 +30,9 @@ from instructcv_core.data.datasets.base import (
     check_images,
     require,
 )
+from instructcv_core.data.images import read_label
 from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry
+from instructcv_core.data.schema import AnnotationError
 
 FOLDERS = {"train": "training", "val": "validation"}
 NUM_CLASSES = 150
@@ -103,6 +104,12 @@ def read(root: Path, splits: tuple[str, ...] = tuple(FOLDERS)) -> ReadResult:
         images = require(root / "images" / folder, f"ADE20K {folder} image folder")
         require(root / "annotations" / folder, f"ADE20K {folder} annotation folder")
         paths = sorted(images.glob("*.jpg"))
+        stems = {path.stem for path in paths}
+        quarantine += [
+            QuarantineEntry(f"annotations/{folder}/{label.name}", f"annotation without an image (no images/{folder}/{label.stem}.jpg)")
+            for label in sorted((root / "annotations" / folder).glob("*.png"))
+            if label.stem not in stems
+        ]
         for path, size in zip(paths, check_images(paths)):
             rel_image = f"images/{folder}/{path.name}"
             rel_label = f"annotations/{folder}/{path.stem}.png"
@@ -140,12 +147,11 @@ def class_masks(record: ImageRecord, root: Path) -> tuple[dict[str, np.ndarray],
 
 def load_label(path: Path) -> np.ndarray:
     """The label PNG as a (H, W) uint8 array of objectInfo150 indices (0 = other)."""
-    with Image.open(path) as im:
-        if im.mode not in ("L", "P"):
-            raise ValueError(f"{path}: expected a single-channel label PNG, got mode {im.mode}")
-        label = np.asarray(im)
-    if label.max(initial=0) > NUM_CLASSES:
-        raise ValueError(f"{path}: label value {int(label.max())} outside 0..{NUM_CLASSES}")
+    label = read_label(path, ("L", "P"))
+    bad = np.unique(label[label > NUM_CLASSES]).tolist()
+    if bad:
+        raise AnnotationError(path, "", f"label values {bad} outside 0..{NUM_CLASSES} "
+                              f"({int((label > NUM_CLASSES).sum())} pixels)")
     return label
 
 

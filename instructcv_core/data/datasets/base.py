@@ -16,8 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
+from instructcv_core.data.images import ImageRefused, image_size
 from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,9 @@ class RemoteFile:
     """One published file: its name on disk, URLs (primary first, then mirrors) and checksum.
 
     ``checksum`` is ``"<algo>:<hexdigest>"`` with algo md5, sha1 or sha256, or None where the
-    host publishes none (the download then records the sha256 it saw).
+    host publishes none; ``size`` the byte length. Without a checksum the download checks the
+    pinned size and sniffs the content; without either, only the content (recorded as
+    verification ``"content"``, never as verified; see `instructcv_core.data.download`).
     ``extract``: whether the file is an archive to unpack into the dataset folder.
     """
 
@@ -96,18 +97,15 @@ def read_path_pairs(path: Path, expected: str) -> list[tuple[str, str]]:
 
 
 def check_image(path: Path) -> tuple[int, int] | str:
-    """Return (width, height) of a decodable image, or the reason it is unusable.
+    """Return (width, height) of a usable photograph, or the reason it is unusable.
 
-    Decodes the whole image (``verify`` alone misses truncated JPEG data).
+    Decodes the whole image (``verify`` alone misses truncated JPEG data) through
+    `instructcv_core.data.images`, so the pixel cap and the mode policy apply here as everywhere.
     """
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.size
-    except FileNotFoundError:
-        return "file not found"
-    except Exception as exc:  # PIL raises many types for bad data; every one means "unusable"
-        return f"undecodable image ({type(exc).__name__}: {exc})"
+        return image_size(path)
+    except ImageRefused as exc:
+        return exc.reason
 
 
 def check_images(paths: Sequence[Path], workers: int | None = None) -> list[tuple[int, int] | str]:

@@ -24,7 +24,10 @@ import contextlib
 import functools
 import io
 import json
+import math
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,7 @@ from instructcv_core.data.datasets.base import (
     require,
 )
 from instructcv_core.data.records import Box, Category, ImageRecord, QuarantineEntry
+from instructcv_core.data.schema import AnnotationError, as_int, as_list, as_mapping, as_number, as_str
 
 SPLITS = ("train", "val")
 _S3 = "https://s3.amazonaws.com/images.cocodataset.org"
@@ -90,7 +94,13 @@ def annotation_path(split: str) -> str:
 
 
 def read(root: Path, splits: tuple[str, ...] = SPLITS) -> ReadResult:
-    """Parse ``annotations/instances_<split>2017.json`` and check every image it lists."""
+    """Parse ``annotations/instances_<split>2017.json`` and check every image it lists.
+
+    The json is validated against the instances schema (`validate_instances`): a structural
+    problem is an `AnnotationError` naming the file and field; an annotation problem confined to
+    one image (a degenerate or out-of-image box, a malformed polygon) quarantines that image; an
+    annotation of an image the file does not list is reported in the quarantine list.
+    """
     root = Path(root)
     records: list[ImageRecord] = []
     quarantine: list[QuarantineEntry] = []
@@ -98,16 +108,14 @@ def read(root: Path, splits: tuple[str, ...] = SPLITS) -> ReadResult:
     for split in splits:
         rel_json = annotation_path(split)
         data = _load_json(require(root / rel_json, f"COCO {split} instances annotations"))
-        names = {}
-        for cat in data["categories"]:
-            table.setdefault(cat["id"], Category(cat["id"], cat["name"], cat.get("supercategory", "")))
-            names[cat["id"]] = cat["name"]
-        anns_by_image: dict[int, list[dict]] = {}
-        for ann in data["annotations"]:
-            anns_by_image.setdefault(ann["image_id"], []).append(ann)
-        rel_images = [f"{split}2017/{image['file_name']}" for image in data["images"]]
+        instances = validate_instances(data, rel_json)
+        for cat in instances.categories.values():
+            table.setdefault(cat.id, cat)
+        names = {cid: cat.name for cid, cat in instances.categories.items()}
+        quarantine += instances.orphans
+        rel_images = [f"{split}2017/{image['file_name']}" for image in instances.images]
         sizes = check_images([root / rel_image for rel_image in rel_images])
-        for image, rel_image, size in zip(data["images"], rel_images, sizes):
+        for image, rel_image, size in zip(instances.images, rel_images, sizes):
             if isinstance(size, str):
                 quarantine.append(QuarantineEntry(rel_image, size))
                 continue
@@ -115,7 +123,10 @@ def read(root: Path, splits: tuple[str, ...] = SPLITS) -> ReadResult:
                 reason = f"image is {size[0]}x{size[1]} but {rel_json} says {image['width']}x{image['height']}"
                 quarantine.append(QuarantineEntry(rel_image, reason))
                 continue
-            boxes = [_box(ann, names, rel_json) for ann in anns_by_image.get(image["id"], [])]
+            if image["id"] in instances.problems:
+                quarantine.append(QuarantineEntry(rel_image, instances.problems[image["id"]]))
+                continue
+            boxes = [_box(ann, names) for ann in instances.annotations.get(image["id"], [])]
             records.append(
                 ImageRecord(
                     dataset="coco",
@@ -131,6 +142,119 @@ def read(root: Path, splits: tuple[str, ...] = SPLITS) -> ReadResult:
                 )
             )
     return ReadResult(records, [table[k] for k in sorted(table)], quarantine)
+
+
+@dataclass
+class Instances:
+    """A validated instances json: what `read` needs, and what it must report.
+
+    ``problems``: image id -> why that image's annotations are unusable (it is quarantined);
+    ``orphans``: one quarantine entry per annotation whose ``image_id`` names no image.
+    """
+
+    categories: dict[int, Category]
+    images: list[dict]
+    annotations: dict[int, list[dict]]
+    problems: dict[int, str] = field(default_factory=dict)
+    orphans: list[QuarantineEntry] = field(default_factory=list)
+
+
+def validate_instances(data: object, rel_json: str) -> Instances:
+    """Check a COCO instances json against its schema (types, ids, ranges); see `read`.
+
+    Schema: ``categories[i]`` {id: int >= 1, unique; name: non-empty string}, at least one;
+    ``images[i]`` {id: int >= 0, unique; file_name: a plain file name; width, height: int >= 1};
+    ``annotations[i]`` {id: int; image_id: int; category_id: one of the categories; bbox: 4
+    finite numbers ``[x, y, w, h]`` with w, h > 0 inside the image (1 px tolerance); iscrowd: 0
+    or 1; segmentation: polygons (arrays of >= 3 x, y pairs) or RLE {size: [height, width],
+    counts}}.
+    """
+    data = as_mapping(data, rel_json, "")
+    categories: dict[int, Category] = {}
+    for i, cat in enumerate(as_list(data["categories"], rel_json, "categories", non_empty=True)):
+        where = f"categories[{i}]"
+        cat = as_mapping(cat, rel_json, where)
+        cid = as_int(cat.get("id"), rel_json, f"{where}.id", lo=1)
+        if cid in categories:
+            raise AnnotationError(rel_json, f"{where}.id", f"duplicate category id {cid}")
+        supercategory = cat.get("supercategory", "")
+        categories[cid] = Category(cid, as_str(cat.get("name"), rel_json, f"{where}.name"),
+                                   as_str(supercategory, rel_json, f"{where}.supercategory", non_empty=False))
+    images: list[dict] = []
+    by_id: dict[int, dict] = {}
+    for i, image in enumerate(as_list(data["images"], rel_json, "images")):
+        where = f"images[{i}]"
+        image = as_mapping(image, rel_json, where)
+        image_id = as_int(image.get("id"), rel_json, f"{where}.id", lo=0)
+        if image_id in by_id:
+            raise AnnotationError(rel_json, f"{where}.id", f"duplicate image id {image_id}")
+        file_name = as_str(image.get("file_name"), rel_json, f"{where}.file_name")
+        if "/" in file_name or "\\" in file_name or file_name in (".", ".."):
+            raise AnnotationError(rel_json, f"{where}.file_name", f"must be a plain file name, got {file_name!r}")
+        as_int(image.get("width"), rel_json, f"{where}.width", lo=1)
+        as_int(image.get("height"), rel_json, f"{where}.height", lo=1)
+        by_id[image_id] = image
+        images.append(image)
+    result = Instances(categories, images, {})
+    for i, ann in enumerate(as_list(data["annotations"], rel_json, "annotations")):
+        where = f"annotations[{i}]"
+        ann = as_mapping(ann, rel_json, where)
+        as_int(ann.get("id"), rel_json, f"{where}.id")
+        image_id = as_int(ann.get("image_id"), rel_json, f"{where}.image_id")
+        category_id = as_int(ann.get("category_id"), rel_json, f"{where}.category_id")
+        if category_id not in categories:
+            raise AnnotationError(rel_json, f"{where}.category_id", f"unknown category id {category_id}")
+        if image_id not in by_id:
+            result.orphans.append(
+                QuarantineEntry(rel_json, f"{where} (id {ann['id']}): image_id {image_id} names no image in images[]")
+            )
+            continue
+        try:
+            _check_annotation(ann, by_id[image_id], rel_json, where)
+        except AnnotationError as exc:
+            result.problems.setdefault(image_id, str(exc))
+        result.annotations.setdefault(image_id, []).append(ann)
+    return result
+
+
+BOX_TOLERANCE_PX = 1.0  # how far a box may reach past the image edge (rounding in annotation tools)
+
+
+def _check_annotation(ann: Mapping, image: Mapping, rel_json: str, where: str) -> None:
+    """The per-annotation checks whose failure makes only this annotation's image unusable."""
+    bbox = as_list(ann.get("bbox"), rel_json, f"{where}.bbox")
+    if len(bbox) != 4:
+        raise AnnotationError(rel_json, f"{where}.bbox", f"must hold 4 numbers [x, y, w, h], got {len(bbox)}")
+    x, y = (as_number(v, rel_json, f"{where}.bbox[{k}]") for k, v in enumerate(bbox[:2]))
+    w, h = (as_number(v, rel_json, f"{where}.bbox[{k}]", positive=True) for k, v in enumerate(bbox[2:], 2))
+    width, height = image["width"], image["height"]
+    tol = BOX_TOLERANCE_PX
+    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+        raise AnnotationError(
+            rel_json, f"{where}.bbox", f"box {[x, y, w, h]} reaches outside the {width}x{height} image"
+        )
+    iscrowd = as_int(ann.get("iscrowd", 0), rel_json, f"{where}.iscrowd", lo=0, hi=1)
+    if "segmentation" not in ann:
+        raise AnnotationError(rel_json, f"{where}.segmentation", "missing")
+    segmentation = ann["segmentation"]
+    if isinstance(segmentation, Mapping):
+        size = as_list(segmentation.get("size"), rel_json, f"{where}.segmentation.size")
+        if size != [height, width]:
+            raise AnnotationError(rel_json, f"{where}.segmentation.size",
+                                  f"must be [height, width] = {[height, width]}, got {size}")
+        counts = segmentation.get("counts")
+        if not isinstance(counts, (str, list)) or not counts:
+            raise AnnotationError(rel_json, f"{where}.segmentation.counts", "must be a non-empty RLE string or array")
+    elif iscrowd:
+        raise AnnotationError(rel_json, f"{where}.segmentation", "a crowd annotation must be RLE {size, counts}")
+    else:
+        for k, polygon in enumerate(as_list(segmentation, rel_json, f"{where}.segmentation", non_empty=True)):
+            polygon = as_list(polygon, rel_json, f"{where}.segmentation[{k}]")
+            if len(polygon) < 6 or len(polygon) % 2:
+                raise AnnotationError(rel_json, f"{where}.segmentation[{k}]",
+                                      f"a polygon needs an even number (>= 6) of coordinates, got {len(polygon)}")
+            if not all(type(v) in (int, float) and math.isfinite(v) for v in polygon):
+                raise AnnotationError(rel_json, f"{where}.segmentation[{k}]", "coordinates must be finite numbers")
 
 
 def class_masks(record: ImageRecord, root: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -157,9 +281,7 @@ def class_masks(record: ImageRecord, root: Path) -> tuple[dict[str, np.ndarray],
     return masks, void
 
 
-def _box(ann: dict, names: dict[int, str], rel_json: str) -> Box:
-    if ann["category_id"] not in names:
-        raise DatasetLayoutError(f"{rel_json}: annotation {ann['id']} has unknown category_id {ann['category_id']}")
+def _box(ann: dict, names: dict[int, str]) -> Box:
     x, y, w, h = (float(v) for v in ann["bbox"])
     return Box(names[ann["category_id"]], ann["category_id"], x, y, w, h, iscrowd=bool(ann.get("iscrowd", 0)))
 
@@ -171,7 +293,7 @@ def _load_json(path: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise DatasetLayoutError(f"{path}: not valid json ({exc})") from exc
     for key in ("images", "annotations", "categories"):
-        if key not in data:
+        if not isinstance(data, dict) or key not in data:
             raise DatasetLayoutError(f"{path}: not a COCO instances file (no {key!r} array)")
     return data
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from instructcv_core.data.datasets.base import (
     DatasetLayoutError,
@@ -29,6 +28,7 @@ from instructcv_core.data.datasets.base import (
     check_images,
     require,
 )
+from instructcv_core.data.images import read_grey
 from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry
 
 HSNET_SPLITS = ("trn", "val", "test")
@@ -62,12 +62,11 @@ SPEC = DatasetSpec(
 def read(root: Path, split_file: Path | None = None) -> ReadResult:
     """One record per image of each class that has a split."""
     root = require(Path(root), "FSS-1000 folder of class folders")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classes, quarantine = class_folders(root)
     if not classes:
         raise DatasetLayoutError(f"{root}: no class folders")
     categories = [Category(i + 1, name) for i, name in enumerate(classes)]
     records: list[ImageRecord] = []
-    quarantine: list[QuarantineEntry] = []
     # (class, split, its images; None where the class has no folder), then one pass of checks
     listed = [
         (name, split, sorted((root / name).glob("*.jpg"), key=_stem_order) if name in classes else None)
@@ -82,6 +81,23 @@ def read(root: Path, split_file: Path | None = None) -> ReadResult:
             result = _record(root, name, path, split, next(sizes))
             (quarantine if isinstance(result, QuarantineEntry) else records).append(result)
     return ReadResult(records, categories, quarantine)
+
+
+def class_folders(root: Path) -> tuple[list[str], list[QuarantineEntry]]:
+    """The class folders (sorted) and a quarantine entry for every other folder.
+
+    A class folder holds at least one ``.jpg``. Folders an archiver adds (``__MACOSX``, hidden
+    ``.``-folders) and empty folders are not classes: counting them would shift every category id.
+    """
+    classes, skipped = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name.startswith((".", "__")):
+            skipped.append(QuarantineEntry(f"{folder.name}/", "not a class folder (archiver metadata or hidden)"))
+        elif not any(folder.glob("*.jpg")):
+            skipped.append(QuarantineEntry(f"{folder.name}/", "class folder without .jpg images"))
+        else:
+            classes.append(folder.name)
+    return classes, skipped
 
 
 def class_splits(classes: list[str], split_file: Path | None) -> dict[str, str]:
@@ -112,8 +128,7 @@ def class_masks(record: ImageRecord, root: Path) -> tuple[dict[str, np.ndarray],
 
 def load_mask(path: Path) -> np.ndarray:
     """Bool (H, W) mask: the PNG read as L (grey), object where the value is >= 128."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L")) >= THRESHOLD
+    return read_grey(path) >= THRESHOLD
 
 
 def _record(

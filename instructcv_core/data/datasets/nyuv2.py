@@ -46,7 +46,9 @@ from instructcv_core.data.datasets.base import (
     read_path_pairs,
     require,
 )
+from instructcv_core.data.images import ImageRefused, header_size
 from instructcv_core.data.records import ImageRecord, QuarantineEntry, atomic_write, atomic_write_text
+from instructcv_core.data.schema import AnnotationError
 
 MAT_NAME = "nyu_depth_v2_labeled.mat"
 SPLITS_NAME = "splits.mat"
@@ -71,10 +73,11 @@ SPEC = DatasetSpec(
     ),
     homepage="https://cs.nyu.edu/~fergus/datasets/nyu_depth_v2.html",
     files=(
-        # about 2.8 GB; no checksum is published
+        # no checksum is published; the size is the file's published byte length
         RemoteFile(
             MAT_NAME,
             ("http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/nyu_depth_v2_labeled.mat",),
+            size=2_972_037_809,
             extract=False,
         ),
         RemoteFile(
@@ -104,10 +107,11 @@ def read(root: Path, include_sync: bool = True) -> ReadResult:
     require(root / MAT_NAME, "NYU Depth v2 labeled set (MATLAB v7.3 / HDF5 file)")
     splits_path = require(root / SPLITS_NAME, "NYU Depth v2 official split (trainNdxs / testNdxs)")
     splits = load_splits(splits_path)
-    scene_types = export_labeled(root, splits)
+    scene_types, refused = export_labeled(root, splits)
     records: list[ImageRecord] = []
-    quarantine: list[QuarantineEntry] = []
+    quarantine: list[QuarantineEntry] = [QuarantineEntry(MAT_NAME, reason) for reason in refused.values()]
     for split, indices in splits.items():
+        indices = [idx for idx in indices if int(idx) not in refused]
         sizes = check_images([root / export_paths(split, int(idx))["rgb"] for idx in indices])
         for idx, size in zip(indices, sizes):
             record = _labeled_record(root, split, int(idx), size, scene_types[idx - 1], quarantine)
@@ -128,17 +132,35 @@ def load_splits(path: Path) -> dict[str, np.ndarray]:
     for split, key in SPLIT_KEYS.items():
         if key not in mat:
             raise ValueError(f"{path}: no {key!r} variable (has {sorted(k for k in mat if not k.startswith('__'))})")
-        splits[split] = np.asarray(mat[key]).ravel().astype(np.int64)
-    if set(splits["train"].tolist()) & set(splits["test"].tolist()):
-        raise ValueError(f"{path}: trainNdxs and testNdxs overlap")
+        values = np.asarray(mat[key]).ravel()
+        if values.dtype.kind not in "iuf" or not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+            raise AnnotationError(path, key, f"must hold whole numbers, got {values.dtype} {values[:5].tolist()}...")
+        splits[split] = values.astype(np.int64)
+        below = sorted(set(splits[split][splits[split] < 1].tolist()))
+        if below:
+            raise AnnotationError(path, key, f"indices are 1-based; {_listed(below)} are below 1")
+        repeated = sorted({int(v) for v, c in zip(*np.unique(splits[split], return_counts=True)) if c > 1})
+        if repeated:
+            raise AnnotationError(path, key, f"indices {_listed(repeated)} appear more than once")
+    shared = sorted(set(splits["train"].tolist()) & set(splits["test"].tolist()))
+    if shared:
+        raise AnnotationError(path, "trainNdxs/testNdxs", f"the splits overlap: indices {_listed(shared)} are in both")
     return splits
 
 
-def export_labeled(root: Path, splits: dict[str, np.ndarray]) -> list[str]:
-    """Write the PNG export of every split sample (missing files only); returns the scene types.
+def _listed(values: list[int], shown: int = 10) -> str:
+    """The first ``shown`` values, and how many more there are."""
+    more = f" and {len(values) - shown} more" if len(values) > shown else ""
+    return ", ".join(str(v) for v in values[:shown]) + more
 
-    Images: ``images[i]`` is (3, W, H) under h5py and ``.T`` gives (H, W, 3); depths likewise
-    ``depths[i].T``. Depths are rounded to whole millimetres; 0 (and NaN) stays 0 = missing.
+
+def export_labeled(root: Path, splits: dict[str, np.ndarray]) -> tuple[list[str], dict[int, str]]:
+    """Write the PNG export of every split sample (missing files only).
+
+    Returns the scene types and, per refused 1-based index, why (`depth_problem`): a refused
+    sample gets no files and no record. Images: ``images[i]`` is (3, W, H) under h5py and ``.T``
+    gives (H, W, 3); depths likewise ``depths[i].T``. Depths are rounded to whole millimetres;
+    0 (and NaN) stays 0 = missing.
     """
     mat_path = root / MAT_NAME
     stamp = {"version": EXPORT_VERSION, "mat": _fingerprint(mat_path), "splits": _fingerprint(root / SPLITS_NAME)}
@@ -153,16 +175,48 @@ def export_labeled(root: Path, splits: dict[str, np.ndarray]) -> list[str]:
         for key in ("images", "depths", "rawDepths", "sceneTypes"):
             if key not in f:
                 raise ValueError(f"{mat_path}: no {key!r} dataset (is this the labeled NYU Depth v2 file?)")
-        n = f["images"].shape[0]
+        n = _check_shapes(f, mat_path)
         scene_types = cell_strings(f, "sceneTypes")
         if len(scene_types) != n:
             raise ValueError(f"{mat_path}: {len(scene_types)} sceneTypes for {n} images")
+        refused: dict[int, str] = {}
         for split, indices in splits.items():
-            if len(indices) and (indices.min() < 1 or indices.max() > n):
-                raise ValueError(f"{root / SPLITS_NAME}: {SPLIT_KEYS[split]} must be 1-based indices in 1..{n}")
+            beyond = sorted(set(indices[indices > n].tolist()))
+            if beyond:
+                raise AnnotationError(root / SPLITS_NAME, SPLIT_KEYS[split],
+                                      f"indices {_listed(beyond)} are beyond the {n} images of {MAT_NAME}")
             for idx in indices:
-                _export_sample(f, root, split, int(idx), keep_existing)
-    return scene_types
+                try:
+                    _export_sample(f, root, split, int(idx), keep_existing)
+                except AnnotationError as exc:
+                    refused[int(idx)] = str(exc)
+    return scene_types, refused
+
+
+MAX_DEPTH_M = 20.0  # beyond any Kinect reading; a larger value is corruption, not a far wall
+
+
+def depth_problem(depth_m: np.ndarray) -> str | None:
+    """Why a depth map in metres is unusable, or None: NaN means "missing" (exported as 0), but an
+    infinite, negative or implausibly large value would silently become a wrong distance."""
+    values = depth_m[~np.isnan(depth_m)]
+    bad = ~np.isfinite(values) | (values < 0) | (values > MAX_DEPTH_M)
+    if not bad.any():
+        return None
+    return (f"{int(bad.sum())} values are infinite, negative or above {MAX_DEPTH_M:g} m "
+            f"(e.g. {float(values[bad][0])})")
+
+
+def _check_shapes(f: h5py.File, mat_path: Path) -> int:
+    """The number of samples, after checking that images, depths and rawDepths agree."""
+    images, depths, raw = f["images"].shape, f["depths"].shape, f["rawDepths"].shape
+    if len(images) != 4 or images[1] != 3 or len(depths) != 3 or depths != raw:
+        raise AnnotationError(mat_path, "images/depths/rawDepths",
+                              f"expected (N, 3, W, H) and twice (N, W, H), got {images}, {depths}, {raw}")
+    if images[0] != depths[0] or images[2:] != depths[1:]:
+        raise AnnotationError(mat_path, "images/depths",
+                              f"{images[0]} images of {images[2:]} but {depths[0]} depth maps of {depths[1:]}")
+    return images[0]
 
 
 def _open_mat(path: Path) -> h5py.File:
@@ -210,18 +264,21 @@ def _matlab_string(ds: h5py.Dataset) -> str:
 def _export_sample(f: h5py.File, root: Path, split: str, idx: int, keep_existing: bool) -> None:
     """Write the three PNGs of 1-based sample ``idx`` (only the missing ones if ``keep_existing``)."""
     i = idx - 1
-    for kind, rel in export_paths(split, idx).items():
-        path = root / rel
-        if keep_existing and path.exists():
-            continue
+    missing = {kind: root / rel for kind, rel in export_paths(split, idx).items()
+               if not (keep_existing and (root / rel).exists())}
+    if not missing:
+        return
+    depths = {"depth_raw": f["rawDepths"][i].T, "depth": f["depths"][i].T}  # (W, H) -> (H, W)
+    for kind, key in (("depth_raw", "rawDepths"), ("depth", "depths")):
+        problem = depth_problem(np.asarray(depths[kind], np.float64))
+        if problem:  # checked before any file of the sample is written
+            raise AnnotationError(MAT_NAME, f"{key}[{i}] (sample {idx})", problem)
+    for kind, path in missing.items():
         if kind == "rgb":
             rgb = np.ascontiguousarray(f["images"][i].T)  # (3, W, H) -> (H, W, 3)
-            if rgb.ndim != 3 or rgb.shape[2] != 3:
-                raise ValueError(f"images[{i}] has shape {f['images'][i].shape}, expected (3, W, H)")
             _write_png(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         else:
-            key = "rawDepths" if kind == "depth_raw" else "depths"
-            _write_png(path, metres_to_mm_png(f[key][i].T))  # (W, H) -> (H, W)
+            _write_png(path, metres_to_mm_png(depths[kind]))
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -277,6 +334,15 @@ def _sync_records(root: Path, quarantine: list[QuarantineEntry]) -> list[ImageRe
             continue
         if not (root / depth_rel).exists():
             quarantine.append(QuarantineEntry(depth_rel, "depth file listed but not found"))
+            continue
+        try:
+            depth_size = header_size(root / depth_rel)
+        except ImageRefused as exc:
+            quarantine.append(QuarantineEntry(depth_rel, exc.reason))
+            continue
+        if depth_size != size:
+            reason = f"depth is {depth_size[0]}x{depth_size[1]} but {rgb_rel} is {size[0]}x{size[1]}"
+            quarantine.append(QuarantineEntry(depth_rel, reason))
             continue
         scene = Path(rgb_rel).parent.name
         records.append(

@@ -24,11 +24,9 @@ Conventions of the records:
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from instructcv_core.data.datasets.base import (
     DatasetSpec,
@@ -37,7 +35,10 @@ from instructcv_core.data.datasets.base import (
     check_images,
     require,
 )
+from instructcv_core.data.images import ImageRefused, open_image
 from instructcv_core.data.records import Box, Category, ImageRecord, QuarantineEntry
+from instructcv_core.data.schema import AnnotationError
+from instructcv_core.data.voc_xml import UnsafeXmlError, parse_voc_xml
 
 # The 37 breeds in CLASS-ID order (CLASS-ID = index + 1), spelled as the image file stems.
 BREEDS = (
@@ -55,6 +56,7 @@ LIST_HEADER_LINES = 6
 
 # Trimap values (annotations README).
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY = 1, 2, 3
+TRIMAP_VALUES = {TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY}
 
 _BASE = "https://www.robots.ox.ac.uk/~vgg/data/pets/data"
 _MIRROR = "https://thor.robots.ox.ac.uk/~vgg/data/pets"
@@ -106,9 +108,14 @@ def read(root: Path) -> ReadResult:
     for split in SPLITS:
         list_path = require(ann / f"{split}.txt", f"Oxford-IIIT Pet {split} list (annotations/{split}.txt)")
         rows = _rows(list_path)
-        for image, class_id, _species_id, _breed_id in rows:
+        for image, class_id, species_id, _breed_id in rows:
             if class_id not in table:
                 raise ValueError(f"{list_path}: {image} has CLASS-ID {class_id}, absent from list.txt")
+            if table[class_id] != (breed_of(image), species_id):
+                raise ValueError(
+                    f"{list_path}: {image} has CLASS-ID {class_id} and SPECIES {species_id}, but list.txt gives "
+                    f"CLASS-ID {class_id} to breed {table[class_id][0]!r} of SPECIES {table[class_id][1]}"
+                )
         sizes = check_images([root / _image_rel(image) for image, *_ in rows])
         for (image, class_id, species_id, _breed_id), size in zip(rows, sizes):
             record = _record(root, split, image, size, class_id, SPECIES[species_id], table, quarantine)
@@ -119,13 +126,29 @@ def read(root: Path) -> ReadResult:
 
 def class_masks(record: ImageRecord, root: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """{species: trimap == 1} and the void mask trimap == 3 (the unclassified boundary band)."""
-    path = Path(root) / record.mask_path
-    with Image.open(path) as im:
-        trimap = np.asarray(im)
-    if trimap.ndim == 3:  # a few trimaps elsewhere are saved as RGB; all channels are equal
-        trimap = trimap[..., 0]
+    trimap = load_trimap(Path(root) / record.mask_path)
     species = record.species or record.categories[0]
     return {species: trimap == TRIMAP_PET}, trimap == TRIMAP_BOUNDARY
+
+
+def load_trimap(path: Path) -> np.ndarray:
+    """A trimap as uint8 (H, W) holding only 1 (pet), 2 (background) and 3 (boundary).
+
+    A few trimaps elsewhere are saved as RGB with equal channels; those are accepted as grey.
+    Any other value is an `AnnotationError`: counting it as background would mislabel pixels.
+    """
+    with open_image(path) as im:
+        if im.mode not in ("L", "P", "RGB"):
+            raise AnnotationError(path, "", f"a trimap must be an 8-bit single-channel PNG, got mode {im.mode}")
+        trimap = np.asarray(im)
+    if trimap.ndim == 3:
+        if not (np.array_equal(trimap[..., 0], trimap[..., 1]) and np.array_equal(trimap[..., 0], trimap[..., 2])):
+            raise AnnotationError(path, "", "an RGB trimap must have equal channels")
+        trimap = trimap[..., 0]
+    bad = sorted(set(np.unique(trimap).tolist()) - TRIMAP_VALUES)
+    if bad:
+        raise AnnotationError(path, "", f"trimap values {bad} are none of 1 (pet), 2 (background), 3 (boundary)")
+    return trimap
 
 
 def breed_of(image: str) -> str:
@@ -153,9 +176,13 @@ def _rows(path: Path) -> list[tuple[str, int, int, int]]:
             continue
         parts = line.split()
         try:
+            if len(parts) != 4:
+                raise ValueError
             image, class_id, species_id, breed_id = parts[0], *map(int, parts[1:4])
-        except (ValueError, IndexError):
+        except ValueError:
             raise ValueError(f"{path}:{lineno}: expected `Image CLASS-ID SPECIES BREED-ID`, got {line!r}") from None
+        if class_id < 1 or breed_id < 1:
+            raise ValueError(f"{path}:{lineno}: CLASS-ID and BREED-ID are 1-based, got {class_id} and {breed_id}")
         if species_id not in SPECIES:
             raise ValueError(f"{path}:{lineno}: SPECIES must be 1 (cat) or 2 (dog), got {species_id}")
         rows.append((image, class_id, species_id, breed_id))
@@ -172,7 +199,15 @@ def _record(root, split, image, size, class_id, species, table, quarantine) -> I
         quarantine.append(QuarantineEntry(image_rel, size))
         return None
     trimap_rel = f"annotations/trimaps/{image}.png"
-    has_trimap = (root / trimap_rel).exists()
+    try:
+        trimap = load_trimap(root / trimap_rel)
+    except (AnnotationError, ImageRefused) as exc:
+        quarantine.append(QuarantineEntry(trimap_rel, f"unusable trimap of {image_rel}: {_reason(exc)}"))
+        return None
+    if trimap.shape != (size[1], size[0]):
+        reason = f"trimap is {trimap.shape[1]}x{trimap.shape[0]} but the image is {size[0]}x{size[1]}"
+        quarantine.append(QuarantineEntry(trimap_rel, reason))
+        return None
     return ImageRecord(
         dataset="pets",
         image_id=image,
@@ -182,8 +217,8 @@ def _record(root, split, image, size, class_id, species, table, quarantine) -> I
         height=size[1],
         categories=[species],
         boxes=_head_boxes(root, f"annotations/xmls/{image}.xml", species, quarantine),
-        mask_path=trimap_rel if has_trimap else None,
-        mask_format="pets_trimap" if has_trimap else None,
+        mask_path=trimap_rel,
+        mask_format="pets_trimap",
         label=class_id - 1,
         label_name=table[class_id][0],
         species=species,
@@ -191,21 +226,26 @@ def _record(root, split, image, size, class_id, species, table, quarantine) -> I
 
 
 def _head_boxes(root: Path, xml_rel: str, species: str, quarantine) -> list[Box]:
-    """Head boxes of the VOC XML (1-based inclusive corners -> pixel-edge xywh); none if absent."""
+    """Head boxes of the VOC XML (1-based inclusive corners -> pixel-edge xywh); none if absent.
+
+    An unusable XML is reported and the record keeps no box; a hostile one (`UnsafeXmlError`) stops.
+    """
     path = root / xml_rel
     if not path.exists():
         return []
     species_id = {v: k for k, v in SPECIES.items()}[species]
     try:
-        boxes = []
-        for obj in ET.parse(path).getroot().iter("object"):
-            bb = obj.find("bndbox")
-            xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-            difficult = (obj.findtext("difficult") or "0").strip() == "1"
-            boxes.append(
-                Box(species, species_id, xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1, difficult=difficult)
-            )
-        return boxes
-    except (ET.ParseError, AttributeError, TypeError, ValueError) as exc:
+        annotation = parse_voc_xml(path, xml_rel)
+    except UnsafeXmlError:
+        raise
+    except (AnnotationError, OSError) as exc:
         quarantine.append(QuarantineEntry(xml_rel, f"unreadable head-box XML ({type(exc).__name__}: {exc})"))
         return []
+    return [
+        Box(species, species_id, o.xmin - 1, o.ymin - 1, o.xmax - o.xmin + 1, o.ymax - o.ymin + 1, difficult=o.difficult)
+        for o in annotation.objects
+    ]
+
+
+def _reason(exc: Exception) -> str:
+    return exc.reason if isinstance(exc, ImageRefused) else exc.problem

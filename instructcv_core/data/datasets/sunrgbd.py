@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from instructcv_core.data.datasets.base import (
     DatasetLayoutError,
     DatasetSpec,
@@ -34,6 +36,7 @@ from instructcv_core.data.datasets.base import (
     read_path_pairs,
     require,
 )
+from instructcv_core.data.images import ImageRefused
 from instructcv_core.data.records import ImageRecord, QuarantineEntry
 
 SENSORS = ("kv1", "kv2", "realsense", "xtion")
@@ -151,6 +154,10 @@ def _record(root, scene, image_rel, depth_rel, size, depth_variant, quarantine) 
         missing = depth_rel or f"{scene}/{depth_variant}"
         quarantine.append(QuarantineEntry(missing, f"no {depth_variant} PNG for {image_rel}"))
         return None
+    problem = depth_problem(root / depth_rel, size)
+    if problem:
+        quarantine.append(QuarantineEntry(depth_rel, problem))
+        return None
     dense = None
     if depth_variant == "depth":
         bfx = root / Path(depth_rel).parent.parent / "depth_bfx" / Path(depth_rel).name
@@ -168,6 +175,34 @@ def _record(root, scene, image_rel, depth_rel, size, depth_variant, quarantine) 
         depth_dense_path=dense,
         label_name=scene_txt.read_text().strip() if scene_txt.exists() else None,
     )
+
+
+MAX_CAPPED_FRACTION = 0.5
+
+
+def depth_problem(path: Path, size: tuple[int, int]) -> str | None:
+    """Why a SUN RGB-D depth PNG is implausible for an image of ``size`` (width, height), or None.
+
+    Decoded as the toolbox does (`decode_sunrgbd_depth`). A file stored without the 3-bit rotation
+    decodes to huge values, nearly all capped at 8 m; real scenes have most measured pixels well
+    inside the range, so more than half of them at the cap means a wrongly encoded file.
+    """
+    from instructcv_core.data.labels import SUNRGBD_MAX_DEPTH_M, decode_sunrgbd_depth
+
+    try:
+        depth = decode_sunrgbd_depth(path)
+    except ImageRefused as exc:
+        return exc.reason
+    if depth.shape != (size[1], size[0]):
+        return f"depth is {depth.shape[1]}x{depth.shape[0]} but the image is {size[0]}x{size[1]}"
+    measured = depth[depth > 0]
+    if measured.size == 0:
+        return "no measured pixel (all 0)"
+    capped = float(np.mean(measured >= SUNRGBD_MAX_DEPTH_M))
+    if capped > MAX_CAPPED_FRACTION:
+        return (f"{capped:.0%} of the measured pixels are at the {SUNRGBD_MAX_DEPTH_M:g} m cap: not a depth "
+                "map in SUN RGB-D's encoding (millimetres with the bits rotated left by 3)")
+    return None
 
 
 def _single_file(folder: Path, suffixes: tuple[str, ...]) -> str | None:

@@ -22,14 +22,15 @@ Conventions:
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from instructcv_core.data.datasets.base import DatasetSpec, ReadResult, RemoteFile, check_images, require
+from instructcv_core.data.images import read_label
 from instructcv_core.data.records import Box, Category, ImageRecord, QuarantineEntry
+from instructcv_core.data.schema import AnnotationError
+from instructcv_core.data.voc_xml import UnsafeXmlError, parse_voc_xml
 
 CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -75,25 +76,23 @@ def read_list(path: Path) -> list[str]:
     return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
-def parse_annotation(path: Path) -> tuple[tuple[int, int], list[Box]]:
+def parse_annotation(path: Path, label: str | None = None) -> tuple[tuple[int, int] | None, list[Box]]:
     """(width, height) and boxes of one Annotations/<id>.xml, converted to pixel-edge xywh.
 
-    The size is (0, 0) when the XML does not state one.
+    The size is None when the XML states none. The file is validated by
+    `instructcv_core.data.voc_xml` (errors name the file and the field, e.g. ``object[1].bndbox``).
     """
-    tree = ET.parse(path).getroot()
-    wh = (int(float(tree.findtext("size/width", "0"))), int(float(tree.findtext("size/height", "0"))))
+    label = label or str(path)
+    annotation = parse_voc_xml(path, label)
     boxes = []
-    for obj in tree.findall("object"):
-        name = obj.findtext("name", "").strip()
-        if name not in CLASSES:
-            raise ValueError(f"{path}: unknown class {name!r}")
-        bb = obj.find("bndbox")  # direct child only: person <part>s have their own boxes
-        xmin, ymin, xmax, ymax = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-        difficult = obj.findtext("difficult", "0").strip() not in ("0", "")
+    for i, obj in enumerate(annotation.objects):
+        if obj.name not in CLASSES:
+            raise AnnotationError(label, f"object[{i}].name", f"unknown class {obj.name!r}")
         boxes.append(
-            Box(name, CLASSES.index(name) + 1, xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1, difficult=difficult)
+            Box(obj.name, CLASSES.index(obj.name) + 1, obj.xmin - 1, obj.ymin - 1, obj.xmax - obj.xmin + 1,
+                obj.ymax - obj.ymin + 1, difficult=obj.difficult)
         )
-    return wh, boxes
+    return annotation.size, boxes
 
 
 def read(root: Path, splits: tuple[str, ...] = SPLITS) -> ReadResult:
@@ -125,10 +124,7 @@ def class_masks(record: ImageRecord, root: Path) -> tuple[dict[str, np.ndarray],
 
 def load_label(path: Path) -> np.ndarray:
     """SegmentationClass PNG as its palette indices (never converted to RGB)."""
-    with Image.open(path) as im:
-        if im.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected a palette PNG, got mode {im.mode}")
-        label = np.asarray(im)
+    label = read_label(path, ("P", "L"))
     bad = set(np.unique(label).tolist()) - set(range(len(CLASSES) + 1)) - {VOID}
     if bad:
         raise ValueError(f"{path}: indices {sorted(bad)} are neither 0..20 nor 255")
@@ -150,10 +146,12 @@ def _record(
     if in_main:
         rel_xml = f"Annotations/{image_id}.xml"
         try:
-            xml_size, boxes = parse_annotation(root / rel_xml)
-        except Exception as exc:  # missing or malformed XML: this image's boxes are unusable
+            xml_size, boxes = parse_annotation(root / rel_xml, rel_xml)
+        except UnsafeXmlError:
+            raise  # a hostile file means this is not the published dataset: stop
+        except (AnnotationError, OSError) as exc:  # missing or malformed XML: this image's boxes are unusable
             return QuarantineEntry(rel_xml, f"unusable annotation ({type(exc).__name__}: {exc})")
-        if 0 not in xml_size and xml_size != size:  # (0, 0): the XML states no size
+        if xml_size is not None and xml_size != size:
             return QuarantineEntry(rel_xml, f"size {xml_size[0]}x{xml_size[1]} but the image is {size[0]}x{size[1]}")
         names |= {b.category for b in boxes}
     rel_mask = f"SegmentationClass/{image_id}.png" if in_seg else None

@@ -1,0 +1,328 @@
+"""Each annotation format's schema: bad input is an error naming file and field, or a quarantine entry.
+
+Built from tiny hand-written dataset folders, one class of bad input per test.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from instructcv_core.data.datasets import ade20k, coco, fss1000, nyuv2, pets, sunrgbd, voc
+from instructcv_core.data.schema import AnnotationError
+from instructcv_core.data.voc_xml import UnsafeXmlError
+
+
+def jpg(path: Path, size=(40, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (90, 120, 150)).save(path)
+    return path
+
+
+def png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+# --- COCO ------------------------------------------------------------------------------------------
+
+SQUARE = [[5.0, 5.0, 15.0, 5.0, 15.0, 15.0, 5.0, 15.0]]
+COCO_VALID = {
+    "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30},
+               {"id": 2, "file_name": "b.jpg", "width": 40, "height": 30}],
+    "annotations": [{"id": 10, "image_id": 1, "category_id": 3, "bbox": [5.0, 5.0, 10.0, 10.0],
+                     "iscrowd": 0, "segmentation": SQUARE, "area": 100.0}],
+    "categories": [{"id": 3, "name": "car", "supercategory": "vehicle"}],
+}
+
+
+def coco_root(tmp_path: Path, data: dict) -> Path:
+    for name in ("a.jpg", "b.jpg"):
+        jpg(tmp_path / "val2017" / name)
+    (tmp_path / "annotations").mkdir(exist_ok=True)
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    return tmp_path
+
+
+def coco_variant(change) -> dict:
+    data = copy.deepcopy(COCO_VALID)
+    change(data)
+    return data
+
+
+def test_coco_valid_file_reads(tmp_path):
+    result = coco.read(coco_root(tmp_path, COCO_VALID), splits=("val",))
+    assert [(r.image_id, r.categories) for r in result.records] == [("1", ["car"]), ("2", [])]
+    assert result.quarantine == []
+
+
+@pytest.mark.parametrize(
+    "change, field, problem",
+    [
+        (lambda d: d["images"][0].update(id="1"), "images[0].id", "must be an integer, got a string '1'"),
+        (lambda d: d["images"][1].update(id=1), "images[1].id", "duplicate image id 1"),
+        (lambda d: d.update(categories=[]), "categories", "must not be empty"),
+        (lambda d: d["categories"].append({"id": 3, "name": "bus"}), "categories[1].id", "duplicate category id 3"),
+        (lambda d: d["images"][0].update(width=0), "images[0].width", "must be in 1..inf, got 0"),
+        (lambda d: d["images"][0].update(file_name="../x.jpg"), "images[0].file_name", "must be a plain file name, got '../x.jpg'"),
+        (lambda d: d["annotations"][0].update(category_id=99), "annotations[0].category_id", "unknown category id 99"),
+    ],
+)
+def test_coco_structural_errors_name_file_and_field(tmp_path, change, field, problem):
+    with pytest.raises(AnnotationError) as info:
+        coco.read(coco_root(tmp_path, coco_variant(change)), splits=("val",))
+    assert str(info.value) == f"annotations/instances_val2017.json: {field}: {problem}"
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (lambda d: d["annotations"][0].update(bbox=[5.0, 5.0, -3.0, 10.0]), "annotations[0].bbox[2]: must be > 0, got -3.0"),
+        (lambda d: d["annotations"][0].update(bbox=[5.0, 5.0, 0, 10.0]), "annotations[0].bbox[2]: must be > 0, got 0.0"),
+        (lambda d: d["annotations"][0].update(bbox=[35.0, 5.0, 10.0, 10.0]),
+         "annotations[0].bbox: box [35.0, 5.0, 10.0, 10.0] reaches outside the 40x30 image"),
+        (lambda d: d["annotations"][0].update(segmentation=[[1.0, 2.0, 3.0]]),
+         "annotations[0].segmentation[0]: a polygon needs an even number (>= 6) of coordinates, got 3"),
+        (lambda d: d["annotations"][0].update(iscrowd=2), "annotations[0].iscrowd: must be in 0..1, got 2"),
+    ],
+)
+def test_coco_bad_annotation_quarantines_its_image(tmp_path, change, problem):
+    result = coco.read(coco_root(tmp_path, coco_variant(change)), splits=("val",))
+    assert [r.image_id for r in result.records] == ["2"]
+    assert [(q.path, q.reason) for q in result.quarantine] == [
+        ("val2017/a.jpg", f"annotations/instances_val2017.json: {problem}")
+    ]
+
+
+def test_coco_annotation_of_a_missing_image_is_reported(tmp_path):
+    data = coco_variant(lambda d: d["annotations"].append({**d["annotations"][0], "id": 11, "image_id": 7}))
+    result = coco.read(coco_root(tmp_path, data), splits=("val",))
+    assert len(result.records) == 2
+    assert [(q.path, q.reason) for q in result.quarantine] == [
+        ("annotations/instances_val2017.json", "annotations[1] (id 11): image_id 7 names no image in images[]")
+    ]
+
+
+# --- VOC XML (VOC 2012 and Pets head boxes) ---------------------------------------------------------
+
+def voc_xml(objects: str, size: str = "<size><width>40</width><height>30</height></size>") -> str:
+    return f"<annotation>{size}{objects}</annotation>"
+
+
+def voc_object(xmin=5, ymin=5, xmax=20, ymax=25, name="cat") -> str:
+    return (f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
+            f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>")
+
+
+def voc_root(tmp_path: Path, xml: str) -> Path:
+    root = tmp_path / "VOC2012"
+    jpg(root / "JPEGImages" / "2007_000001.jpg")
+    for folder in ("Main", "Segmentation"):
+        (root / "ImageSets" / folder).mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "Main" / "val.txt").write_text("2007_000001\n")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("")
+    (root / "Annotations").mkdir(exist_ok=True)
+    (root / "Annotations" / "2007_000001.xml").write_text(xml)
+    return root
+
+
+def test_voc_valid_box(tmp_path):
+    result = voc.read(voc_root(tmp_path, voc_xml(voc_object())), splits=("val",))
+    box = result.records[0].boxes[0]
+    assert (box.x, box.y, box.w, box.h) == (4.0, 4.0, 16.0, 21.0)
+
+
+@pytest.mark.parametrize(
+    "xml, problem",
+    [
+        (voc_xml(voc_object(xmin=30, xmax=10)), "object[0].bndbox: inverted box: xmin 30.0 > xmax 10.0"),
+        (voc_xml("<object><name>cat</name></object>"), "object[0].bndbox: missing"),
+        (voc_xml(voc_object(), "<size><width>0</width><height>30</height></size>"), "size.width: must be in 1..inf, got 0"),
+        (voc_xml(voc_object(xmax=45)), "object[0].bndbox: xmin..xmax = 5.0..45.0 outside 1..40"),
+        (voc_xml(voc_object(name="unicorn")), "object[0].name: unknown class 'unicorn'"),
+    ],
+)
+def test_voc_bad_annotation_is_quarantined_naming_the_field(tmp_path, xml, problem):
+    result = voc.read(voc_root(tmp_path, xml), splits=("val",))
+    assert result.records == []
+    assert [(q.path, q.reason) for q in result.quarantine] == [
+        ("Annotations/2007_000001.xml", f"unusable annotation (AnnotationError: Annotations/2007_000001.xml: {problem})")
+    ]
+
+
+def test_voc_entity_declaration_is_rejected_not_quarantined(tmp_path):
+    xml = '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxx">]>' + voc_xml(voc_object(name="&x;"))
+    with pytest.raises(UnsafeXmlError, match="declares a DTD or entities; refused without parsing"):
+        voc.read(voc_root(tmp_path, xml), splits=("val",))
+
+
+# --- Oxford-IIIT Pet ----------------------------------------------------------------------------------
+
+def pets_root(tmp_path: Path, trimap: np.ndarray | None = None, split_line: str = "Abyssinian_1 1 1 1") -> Path:
+    ann = tmp_path / "annotations"
+    ann.mkdir(parents=True)
+    (ann / "list.txt").write_text("#\n#\n#\n#\n#\n#\nAbyssinian_1 1 1 1\n")
+    (ann / "trainval.txt").write_text(split_line + "\n")
+    (ann / "test.txt").write_text("")
+    jpg(tmp_path / "images" / "Abyssinian_1.jpg")
+    if trimap is not None:
+        png(ann / "trimaps" / "Abyssinian_1.png", trimap)
+    return tmp_path
+
+
+def test_pets_malformed_list_line_names_it(tmp_path):
+    root = pets_root(tmp_path, np.full((30, 40), 2, np.uint8), "Abyssinian_1 1 1 1 extra")
+    with pytest.raises(ValueError, match=r"trainval.txt:1: expected `Image CLASS-ID SPECIES BREED-ID`"):
+        pets.read(root)
+
+
+def test_pets_split_line_contradicting_list_txt_is_an_error(tmp_path):
+    root = pets_root(tmp_path, np.full((30, 40), 2, np.uint8), "Abyssinian_1 1 2 1")
+    with pytest.raises(ValueError, match="has CLASS-ID 1 and SPECIES 2, but list.txt gives CLASS-ID 1 to breed 'Abyssinian' of SPECIES 1"):
+        pets.read(root)
+
+
+def test_pets_missing_trimap_is_quarantined(tmp_path):
+    result = pets.read(pets_root(tmp_path, None))
+    assert result.records == []
+    assert [(q.path, q.reason) for q in result.quarantine] == [
+        ("annotations/trimaps/Abyssinian_1.png", "unusable trimap of images/Abyssinian_1.jpg: file not found")
+    ]
+
+
+def test_pets_trimap_value_outside_1_2_3_is_quarantined(tmp_path):
+    trimap = np.full((30, 40), 2, np.uint8)
+    trimap[0, 0], trimap[0, 1] = 0, 7
+    result = pets.read(pets_root(tmp_path, trimap))
+    assert result.records == []
+    assert result.quarantine[0].reason.endswith("trimap values [0, 7] are none of 1 (pet), 2 (background), 3 (boundary)")
+
+
+# --- ADE20K -------------------------------------------------------------------------------------------
+
+def ade_root(tmp_path: Path, label: np.ndarray) -> Path:
+    root = tmp_path / "ADEChallengeData2016"
+    lines = ["Idx\tRatio\tTrain\tVal\tName"] + [f"{i}\t0.1\t1\t1\tclass{i}, other" for i in range(1, 151)]
+    root.mkdir()
+    (root / "objectInfo150.txt").write_text("\n".join(lines) + "\n")
+    jpg(root / "images" / "validation" / "ADE_val_00000001.jpg")
+    png(root / "annotations" / "validation" / "ADE_val_00000001.png", label)
+    png(root / "annotations" / "validation" / "ADE_val_00000002.png", np.zeros((30, 40), np.uint8))
+    return root
+
+
+def test_ade_labels_above_150_are_all_named_and_orphan_annotations_reported(tmp_path):
+    label = np.zeros((30, 40), np.uint8)
+    label[0, :3] = [151, 200, 151]
+    result = ade20k.read(ade_root(tmp_path, label), splits=("val",))
+    assert result.records == []
+    assert [(q.path, q.reason) for q in result.quarantine] == [
+        ("annotations/validation/ADE_val_00000002.png", "annotation without an image (no images/validation/ADE_val_00000002.jpg)"),
+        ("annotations/validation/ADE_val_00000001.png",
+         f"unusable annotation (AnnotationError: {tmp_path}/ADEChallengeData2016/annotations/validation/ADE_val_00000001.png: "
+         "label values [151, 200] outside 0..150 (3 pixels))"),
+    ]
+
+
+# --- FSS-1000 -----------------------------------------------------------------------------------------
+
+def test_fss_stray_folders_are_not_categories(tmp_path):
+    for name in ("abacus", "zebra"):
+        jpg(tmp_path / name / "1.jpg")
+        png(tmp_path / name / "1.png", np.full((30, 40), 255, np.uint8))
+    jpg(tmp_path / "__MACOSX" / "abacus" / "._1.jpg")
+    (tmp_path / "empty_class").mkdir()
+    result = fss1000.read(tmp_path)
+    assert [(c.id, c.name) for c in result.categories] == [(1, "abacus"), (2, "zebra")]
+    assert [(q.path, q.reason) for q in result.quarantine] == [
+        ("__MACOSX/", "not a class folder (archiver metadata or hidden)"),
+        ("empty_class/", "class folder without .jpg images"),
+    ]
+
+
+# --- SUN RGB-D ----------------------------------------------------------------------------------------
+
+def sun_root(tmp_path: Path, depth_png: np.ndarray) -> Path:
+    scene = tmp_path / "SUNRGBD" / "kv2" / "kinect2data" / "000001"
+    jpg(scene / "image" / "0000001.jpg")
+    png(scene / "depth" / "0000001.png", depth_png)
+    return tmp_path / "SUNRGBD"
+
+
+def rotated_mm(mm: np.ndarray) -> np.ndarray:
+    return ((mm << 3) | (mm >> 13)).astype(np.uint16)
+
+
+def test_sun_depth_stored_without_rotation_is_quarantined(tmp_path):
+    mm = np.full((30, 40), 2500, np.uint16)
+    assert len(sunrgbd.read(sun_root(tmp_path / "ok", rotated_mm(mm))).records) == 1
+    result = sunrgbd.read(sun_root(tmp_path / "bad", mm))  # 2500 read as rotated decodes to ~20 m, capped
+    assert result.records == []
+    assert result.quarantine[0].path == "kv2/kinect2data/000001/depth/0000001.png"
+    assert result.quarantine[0].reason.startswith("100% of the measured pixels are at the 8 m cap")
+
+
+def test_sun_depth_of_another_size_is_quarantined(tmp_path):
+    result = sunrgbd.read(sun_root(tmp_path, rotated_mm(np.full((10, 10), 2500, np.uint16))))
+    assert result.quarantine[0].reason == "depth is 10x10 but the image is 40x30"
+
+
+# --- NYU Depth v2 and BTS sync --------------------------------------------------------------------------
+
+def test_nyu_split_overlap_and_range_name_the_indices(tmp_path):
+    path = tmp_path / "splits.mat"
+    scipy.io.savemat(path, {"trainNdxs": np.array([[1], [2], [3]]), "testNdxs": np.array([[3], [2]])})
+    with pytest.raises(AnnotationError, match=r"trainNdxs/testNdxs: the splits overlap: indices 2, 3 are in both"):
+        nyuv2.load_splits(path)
+    scipy.io.savemat(path, {"trainNdxs": np.array([[0], [1]]), "testNdxs": np.array([[4]])})
+    with pytest.raises(AnnotationError, match=r"trainNdxs: indices are 1-based; 0 are below 1"):
+        nyuv2.load_splits(path)
+
+
+def nyu_mat(path: Path, n_images: int, n_depths: int, depth_value: float = 2.0) -> Path:
+    with h5py.File(path, "w") as f:
+        f["images"] = np.zeros((n_images, 3, 8, 6), np.uint8)
+        f["depths"] = np.full((n_depths, 8, 6), depth_value, np.float32)
+        f["rawDepths"] = np.full((n_depths, 8, 6), depth_value, np.float32)
+    return path
+
+
+def test_nyu_image_and_depth_counts_must_agree(tmp_path):
+    with h5py.File(nyu_mat(tmp_path / "m.mat", 3, 2), "r") as f, pytest.raises(AnnotationError, match=r"3 images .* but 2 depth maps"):
+        nyuv2._check_shapes(f, tmp_path / "m.mat")
+
+
+def test_nyu_infinite_depth_is_refused_not_capped():
+    depth = np.array([[1.0, np.nan], [np.inf, 2.0]])
+    assert nyuv2.depth_problem(depth) == "1 values are infinite, negative or above 20 m (e.g. inf)"
+    assert nyuv2.depth_problem(np.array([[1.0, np.nan]])) is None  # NaN = no measurement
+
+
+def test_nyu_split_index_beyond_the_mat_is_named(tmp_path):
+    root = tmp_path
+    nyu_mat(root / nyuv2.MAT_NAME, 2, 2)
+    with h5py.File(root / nyuv2.MAT_NAME, "a") as f:
+        refs = [f.create_dataset(f"#refs#/s{i}", data=np.array([[ord("k")]], np.uint16)).ref for i in range(2)]
+        f.create_dataset("sceneTypes", data=np.array([refs]), dtype=h5py.ref_dtype)
+    scipy.io.savemat(root / nyuv2.SPLITS_NAME, {"trainNdxs": np.array([[1]]), "testNdxs": np.array([[2], [5]])})
+    with pytest.raises(AnnotationError, match=r"testNdxs: indices 5 are beyond the 2 images"):
+        nyuv2.read(root)
+
+
+def test_bts_depth_of_another_size_is_quarantined_naming_it(tmp_path):
+    jpg(tmp_path / "sync" / "kitchen_0001" / "rgb_00001.jpg", (40, 30))
+    png(tmp_path / "sync" / "kitchen_0001" / "sync_depth_00001.png", np.zeros((20, 20), np.uint16))
+    (tmp_path / nyuv2.SYNC_LIST_NAME).write_text("/kitchen_0001/rgb_00001.jpg /kitchen_0001/sync_depth_00001.png 518.8\n")
+    quarantine = []
+    assert nyuv2._sync_records(tmp_path, quarantine) == []
+    assert [(q.path, q.reason) for q in quarantine] == [
+        ("sync/kitchen_0001/sync_depth_00001.png", "depth is 20x20 but sync/kitchen_0001/rgb_00001.jpg is 40x30")
+    ]
