@@ -33,7 +33,7 @@ def _resolved_in_a_run(config_cls, run_config: dict, core_cls=TrainConfig, stage
 
 def test_presets_hold_the_profile_defaults():
     assert preset("mini", "train") == {"max_steps": 100_000, "max_seconds": 180.0, "train_batch_size": 32,
-                                       "learning_rate": 5e-4, "checkpointing_steps": 200, "mixed_precision": "no",
+                                       "learning_rate": 5e-4, "checkpointing_steps": 12, "mixed_precision": "no",
                                        "gradient_checkpointing": False, "cache_latents": True}
     assert preset("paper", "train") == {"max_steps": 20_000, "max_seconds": None, "train_batch_size": 128,
                                         "learning_rate": 1e-4, "checkpointing_steps": 1000, "mixed_precision": "bf16",
