@@ -97,4 +97,30 @@ def resolve(config_cls: type[Config], profile: str, stage: str, overrides: Mappi
             raise ValueError(f"{config_cls.__name__} has no field(s) {', '.join(unknown)} (from the {origin}); "
                              f"known fields: {', '.join(sorted(known))}")
         values.update(layer)
-    return config_cls(**values)
+    config = config_cls(**values)
+    refuse_nan(config)
+    return config
+
+
+def refuse_nan(config: Any) -> None:
+    """Raise a ValueError naming every float knob of ``config`` (nested configs included) that is NaN.
+
+    No knob means anything by NaN, and NaN passes every range check (``nan <= 0`` is False), so a
+    NaN learning rate or guidance scale would otherwise reach the training or sampling code.
+    """
+    bad = _nan_fields(config, "")
+    if bad:
+        raise ValueError(f"{type(config).__name__}: NaN is not a valid value for {', '.join(bad)}")
+
+
+def _nan_fields(config: Any, prefix: str) -> list[str]:
+    import math
+
+    bad = []
+    for f in dataclasses.fields(config):
+        value, name = getattr(config, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            bad += _nan_fields(value, f"{name}.")
+        elif any(isinstance(v, float) and math.isnan(v) for v in (value if isinstance(value, (list, tuple)) else (value,))):
+            bad.append(name)
+    return bad

@@ -4,9 +4,10 @@
 
 - ``dest_dir / remote.filename`` exists only once its content has been verified, at the strongest
   level the spec allows (`verification_level`): ``"checksum"`` (the published digest, and size
-  where pinned), ``"size+content"`` (the pinned size, and a content sniff), or ``"content"`` (no
-  pin at all: only the sniff; logged as a warning with the sha256 to pin, and never called
-  verified by the size or digest). The sniff (`content_problem`) always runs: the file must be
+  where pinned), ``"size+content"`` (the pinned size, and a content sniff), ``"structure+content"``
+  (the published structure: member, line or array counts, `instructcv_core.data.structure`), or
+  ``"content"`` (no pin at all: only the sniff; logged as a warning with the sha256 to pin, and
+  never called verified by the size or digest). The sniff (`content_problem`) always runs: the file must be
   non-empty and start like what its name says (zip, tar in any compression, MATLAB, text).
 - Bytes arrive in ``<filename>.part`` first. An interrupted download (network error, killed process)
   resumes from the bytes already there with an HTTP ``Range`` request.
@@ -104,10 +105,12 @@ class FetchResult:
 
 
 def verification_level(remote: RemoteFile) -> str:
-    """``"checksum"``, ``"size+content"`` or ``"content"``: the strongest check ``remote`` pins."""
+    """``"checksum"``, ``"size+content"``, ``"structure+content"`` or ``"content"``: the strongest check ``remote`` pins."""
     if remote.checksum is not None:
         return "checksum"
-    return "size+content" if remote.size is not None else "content"
+    if remote.size is not None:
+        return "size+content"
+    return "structure+content" if remote.structure else "content"
 
 
 _TEXT_SUFFIXES = (".txt", ".json", ".csv")
@@ -357,11 +360,21 @@ def _verify(path: Path, remote: RemoteFile, *, source: str) -> str:
             f"{remote.size} bytes, got {size}. If the host has published a new version, update "
             "the size in the dataset spec; otherwise download it again."
         )
+    if remote.structure:
+        from instructcv_core.data.structure import structure_problem
+
+        problem = structure_problem(path, remote.structure)
+        if problem is not None:
+            raise DownloadError(
+                f"{remote.filename}: the copy from {source} does not have its published structure: {problem}. "
+                "A truncated or partial download? Delete it and download it again."
+            )
     if remote.checksum is None:
         sha256 = file_digest(path)
-        pinned = "checked against its pinned size and content type only" if remote.size is not None else (
-            "NOT verified: no size either, only its content type was checked"
-        )
+        pinned = {
+            "size+content": "checked against its pinned size and content type only",
+            "structure+content": "checked against its published structure and content type only",
+        }.get(verification_level(remote), "NOT verified: no size either, only its content type was checked")
         logger.warning(
             "%s: no published checksum (%s); pin this sha256 in the dataset spec: %s",
             remote.filename,

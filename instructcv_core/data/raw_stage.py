@@ -27,6 +27,7 @@ from typing import Callable
 from instructcv_core.data.datasets import dataset_module
 from instructcv_core.data.datasets.base import DatasetLayoutError, DatasetSpec, RemoteFile
 from instructcv_core.data.download import content_problem, fetch, verification_level, verify_checksum
+from instructcv_core.data.structure import structure_problem
 from instructcv_core.data.extract import read_marker, safe_extract
 from instructcv_core.data.records import atomic_write_text, write_records
 
@@ -159,6 +160,10 @@ def _verify_local(path: Path, remote: RemoteFile) -> str:
         raise SourceUnavailableError(
             f"{path}: {path.stat().st_size} bytes, but {remote.filename} is published with {remote.size}"
         )
+    if remote.structure:
+        problem = structure_problem(path, remote.structure)
+        if problem is not None:
+            raise SourceUnavailableError(f"{path}: unusable copy of {remote.filename}: not its published structure: {problem}")
     if remote.checksum:
         verify_checksum(path, remote.checksum)
     level = verification_level(remote)

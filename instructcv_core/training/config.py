@@ -135,4 +135,11 @@ def load_config(path: str | Path) -> TrainConfig:
                      if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data)
     if missing:
         raise ValueError(f"{path}: missing TrainConfig key(s): {', '.join(missing)}")
-    return TrainConfig(**data)
+    from instructcv_core.presets import refuse_nan
+
+    config = TrainConfig(**data)
+    try:
+        refuse_nan(config)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return config

@@ -27,6 +27,7 @@ from instructcv_core.data.datasets.base import (
     DatasetSpec,
     ReadResult,
     RemoteFile,
+    StructurePin,
     check_images,
     require,
 )
@@ -66,6 +67,11 @@ SPEC = DatasetSpec(
             ("http://sceneparsing.csail.mit.edu/data/ChallengeData2017/annotations_instance.tar",),
             None,
             required=False,
+            # no checksum or size published: one instance PNG per image of the 20,210 / 2,000 split
+            structure=(StructurePin("members", 20_210, "*training/*.png", at_least=True,
+                                    source="ADE20K SceneParsing: 20,210 training images"),
+                       StructurePin("members", 2_000, "*validation/*.png", at_least=True,
+                                    source="ADE20K SceneParsing: 2,000 validation images")),
         ),
     ),
     root_subdir="ADEChallengeData2016",

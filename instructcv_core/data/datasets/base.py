@@ -18,6 +18,7 @@ from pathlib import Path
 
 from instructcv_core.data.images import ImageRefused, image_size
 from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry
+from instructcv_core.data.structure import StructurePin
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 10.0  # seconds between two progress lines of check_images
@@ -29,8 +30,10 @@ class RemoteFile:
 
     ``checksum`` is ``"<algo>:<hexdigest>"`` with algo md5, sha1 or sha256, or None where the
     host publishes none; ``size`` the byte length. Without a checksum the download checks the
-    pinned size and sniffs the content; without either, only the content (recorded as
-    verification ``"content"``, never as verified; see `instructcv_core.data.download`).
+    pinned size and sniffs the content; without either, the published ``structure``
+    (`StructurePin`: member, line or array counts) and the content; without any pin, only the
+    content (recorded as verification ``"content"``, never as verified; see
+    `instructcv_core.data.download`).
     ``extract``: whether the file is an archive to unpack into the dataset folder.
     """
 
@@ -40,6 +43,7 @@ class RemoteFile:
     size: int | None = None
     extract: bool = True
     required: bool = True
+    structure: tuple[StructurePin, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from instructcv_core.data.datasets.base import (
     DatasetSpec,
     ReadResult,
     RemoteFile,
+    StructurePin,
     check_images,
     require,
 )
@@ -52,6 +53,9 @@ SPEC = DatasetSpec(
             # the authors' Google Drive file, then the repack listed by aim-uofa/Matcher
             ("gdrive://16TgqOeI_0P41Eh3jWQlxlRXG9KIqtMgI", "gdrive://1Fn-cUESMMF1pQy8Xff-vPQvXJdZoUlP3"),
             None,
+            # no checksum or size published: 1,000 classes x 10 image/mask pairs
+            structure=(StructurePin("members", 10_000, "*.jpg", at_least=True, source="FSS-1000: 1,000 classes x 10 images"),
+                       StructurePin("members", 10_000, "*.png", at_least=True, source="FSS-1000: 1,000 classes x 10 masks")),
         ),
     ),
     root_subdir="fewshot_data",

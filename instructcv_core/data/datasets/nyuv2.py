@@ -42,6 +42,7 @@ from instructcv_core.data.datasets.base import (
     DatasetSpec,
     ReadResult,
     RemoteFile,
+    StructurePin,
     check_images,
     read_path_pairs,
     require,
@@ -87,13 +88,22 @@ SPEC = DatasetSpec(
                 "https://raw.githubusercontent.com/cleinc/bts/master/utils/splits.mat",  # BTS copy
             ),
             extract=False,
+            # no checksum or size published; the official split is: 795 train, 654 test (1-based indices)
+            structure=(StructurePin("mat_array", 795, "trainNdxs", source="the official NYUv2 split"),
+                       StructurePin("mat_array", 654, "testNdxs", source="the official NYUv2 split")),
         ),
-        RemoteFile("sync.zip", ("gdrive://1AysroWpfISmm-yRFGBgFTrLy6FjQwvwP",), extract=True, required=False),
+        RemoteFile(
+            "sync.zip", ("gdrive://1AysroWpfISmm-yRFGBgFTrLy6FjQwvwP",), extract=True, required=False,
+            # no checksum or size published; it holds (at least) the 24,231 pairs of the BTS list
+            structure=(StructurePin("members", 24_231, "*rgb_*.jpg", at_least=True, source="the BTS pair list"),
+                       StructurePin("members", 24_231, "*sync_depth_*.png", at_least=True, source="the BTS pair list")),
+        ),
         RemoteFile(
             SYNC_LIST_NAME,
             (f"https://raw.githubusercontent.com/cleinc/bts/master/train_test_inputs/{SYNC_LIST_NAME}",),
             extract=False,
             required=False,
+            structure=(StructurePin("lines", 24_231, source="BTS train_test_inputs: one line per training pair"),),
         ),
     ),
     root_subdir=".",

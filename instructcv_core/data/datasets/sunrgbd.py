@@ -32,6 +32,7 @@ from instructcv_core.data.datasets.base import (
     DatasetSpec,
     ReadResult,
     RemoteFile,
+    StructurePin,
     check_images,
     read_path_pairs,
     require,
@@ -58,7 +59,12 @@ SPEC = DatasetSpec(
     ),
     homepage="https://rgbd.cs.princeton.edu/",
     files=(
-        RemoteFile("SUNRGBD.zip", ("http://rgbd.cs.princeton.edu/data/SUNRGBD.zip",)),  # no checksum published
+        RemoteFile(
+            "SUNRGBD.zip", ("http://rgbd.cs.princeton.edu/data/SUNRGBD.zip",),
+            # no checksum or size published; one RGB image per scene folder, 10,335 RGB-D images
+            structure=(StructurePin("members", 10_335, "SUNRGBD/*/image/*.jpg", at_least=True,
+                                    source="SUN RGB-D: 10,335 RGB-D images, Song et al. 2015"),),
+        ),
         RemoteFile(
             "SUNRGBDtoolbox.zip",
             ("http://rgbd.cs.princeton.edu/data/SUNRGBDtoolbox.zip",),
