@@ -64,16 +64,41 @@ def test_seeds_depend_on_the_question_only(tmp_path):
     assert plan_queries(b, EvalConfig(seed=1))["seed"].tolist() != q1["seed"].tolist()
 
 
-def test_pets_classification_questions(tmp_path):
+def pets_bench(tmp_path):
     rows = [{"image_id": "Bengal_1", "category": "Bengal", "input_original_digest": "d1"}]
     records = [ImageRecord("pets", "Bengal_1", "test", "Bengal_1.jpg", 8, 8, label_name="Bengal", species="cat")]
-    b = bench(tmp_path, "pets", "classification", "pets", rows, records, ["Bengal", "beagle", "pug"])
-    q = plan_queries(b, EvalConfig())
-    asked = dict(zip(q["category"], zip(q["paper"], q["standard"])))
-    assert asked == {"Bengal": (False, True), "beagle": (False, True), "pug": (False, True),
-                     "cat": (True, True), "dog": (True, True)}
-    assert "Show red if the picture has cat, otherwise show green." in set(q["instruction"])
+    return bench(tmp_path, "pets", "classification", "pets", rows, records, ["Bengal", "beagle", "pug"])
+
+
+def test_pets_classification_questions(tmp_path):
+    q = plan_queries(pets_bench(tmp_path), EvalConfig())
+    standard_asked = q[q["standard"]]
+    assert sorted(standard_asked["category"]) == ["Bengal", "beagle", "cat", "dog", "pug"]
+    assert "Show red if the picture has cat, otherwise show green." in set(standard_asked["instruction"])
+    # paper: the official inference instruction of infer/edit_cli_cls.py (typo kept), cat and dog
+    paper_asked = q[q["paper"]]
+    assert sorted(paper_asked["instruction"]) == ["Show red if there exsits cat; if not, show green instead.",
+                                                  "Show red if there exsits dog; if not, show green instead."]
+    assert not (q["paper"] & q["standard"]).any()
     assert set(q["colour"]) == {"red"} and set(q["colour2"]) == {"green"}
+
+
+def test_paper_pets_label_comes_from_the_breed_as_official(tmp_path):
+    # Official evaluate_cls.py (5814835): the label is looked up from the breed in the file name,
+    # cat set first, then the dog set; "Bengal" is in both, so Bengal_1 is a dog. An ideal model
+    # answers red (present) to "cat" and green (absent) to "dog"; the scorer picks the query nearer
+    # green (dog), which matches the official label: 100 % (with the record's species, cat: 0 %).
+    from instructcv_core.evaluation.scoring import score
+
+    b = pets_bench(tmp_path)
+    q = plan_queries(b, EvalConfig())
+    colour = {"cat": (255, 0, 0), "dog": (0, 255, 0)}
+    images = {row.query_id: np.full((4, 4, 3), colour.get(row.category, (0, 0, 255)), dtype=np.uint8)
+              for row in q.itertuples()}
+    outputs = q.assign(output_digest=q["query_id"])
+    result = score(b, outputs, lambda digest: images[digest], lambda digest: None, EvalConfig())
+    assert result.metrics["paper"]["accuracy"] == 100.0
+    assert result.details["paper"]["images"] == 1 and result.details["paper"]["near_ties"] == 0
 
 
 def test_detection_and_depth_questions(tmp_path):

@@ -133,30 +133,38 @@ class ClassificationEvaluation:
 
     def questions(self, bench, config, phrasings=None):
         """Standard: every class of the dataset (the N-way decision), plus cat and dog where the images
-        answer the binary question. Paper: the binary cat/dog questions (the official script) there;
-        elsewhere the true class and one seeded other class, scored with the same official rule."""
+        answer the binary question, in the FP template with the configured colours. Paper: the
+        official inference instruction (:func:`~instructcv_core.evaluation.protocols.paper.paper_classification_prompt`:
+        "Show red if there exsits cat; if not, show green instead.", ``infer/edit_cli_cls.py``) for
+        cat and dog there; elsewhere for the true class and one seeded other class, scored with the
+        same official rule."""
         from instructcv_core.evaluation.planning import query_seed
 
         pos, neg = config.positive_colour, config.negative_colour
 
-        def ask(image_id, category, paper_use, standard_use):
+        def ask(image_id, category):
             text = render(FP_TEMPLATES["classification"], category=prompt_name(bench.dataset, category), color=pos, color2=neg)
-            return Question(image_id, text, category, paper_use, standard_use, pos, neg)
+            return Question(image_id, text, category, False, True, pos, neg)
+
+        def ask_paper(image_id, category):
+            text = paper.paper_classification_prompt(prompt_name(bench.dataset, category))
+            return Question(image_id, text, category, True, False, paper.PAPER_POSITIVE_COLOUR, paper.PAPER_NEGATIVE_COLOUR)
 
         for image_id in bench.image_ids:
             record = bench.records[image_id]
             classes = list(bench.categories)
             for name in classes:
-                yield ask(image_id, name, False, True)
+                yield ask(image_id, name)
             if bench.spec.binary_species:
                 for species in SPECIES:
-                    yield ask(image_id, species, True, True)
+                    yield ask(image_id, species)
+                    yield ask_paper(image_id, species)
             else:
                 others = [c for c in classes if c != record.label_name]
                 rng = np.random.default_rng(query_seed(config.seed, bench.name, image_id, "negative"))
-                yield ask(image_id, record.label_name, True, False)
+                yield ask_paper(image_id, record.label_name)
                 if others:
-                    yield ask(image_id, others[int(rng.integers(len(others)))], True, False)
+                    yield ask_paper(image_id, others[int(rng.integers(len(others)))])
 
     def score(self, bench, outputs, output_image, target_image, config):
         predictions = []
@@ -165,7 +173,8 @@ class ClassificationEvaluation:
         for row in outputs.itertuples():
             output = output_image(row.output_digest)
             margin = classification_margin(output, row.colour, row.colour2)
-            margins.setdefault(row.image_id, {})[row.category] = margin
+            if row.standard:
+                margins.setdefault(row.image_id, {})[row.category] = margin
             if row.paper:
                 paper_outputs.setdefault(row.image_id, {})[row.category] = output
             predictions.append({"query_id": row.query_id, "margin": margin})
@@ -175,7 +184,9 @@ class ClassificationEvaluation:
             for image_id, asked in paper_outputs.items():
                 record = bench.records[image_id]
                 if bench.spec.binary_species:  # the official binary script: the cat answer and the dog answer
-                    samples.append((image_id, record.species, asked["cat"], asked["dog"]))
+                    # the official label comes from the breed in the file name ("Bengal" -> dog)
+                    label = paper.official_pets_label(image_id) or "unknown"
+                    samples.append((image_id, label, asked["cat"], asked["dog"]))
                 else:  # the same rule on (true class, one other class): the true class plays "cat"
                     other = next(c for c in sorted(asked) if c != record.label_name)
                     samples.append((image_id, "cat", asked[record.label_name], asked[other]))
