@@ -79,6 +79,29 @@ def test_plan_covers_every_training_source_and_benchmark(sources):
     assert {u.benchmark for u in units if u.role == "test"} == {b.name for b in manifest_benchmarks()}
 
 
+def test_open_vocabulary_test_set_leaves_out_every_training_category(tmp_path):
+    # FSS-1000 (Table 2) claims open vocabulary: a test class a training dataset names is left out,
+    # whatever its spelling ("Dining_table" = ADE20K's... here COCO's "dining table")
+    from instructcv_core.construction.pairs import class_key, training_class_names
+    from instructcv_core.data.records import Box, ImageRecord
+
+    ade = [ImageRecord("ade20k", "a1", "train", "a1.jpg", 8, 8, categories=["wall"])]
+    coco = [ImageRecord("coco", "c1", "train", "c1.jpg", 8, 8, boxes=[Box("dining table", 67, 0, 0, 4, 4)],
+                        categories=["dining table"])]
+    pets = [ImageRecord("pets", "Bengal_1", "trainval", "Bengal_1.jpg", 8, 8, label_name="Bengal", species="cat")]
+    nyu = [ImageRecord("nyuv2", "n1", "train", "n1.jpg", 8, 8, label_name="abacus")]  # a scene type: never asked
+    fss = [ImageRecord("fss1000", f"{name}/1", "test", f"{name}/1.jpg", 8, 8, categories=[name], mask_path=f"{name}/1.png",
+                       mask_format="binary_l")
+           for name in ("Dining_table", "wall", "cat", "bengal", "abacus", "starfish")]
+    sources = {"ade20k": (ade, tmp_path, ["wall", "sky"]), "coco": (coco, tmp_path, ["dining table"]),
+               "pets": (pets, tmp_path, ["Bengal"]), "nyuv2": (nyu, tmp_path, []),
+               "fss1000": (fss, tmp_path, [r.categories[0] for r in fss])}
+    assert class_key("Dining_table") == class_key("dining-table") == "dining table"
+    assert {"wall", "sky", "dining table", "bengal", "cat", "dog"} - training_class_names(sources) == {"dog"}
+    tested = [u.record.image_id for u in plan_units(sources) if u.benchmark == "fss1000"]
+    assert tested == ["abacus/1", "starfish/1"]
+
+
 def test_every_unit_makes_exactly_the_expected_number_of_pairs(built):
     units, result, _ = built
     assert result.quarantine == []
