@@ -32,6 +32,9 @@ class RemoteFile:
     pinned size and sniffs the content; without either, only the content (recorded as
     verification ``"content"``, never as verified; see `instructcv_core.data.download`).
     ``extract``: whether the file is an archive to unpack into the dataset folder.
+    ``required=False``: the dataset is usable without it; ``required_in`` names the profiles in
+    which it is required all the same, and ``missing_effect`` says what is lost without it (the
+    stage's error in those profiles, its loud status elsewhere).
     """
 
     filename: str
@@ -40,6 +43,8 @@ class RemoteFile:
     size: int | None = None
     extract: bool = True
     required: bool = True
+    required_in: tuple[str, ...] = ()
+    missing_effect: str = ""
 
 
 @dataclass(frozen=True)

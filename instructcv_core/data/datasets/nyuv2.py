@@ -54,6 +54,8 @@ MAT_NAME = "nyu_depth_v2_labeled.mat"
 SPLITS_NAME = "splits.mat"
 SYNC_DIR = "sync"
 SYNC_LIST_NAME = "nyudepthv2_train_files_with_gt.txt"
+SYNC_MISSING_EFFECT = ("depth training falls from about 24,000 BTS sync frames (the official training set) to "
+                       "the 795 labeled training images")
 EXPORT_DIR = "export"
 EXPORT_STAMP = ".export.json"
 EXPORT_VERSION = 1
@@ -88,12 +90,15 @@ SPEC = DatasetSpec(
             ),
             extract=False,
         ),
-        RemoteFile("sync.zip", ("gdrive://1AysroWpfISmm-yRFGBgFTrLy6FjQwvwP",), extract=True, required=False),
+        RemoteFile("sync.zip", ("gdrive://1AysroWpfISmm-yRFGBgFTrLy6FjQwvwP",), extract=True, required=False,
+                   required_in=("paper",), missing_effect=SYNC_MISSING_EFFECT),
         RemoteFile(
             SYNC_LIST_NAME,
             (f"https://raw.githubusercontent.com/cleinc/bts/master/train_test_inputs/{SYNC_LIST_NAME}",),
             extract=False,
             required=False,
+            required_in=("paper",),
+            missing_effect=SYNC_MISSING_EFFECT,
         ),
     ),
     root_subdir=".",
