@@ -19,7 +19,7 @@ import dagster as dg
 from assets.datasets import test_manifests
 from assets.instructions import heldout_instructions
 from assets.model import base_model, resolve_base_model
-from assets.train import checkpoint_pointer, instructcv_fp_checkpoint, instructcv_rp_checkpoint
+from assets.train import instructcv_fp_checkpoint, instructcv_rp_checkpoint
 from instructcv_core.benchmarks import BENCHMARKS, TABLES
 from instructcv_core.evaluation.config import EvalConfig
 from instructcv_core.inference.config import SamplerConfig
@@ -55,7 +55,39 @@ def asset_key(benchmark: str, variant: str) -> dg.AssetKey:
     return dg.AssetKey(f"eval_{benchmark}_{variant}")
 
 
-def _load_model(settings: InstructCVSettings, variant: str, config):
+def checkpoint_asset_key(variant: str) -> dg.AssetKey:
+    return dg.AssetKey(f"instructcv_{variant}_checkpoint")
+
+
+def materialised_checkpoint(instance: dg.DagsterInstance, variant: str) -> dict:
+    """The checkpoint the latest materialisation of ``instructcv_<variant>_checkpoint`` produced.
+
+    Read from that materialisation's metadata (``checkpoint_path``, ``train_result``), so evaluation
+    loads exactly what its upstream asset handed over and the lineage in the UI is the data flow
+    (no mutable pointer file). Returns ``pipeline_dir``, ``identity`` (the folder and a hash of its
+    training result), ``run_id`` (the training run) and ``asset``.
+    """
+    key = checkpoint_asset_key(variant)
+    event = instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise FileNotFoundError(f"{key.to_user_string()} has never been materialised: materialise it before evaluating "
+                                f"InstructCV-{variant.upper()}")
+    metadata = event.asset_materialization.metadata
+    missing = [k for k in ("checkpoint_path", "train_result") if k not in metadata]
+    if missing:
+        raise ValueError(f"the latest materialisation of {key.to_user_string()} (run {event.run_id}) has no "
+                         f"{', '.join(missing)} metadata: re-materialise it")
+    pipeline_dir, result = Path(metadata["checkpoint_path"].value), Path(metadata["train_result"].value)
+    for path in (pipeline_dir, result):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: recorded by the latest materialisation of {key.to_user_string()} "
+                                    f"(run {event.run_id}) but no longer on disk; re-materialise it")
+    identity = f"{pipeline_dir}@{hashlib.sha256(result.read_bytes()).hexdigest()[:16]}"
+    return {"pipeline_dir": str(pipeline_dir), "identity": identity, "run_id": event.run_id,
+            "asset": key.to_user_string()}
+
+
+def _load_model(instance: dg.DagsterInstance, settings: InstructCVSettings, variant: str, config):
     """(sampler factory, checkpoint identity, checkpoint description) of a variant."""
     from instructcv_core.inference.sampler import InstructCVSampler
 
@@ -71,13 +103,9 @@ def _load_model(settings: InstructCVSettings, variant: str, config):
             return InstructCVSampler(unet, base.vae, base.text_encoder, base.tokenizer, base.noise_scheduler.config, config.sampler)
 
         return factory, f"untrained:{source}@{_folder_fingerprint(Path(source))}", source
-    pointer = checkpoint_pointer(settings, variant)
-    if not pointer.exists():
-        raise FileNotFoundError(f"{pointer}: no {variant.upper()} checkpoint recorded; materialise instructcv_{variant}_checkpoint first")
-    info = json.loads(pointer.read_text())
-    result = Path(info["train_result"])
-    identity = f"{info['pipeline_dir']}@{hashlib.sha256(result.read_bytes()).hexdigest()[:16]}"
-    return (lambda: InstructCVSampler.from_pretrained(info["pipeline_dir"], config.sampler)), identity, info["pipeline_dir"]
+    checkpoint = materialised_checkpoint(instance, variant)
+    return ((lambda: InstructCVSampler.from_pretrained(checkpoint["pipeline_dir"], config.sampler)),
+            checkpoint["identity"], checkpoint["pipeline_dir"])
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -126,7 +154,7 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
         from instructcv_core.evaluation.run import evaluate_benchmark
 
         core = eval_config(config, settings)
-        factory, identity, checkpoint = _load_model(settings, variant, core)
+        factory, identity, checkpoint = _load_model(context.instance, settings, variant, core)
         cached = {}
 
         def sampler_factory():  # built once, on the first benchmark that must generate
@@ -190,6 +218,8 @@ def _metadata(result, url: str) -> dict:
         "unet_evaluations": int(result.counts["unet_evaluations"]),
         "generation_seconds": float(result.counts["generation_seconds"]), "reused_outputs": bool(result.counts["reused"]),
         "results_dir": dg.MetadataValue.path(result.paths["dir"]),
+        "checkpoint": str(result.identity["checkpoint"]),
+        "sampler": dg.MetadataValue.json(result.identity["sampler"]),
         "mlflow_run": dg.MetadataValue.url(url),
     }
     for protocol, values in result.metrics.items():
