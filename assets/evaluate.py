@@ -303,23 +303,34 @@ def results_tables(context: dg.AssetExecutionContext, settings: InstructCVSettin
     from instructcv_core.data.records import atomic_write_text
 
     out = settings.profile_dir / "tables"
-    results = tables.read_results(settings.profile_dir / "eval")
-    heldout = {}
-    for variant in ("fp", "rp"):
-        for name in TABLE_SPECS["table3"][1]:
-            details = eval_dir(settings, variant) / name / "details.json"
-            if details.exists():
-                heldout[variant] = {p: d.get("by_phrasing", {}) for p, d in json.loads(details.read_text()).items()}
-    built = {"table1": lambda: tables.table1(results), "table2": lambda: tables.table2(results),
-             "table3": lambda: tables.table3(heldout)}
     selected = [n for n in TABLE_SPECS if dg.AssetKey(n) in context.selected_asset_keys]
+    wanted = {b for n in selected for b in TABLE_SPECS[n][1]}
+    # exactly the results the upstream evaluation assets recorded (their latest materialisation)
+    sources = {(v, b): upstream_results_dir(context.instance, b, v) for b in wanted for v in ("fp", "rp")}
+    results = tables.read_results(sources)
+    statuses = raw_statuses(context.instance)
+    heldout = {}
+    for (variant, name), folder in sources.items():
+        if folder is not None and BENCHMARKS[name].table == "table3":
+            details = json.loads((folder / "details.json").read_text())
+            heldout[variant] = {p: d.get("by_phrasing", {}) for p, d in details.items()}
+    built = {"table1": lambda: tables.table1(results), "table2": lambda: tables.table2(results),
+             "table3": lambda: (tables.check_comparable(results, "ade20k_heldout"), tables.table3(heldout))[1]}
     with mlflow_tracking.start_run(context, settings, run_name=f"tables-{settings.profile}", tags={"stage": "tables"}) as (run, url):
         for name in selected:
             frame = built[name]()
+            benchmarks = TABLE_SPECS[name][1]
+            cells = tables.cells_table(results, benchmarks)
+            notes = tables.table_notes(results, benchmarks, statuses)
             markdown = tables.to_markdown(frame)
             if name == "table1":
                 markdown += "\n\nPublished rows of Table 1 (all models):\n\n" + tables.to_markdown(tables.table1_baselines())
+            if notes:
+                markdown += "\n\nNotes:\n\n" + "\n".join(f"- {n}" for n in notes)
+            if len(cells):
+                markdown += "\n\nWhere each of our cells comes from:\n\n" + tables.to_markdown(cells)
             write_table_frame(frame, out / f"{name}.parquet")
+            write_table_frame(cells, out / f"{name}_cells.parquet")
             frame.to_csv(out / f"{name}.csv.tmp", index=False)
             (out / f"{name}.csv.tmp").replace(out / f"{name}.csv")
             atomic_write_text(out / f"{name}.md", f"# {TABLE_SPECS[name][0]}\n\n{markdown}\n")
@@ -327,4 +338,32 @@ def results_tables(context: dg.AssetExecutionContext, settings: InstructCVSettin
                 mlflow.log_artifact(str(out / f"{name}.{suffix}"), artifact_path="tables")
             yield dg.MaterializeResult(asset_key=dg.AssetKey(name), metadata={
                 "table": dg.MetadataValue.md(markdown), "path": dg.MetadataValue.path(str(out / f"{name}.md")),
-                "rows": len(frame), "mlflow_run": dg.MetadataValue.url(url)})
+                "rows": len(frame), "cells": len(cells), "notes": dg.MetadataValue.json(notes),
+                "data_status": "complete" if not [n for n in notes if " is INCOMPLETE" in n] else "INCOMPLETE",
+                "mlflow_run": dg.MetadataValue.url(url)})
+
+
+def upstream_results_dir(instance: dg.DagsterInstance, benchmark: str, variant: str) -> Path | None:
+    """The results folder the latest materialisation of ``eval_<benchmark>_<variant>`` recorded, or None."""
+    event = instance.get_latest_materialization_event(asset_key(benchmark, variant))
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get("results_dir")
+    if value is None:
+        raise ValueError(f"the latest materialisation of {asset_key(benchmark, variant).to_user_string()} "
+                         f"(run {event.run_id}) has no results_dir metadata: re-materialise it")
+    return Path(value.value)
+
+
+def raw_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
+    """``raw_<dataset>`` -> the ``status`` its latest materialisation recorded (complete / INCOMPLETE ...)."""
+    from assets.raw import RAW_DATASETS
+
+    statuses = {}
+    for name in RAW_DATASETS:
+        event = instance.get_latest_materialization_event(dg.AssetKey(f"raw_{name}"))
+        if event is not None and event.asset_materialization is not None:
+            status = event.asset_materialization.metadata.get("status")
+            if status is not None:
+                statuses[f"raw_{name}"] = str(status.value)
+    return statuses

@@ -1,5 +1,6 @@
 """Evaluation planning, the trained-vs-untrained comparison, metric validity, and Tables 1-3."""
 
+import json
 import math
 from pathlib import Path
 
@@ -204,7 +205,27 @@ def test_metrics_table_uses_fixed_mlflow_keys():
 # Tables
 
 
-def results_dir(tmp_path: Path) -> Path:
+SAMPLER = {"steps": 100, "text_guidance": 7.5, "image_guidance": 1.5, "scheduler": "euler_ancestral",
+           "resolution": 256, "batch_size": 16, "dtype": "float16", "device": "auto"}
+
+
+def write_result(folder: Path, benchmark: str, metrics: dict, images=("a", "b"), sampler=None, ci: float | None = None,
+                 checkpoint: str = "ckpt@0123") -> Path:
+    """A synthetic evaluation results folder: metrics.parquet (with CI columns when ``ci`` is given),
+    identity.json and queries.parquet, as `evaluate_benchmark` writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = metrics_table(benchmark, metrics)
+    if ci is not None:
+        frame = frame.assign(n=len(images), ci_low=frame["value"] - ci, ci_high=frame["value"] + ci)
+    frame.to_parquet(folder / "metrics.parquet")
+    (folder / "identity.json").write_text(json.dumps({"checkpoint": checkpoint, "manifest": "m" * 64, "queries": "q",
+                                                      "sampler": sampler or SAMPLER, "instructions": "fp"}))
+    pd.DataFrame({"query_id": [f"q{i}" for i in range(len(images))], "image_id": list(images)}).to_parquet(folder / "queries.parquet")
+    return folder
+
+
+def results_dir(tmp_path: Path) -> dict:
+    sources = {}
     for variant, offset in (("fp", 0.0), ("rp", 1.0)):
         for benchmark, metrics in {
             "nyuv2": {"paper": {"rmse": 0.3}, "standard": {"rmse": 0.9}},
@@ -212,10 +233,8 @@ def results_dir(tmp_path: Path) -> Path:
             "fss1000": {"paper": {"miou": 50.0}, "standard": {"miou": 40.0}},
         }.items():
             shifted = {p: {m: v + offset for m, v in values.items()} for p, values in metrics.items()}
-            path = tmp_path / variant / benchmark / "metrics.parquet"
-            path.parent.mkdir(parents=True)
-            metrics_table(benchmark, shifted).to_parquet(path)
-    return tmp_path
+            sources[(variant, benchmark)] = write_result(tmp_path / variant / benchmark, benchmark, shifted)
+    return sources
 
 
 def test_table1_places_published_numbers_beside_ours(tmp_path):
@@ -229,7 +248,72 @@ def test_table1_places_published_numbers_beside_ours(tmp_path):
     assert math.isnan(table[table["benchmark"] == "ade20k"].iloc[0]["FP ours (paper)"])  # not evaluated: blank
     assert table["benchmark"].tolist()[:8] == ["nyuv2", "sunrgbd", "ade20k", "voc_seg", "pets", "imagenet_sub", "coco", "voc_det"]
     markdown = T.to_markdown(table)
-    assert "| nyuv2 " in markdown and "0.275" in markdown and "nan" not in markdown
+    assert "| nyuv2 " in markdown and "0.275" in markdown and "nan" not in markdown and "ci_low" not in markdown
+
+
+def test_tables_read_exactly_their_sources_and_record_each_cell(tmp_path):
+    sources = results_dir(tmp_path)
+    # a stray result in the evaluation folder (another sampler) is not picked up: no glob
+    write_result(tmp_path / "fp" / "nyuv2_old", "nyuv2", {"paper": {"rmse": 9.0}, "standard": {"rmse": 9.0}},
+                 sampler={**SAMPLER, "steps": 8})
+    results = T.read_results(sources)
+    assert set(results["source"]) == {str(path) for path in sources.values()}
+    cell = results[(results["variant"] == "rp") & (results["benchmark"] == "nyuv2") & (results["protocol"] == "paper")].iloc[0]
+    assert (cell["value"], cell["n"], cell["checkpoint"], cell["instructions"]) == (1.3, 2, "ckpt@0123", "fp")
+    assert cell["sampler"] == "scheduler euler_ancestral, steps 100, text_guidance 7.5, image_guidance 1.5, resolution 256, dtype float16"
+    assert cell["image_set"].startswith("2 images #")
+    assert T.read_results({("fp", "nyuv2"): None}).empty
+    with pytest.raises(ValueError, match="holds results of coco, expected nyuv2"):
+        T.read_results({("fp", "nyuv2"): sources[("fp", "coco")]})
+    with pytest.raises(FileNotFoundError, match="identity.json: missing"):
+        (sources[("fp", "coco")] / "identity.json").unlink()
+        T.read_results(sources)
+
+
+def test_tables_refuse_fp_and_rp_cells_computed_on_different_terms(tmp_path):
+    sources = results_dir(tmp_path)
+    metrics = {"paper": {"rmse": 1.0}, "standard": {"rmse": 2.0}}
+    sources[("rp", "nyuv2")] = write_result(tmp_path / "rp2" / "nyuv2", "nyuv2", metrics, sampler={**SAMPLER, "steps": 50})
+    with pytest.raises(T.IncomparableCells, match=r"nyuv2: the FP and RP results differ in sampler"):
+        T.table1(T.read_results(sources))
+    sources[("rp", "nyuv2")] = write_result(tmp_path / "rp3" / "nyuv2", "nyuv2", metrics, images=("a", "c"))
+    with pytest.raises(T.IncomparableCells, match=r"differ in image set"):
+        T.table1(T.read_results(sources))
+    # batch size and device do not change the outputs (each has its own seed): comparable
+    sources[("rp", "nyuv2")] = write_result(tmp_path / "rp4" / "nyuv2", "nyuv2", metrics,
+                                            sampler={**SAMPLER, "batch_size": 4, "device": "cuda"})
+    assert T.table1(T.read_results(sources)) is not None
+    fss = {"paper": {"miou": 1.0}, "standard": {"miou": 2.0}}
+    sources[("rp", "fss1000")] = write_result(tmp_path / "rp5" / "fss1000", "fss1000", fss, images=("z",))
+    with pytest.raises(T.IncomparableCells, match="fss1000"):
+        T.table2(T.read_results(sources))
+
+
+def test_tables_show_the_confidence_interval_where_the_results_have_one(tmp_path):
+    sources = results_dir(tmp_path)
+    sources[("fp", "ade20k")] = write_result(tmp_path / "fp" / "ade20k", "ade20k",
+                                             {"paper": {"miou": 52.1}, "standard": {"miou": 40.0, "pixel_acc": 70.0}}, ci=4.2)
+    results = T.read_results(sources)
+    table = T.table1(results)
+    ade = table[table["benchmark"] == "ade20k"].iloc[0]
+    assert (ade["FP ours (paper) ci_low"], ade["FP ours (paper) ci_high"]) == pytest.approx((47.9, 56.3))
+    markdown = T.to_markdown(table)
+    assert "52.100 [47.900, 56.300]" in markdown and "40.000 [35.800, 44.200]" in markdown
+    assert "| 0.300 " in markdown or " 0.300 |" in markdown  # nyuv2: no CI in its results, the value alone
+    notes = T.table_notes(results, ["nyuv2", "ade20k"], {"raw_nyuv2": "INCOMPLETE: sync.zip unavailable", "raw_coco": "complete"})
+    bare = [n for n in notes if n.startswith("no 95 % CI")]
+    assert len(bare) == 2 and all("/nyuv2/metrics.parquet" in n for n in bare)  # fp and rp nyuv2, not ade20k
+    assert "raw_nyuv2 is INCOMPLETE: sync.zip unavailable" in notes and not any("raw_coco" in n for n in notes)
+    # cells: the provenance of what the table shows
+    cells = T.cells_table(results, ["ade20k"])
+    assert cells["n"].tolist() == [2, 2, 2] and set(cells["protocol"]) == {"paper", "standard"}
+
+
+def test_the_paper_classification_column_carries_its_inversion_note(tmp_path):
+    table = T.table1(T.read_results(results_dir(tmp_path)))
+    notes = table.drop_duplicates("benchmark").set_index("benchmark")["note"]
+    assert "inverted" in notes["pets"] and "inverted" in notes["imagenet_sub"]
+    assert notes["nyuv2"] == "" and notes["coco"] == ""
 
 
 def test_table2_and_table3(tmp_path):

@@ -48,3 +48,21 @@ def test_a_materialisation_without_the_location_is_refused():
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=checkpoint_asset_key("rp"), metadata={"steps": 3}))
     with pytest.raises(ValueError, match="checkpoint_path, train_result"):
         materialised_checkpoint(instance, "rp")
+
+
+def test_tables_read_the_results_folder_their_upstream_recorded_and_the_raw_status(tmp_path):
+    from assets.evaluate import asset_key, raw_statuses, upstream_results_dir
+
+    instance = dg.DagsterInstance.ephemeral()
+    assert upstream_results_dir(instance, "nyuv2", "fp") is None
+    for folder in ("old", "new"):
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key=asset_key("nyuv2", "fp"), metadata={"results_dir": dg.MetadataValue.path(str(tmp_path / folder))}))
+    assert upstream_results_dir(instance, "nyuv2", "fp") == tmp_path / "new"
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset_key("coco", "rp"), metadata={"images": 3}))
+    with pytest.raises(ValueError, match="eval_coco_rp.*no results_dir"):
+        upstream_results_dir(instance, "coco", "rp")
+    status = "INCOMPLETE: sync.zip unavailable (HTTP 404): depth training falls from about 24,000 frames to 795"
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey("raw_nyuv2"), metadata={"status": status}))
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=dg.AssetKey("raw_coco"), metadata={"status": "complete"}))
+    assert raw_statuses(instance) == {"raw_nyuv2": status, "raw_coco": "complete"}
