@@ -153,7 +153,7 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
         from instructcv_core.data.imagestore import ImageStore
         from instructcv_core.evaluation.run import evaluate_benchmark
 
-        core = eval_config(config, settings)
+        core = eval_config(config, settings).for_checkpoint(variant)  # how this checkpoint is asked
         factory, identity, checkpoint = _load_model(context.instance, settings, variant, core)
         cached = {}
 
@@ -172,6 +172,7 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
                                        tags={"stage": "eval", "variant": variant, "checkpoint": checkpoint}) as (run, url):
             mlflow.log_params({"checkpoint": checkpoint, **{f"sampler.{k}": v for k, v in core.sampler.to_dict().items()},
                                "protocols": ",".join(core.protocols), "max_images": core.max_images,
+                               "instructions": core.instructions,
                                "heldout_images": core.heldout_images, "standard_classes": core.standard_classes})
             for name in selected:
                 result = evaluate_benchmark(

@@ -122,6 +122,40 @@ def test_heldout_questions_use_every_phrasing(tmp_path):
     assert "Which image segments contain the sky?" in set(q["instruction"])
 
 
+OFFICIAL_SEG_POOL = [  # infer/edit_cli_seg.py, inference_seg, `if rephrase:` (verbatim)
+    "Could someone please break down the % \\into individual parts?", "Can you provide me with a segment of the %?",
+    "Please divide the % \\into smaller parts", "Segment the %", "Can you provide me with a segment of the %?",
+    "Help me segment the %", "Would you be willing to split the % with me?"]
+
+
+def test_each_checkpoint_is_asked_as_the_paper_asked_it(tmp_path):
+    # as_paper: FP (and the untrained base) get the fixed templates, RP the official --rephrase pool
+    config = EvalConfig()
+    assert config.instructions == "as_paper"
+    assert [config.for_checkpoint(v).instruction_mode() for v in ("fp", "rp", "untrained")] == ["fp", "rp_pool", "fp"]
+    assert EvalConfig(instructions="fp").for_checkpoint("rp").instruction_mode() == "fp"
+    with pytest.raises(ValueError, match="instructions"):
+        EvalConfig(instructions="rp")
+    b = seg_bench(tmp_path)
+    rp = plan_queries(b, config.for_checkpoint("rp"))
+    fp = plan_queries(b, config.for_checkpoint("fp"))
+    assert fp["instruction"].str.match(r"^Segment the \w+\.$").all()
+    allowed = {(c, t.replace("%", c)) for c in ("wall", "cat", "dog", "sky", "tree") for t in OFFICIAL_SEG_POOL}
+    assert set(zip(rp["category"], rp["instruction"])) <= allowed
+    assert len(set(rp["instruction"].str.replace(r"(wall|cat|dog|sky|tree)", "%", regex=True))) > 1  # drawn per question
+    assert rp["instruction"].tolist() == plan_queries(b, config.for_checkpoint("rp"))["instruction"].tolist()  # seeded
+    key = ["image_id", "category", "paper", "standard"]
+    assert rp[key].sort_values(key).values.tolist() == fp[key].sort_values(key).values.tolist()  # the same questions
+    # no official pool for detection: RP is asked the fixed template there too
+    from instructcv_core.instructions.templates import test_instruction
+
+    assert test_instruction("detection", "rp_pool", 0, "k", category="cat") == "Detect the cat."
+    # Table 3's held-out phrasings stay the separate robustness test, whatever the mode
+    b.spec = BENCHMARKS["ade20k_heldout"]
+    heldout = plan_queries(b, config.for_checkpoint("rp"), ["Segment %category%."])
+    assert set(heldout["instruction"]) == {"Segment cat.", "Segment dog.", "Segment sky."}
+
+
 def test_select_images_is_a_deterministic_prefix():
     ids = [f"img{i}" for i in range(20)]
     five = select_images(ids, 5, 0, "ade20k")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from instructcv_core.evaluation.protocols import paper, standard
-from instructcv_core.instructions.templates import FP_TEMPLATES, render
+from instructcv_core.instructions.templates import test_instruction
 from instructcv_core.tasks.base import MetricSpec, Prediction, Question, Target, per_image
 from instructcv_core.tasks.category_names import prompt_name
 from instructcv_core.tasks.colours import PALETTE, Colour, draw_colour_pair, mean_rgb, rgb
@@ -143,7 +143,9 @@ class ClassificationEvaluation:
         pos, neg = config.positive_colour, config.negative_colour
 
         def ask(image_id, category):
-            text = render(FP_TEMPLATES["classification"], category=prompt_name(bench.dataset, category), color=pos, color2=neg)
+            text = test_instruction("classification", config.instruction_mode(), config.seed,
+                                    f"{bench.name}|{image_id}|{category}", category=prompt_name(bench.dataset, category),
+                                    color=pos, color2=neg)
             return Question(image_id, text, category, False, True, pos, neg)
 
         def ask_paper(image_id, category):
