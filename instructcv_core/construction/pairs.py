@@ -183,7 +183,7 @@ def build_unit(unit: WorkUnit, config: BuildConfig, store: ImageStore) -> list[d
         key = "|".join(
             str(v) for v in (unit.role, unit.benchmark or "-", unit.task, record.dataset, record.split,
                              record.image_id, target.category or "-", target.variant or "-", target.positive)
-        )
+        ) + (f"|{target.tag}" if target.tag is not None else "")
         rows.append({
             **base,
             "sample_key": key,

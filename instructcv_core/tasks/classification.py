@@ -25,6 +25,20 @@ from instructcv_core.tasks.colours import PALETTE, Colour, draw_colour_pair, mea
 
 #: The two answers of the binary variant (records with a ``species``).
 SPECIES = ("cat", "dog")
+#: The official FP construction of the binary variant (``build_data/format_dataset_fp.py``,
+#: ``proc_oxford_pets_binary``): fixed colours, five questions per cat image and four per dog image.
+#: Each: (class named, colour if present, colour if absent, colour shown). The official wording
+#: ("show purple if there exists cat, otherwise show orange") is rendered with our FP template.
+OFFICIAL_FP_BINARY: dict[str, tuple[tuple[str, str, str, str], ...]] = {
+    "cat": (("cat", "purple", "orange", "purple"), ("cat", "purple", "black", "purple"),
+            ("dog", "purple", "blue", "blue"), ("dog", "purple", "red", "red"), ("dog", "purple", "green", "green")),
+    "dog": (("dog", "orange", "black", "orange"), ("dog", "green", "black", "green"),
+            ("cat", "orange", "red", "red"), ("cat", "orange", "blue", "blue")),
+}
+#: Pair variants only one manifest takes: the binary questions with random colour pairs (RP, the
+#: official ``proc_oxford_pets_binary_ifelse``) and with the fixed official FP colours.
+RP_ONLY_VARIANTS = frozenset({"binary"})
+FP_ONLY_VARIANTS = frozenset({"binary_fp"})
 
 # --------------------------------------------------------------------------------------------
 # encoding and decoding
@@ -220,7 +234,11 @@ class ClassificationTask:
         return record.label_name is not None
 
     def targets(self, record, root: Path, image, class_names, config) -> list[Target]:
-        """Positive and negative colour blocks; every draw is seeded by the image and the question."""
+        """Positive and negative colour blocks; every draw is seeded by the image and the question.
+
+        Pets' binary cat/dog questions come twice: with seeded random colour pairs (variant
+        ``binary``, for the RP manifest, as the official RP builder) and with the official FP
+        builder's fixed colours (variant ``binary_fp``, :data:`OFFICIAL_FP_BINARY`, for the FP manifest)."""
         size = (image.shape[1], image.shape[0])
         questions: list[tuple[str, str, bool]] = []  # (variant, class named, is it the image's class)
         if record.species is not None:
@@ -238,12 +256,17 @@ class ClassificationTask:
             color, color2 = draw_colour_pair(rng)
             block = encode_classification(PALETTE[color if positive else color2], size)
             targets.append(Target(block, name, prompt_name(record.dataset, name), variant, positive, color, color2))
+        if record.species is not None and "binary" in config.pets_variants:
+            for name, color, color2, shown in OFFICIAL_FP_BINARY[record.species]:
+                targets.append(Target(encode_classification(shown, size), name, prompt_name(record.dataset, name),
+                                      "binary_fp", name == record.species, color, color2, tag=f"{color}/{color2}"))
         return targets
 
     def expected_pairs(self, record, class_names, config) -> int:
         negatives = min(config.classification_negatives, max(0, len(class_names) - 1))
         if record.species is not None:
-            return 2 * ("binary" in config.pets_variants) + (1 + negatives) * ("breeds" in config.pets_variants)
+            binary = 2 + len(OFFICIAL_FP_BINARY[record.species])  # RP's two questions, FP's fixed ones
+            return binary * ("binary" in config.pets_variants) + (1 + negatives) * ("breeds" in config.pets_variants)
         return 1 + negatives
 
     def instruction_slots(self, row) -> dict[str, str]:
