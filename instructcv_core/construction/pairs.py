@@ -2,7 +2,8 @@
 
 A *pair* is one input image, one task, one category (where the task has one) and the target image
 the model must draw (its task's ``targets`` in `instructcv_core.tasks`). Instructions are attached later
-(`instructcv_core.construction.manifest`), so the same pairs serve the FP and RP manifests.
+(`instructcv_core.construction.manifest`), so the same pairs serve the FP and RP manifests (except
+Pets' binary questions, which FP asks with the official fixed colours and RP with random pairs).
 
 Which raw splits feed training and which benchmarks are tested: `instructcv_core.benchmarks`.
 
@@ -14,7 +15,9 @@ Which raw splits feed training and which benchmarks are tested: `instructcv_core
   metric depth (the hole-filled map where the dataset has one).
 - Classification: per image, one positive pair (its class named, target = the positive colour) and
   negatives (another class named, target = the negative colour). Oxford-IIIT Pet (records with a
-  species) yields the paper's binary cat/dog variant and a 37-breed variant. Colours are drawn per pair, seeded.
+  species) yields the paper's binary cat/dog variant and a 37-breed variant. Colours are drawn per pair, seeded,
+  except in the binary variant's FP copy, which uses the official FP builder's fixed colours.
+- Open-vocabulary test sets (FSS-1000) leave out every image whose class a training dataset names.
 
 Inputs and targets are resized to the training resolution (square, LANCZOS, as the official loader)
 and stored content-addressed (`ImageStore`); test pairs also keep the original-resolution input and
