@@ -34,7 +34,7 @@ FP_TEMPLATES: dict[str, str] = {
 }
 
 #: The test-time pool of the official ``--rephrase`` option (``infer/edit_cli_seg.py``,
-#: ``inference_seg``), verbatim: ``%`` is the class name, the literal ``\\into`` and the repeated
+#: ``inference_seg``), verbatim: ``%`` is the class name, the literal ``\into`` and the repeated
 #: entry are the official text. The official script draws one with ``random.choice`` per (image,
 #: class); :func:`test_instruction` draws it with :func:`pick`. The official code has no such pool
 #: for detection or classification, and the depth pool the reference mentions is not in the
