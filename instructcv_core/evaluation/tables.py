@@ -191,9 +191,10 @@ def table_notes(results: pd.DataFrame, benchmarks: Iterable[str], statuses: Mapp
     notes = []
     cells = results[results["benchmark"].isin(list(benchmarks))]
     bare = cells[cells["ci_low"].isna() | cells["ci_high"].isna()]
-    for source, group in bare.groupby("source"):
-        notes.append(f"no 95 % CI in {source}/metrics.parquet (results written before confidence intervals were "
-                     f"recorded): {', '.join(sorted(set(group['protocol'] + '/' + group['metric'])))} shown without one")
+    if len(bare):
+        names = sorted({f"{v.upper()} {b}" for v, b in zip(bare["variant"], bare["benchmark"])})
+        notes.append(f"no 95 % CI in the metrics.parquet of {', '.join(names)} (results written before confidence "
+                     "intervals were recorded): those values are shown without one")
     for asset, status in sorted((statuses or {}).items()):
         if status and status != "complete":
             notes.append(f"{asset} is {status}")
