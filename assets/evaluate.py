@@ -19,7 +19,7 @@ import dagster as dg
 from assets.datasets import test_manifests
 from assets.instructions import heldout_instructions
 from assets.model import base_model, resolve_base_model
-from assets.train import checkpoint_pointer, instructcv_fp_checkpoint, instructcv_rp_checkpoint
+from assets.train import instructcv_fp_checkpoint, instructcv_rp_checkpoint
 from instructcv_core.benchmarks import BENCHMARKS, TABLES
 from instructcv_core.evaluation.config import EvalConfig
 from instructcv_core.inference.config import SamplerConfig
@@ -55,7 +55,39 @@ def asset_key(benchmark: str, variant: str) -> dg.AssetKey:
     return dg.AssetKey(f"eval_{benchmark}_{variant}")
 
 
-def _load_model(settings: InstructCVSettings, variant: str, config):
+def checkpoint_asset_key(variant: str) -> dg.AssetKey:
+    return dg.AssetKey(f"instructcv_{variant}_checkpoint")
+
+
+def materialised_checkpoint(instance: dg.DagsterInstance, variant: str) -> dict:
+    """The checkpoint the latest materialisation of ``instructcv_<variant>_checkpoint`` produced.
+
+    Read from that materialisation's metadata (``checkpoint_path``, ``train_result``), so evaluation
+    loads exactly what its upstream asset handed over and the lineage in the UI is the data flow
+    (no mutable pointer file). Returns ``pipeline_dir``, ``identity`` (the folder and a hash of its
+    training result), ``run_id`` (the training run) and ``asset``.
+    """
+    key = checkpoint_asset_key(variant)
+    event = instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise FileNotFoundError(f"{key.to_user_string()} has never been materialised: materialise it before evaluating "
+                                f"InstructCV-{variant.upper()}")
+    metadata = event.asset_materialization.metadata
+    missing = [k for k in ("checkpoint_path", "train_result") if k not in metadata]
+    if missing:
+        raise ValueError(f"the latest materialisation of {key.to_user_string()} (run {event.run_id}) has no "
+                         f"{', '.join(missing)} metadata: re-materialise it")
+    pipeline_dir, result = Path(metadata["checkpoint_path"].value), Path(metadata["train_result"].value)
+    for path in (pipeline_dir, result):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: recorded by the latest materialisation of {key.to_user_string()} "
+                                    f"(run {event.run_id}) but no longer on disk; re-materialise it")
+    identity = f"{pipeline_dir}@{hashlib.sha256(result.read_bytes()).hexdigest()[:16]}"
+    return {"pipeline_dir": str(pipeline_dir), "identity": identity, "run_id": event.run_id,
+            "asset": key.to_user_string()}
+
+
+def _load_model(instance: dg.DagsterInstance, settings: InstructCVSettings, variant: str, config):
     """(sampler factory, checkpoint identity, checkpoint description) of a variant."""
     from instructcv_core.inference.sampler import InstructCVSampler
 
@@ -71,13 +103,9 @@ def _load_model(settings: InstructCVSettings, variant: str, config):
             return InstructCVSampler(unet, base.vae, base.text_encoder, base.tokenizer, base.noise_scheduler.config, config.sampler)
 
         return factory, f"untrained:{source}@{_folder_fingerprint(Path(source))}", source
-    pointer = checkpoint_pointer(settings, variant)
-    if not pointer.exists():
-        raise FileNotFoundError(f"{pointer}: no {variant.upper()} checkpoint recorded; materialise instructcv_{variant}_checkpoint first")
-    info = json.loads(pointer.read_text())
-    result = Path(info["train_result"])
-    identity = f"{info['pipeline_dir']}@{hashlib.sha256(result.read_bytes()).hexdigest()[:16]}"
-    return (lambda: InstructCVSampler.from_pretrained(info["pipeline_dir"], config.sampler)), identity, info["pipeline_dir"]
+    checkpoint = materialised_checkpoint(instance, variant)
+    return ((lambda: InstructCVSampler.from_pretrained(checkpoint["pipeline_dir"], config.sampler)),
+            checkpoint["identity"], checkpoint["pipeline_dir"])
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -125,8 +153,8 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
         from instructcv_core.data.imagestore import ImageStore
         from instructcv_core.evaluation.run import evaluate_benchmark
 
-        core = eval_config(config, settings)
-        factory, identity, checkpoint = _load_model(settings, variant, core)
+        core = eval_config(config, settings).for_checkpoint(variant)  # how this checkpoint is asked
+        factory, identity, checkpoint = _load_model(context.instance, settings, variant, core)
         cached = {}
 
         def sampler_factory():  # built once, on the first benchmark that must generate
@@ -144,6 +172,7 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
                                        tags={"stage": "eval", "variant": variant, "checkpoint": checkpoint}) as (run, url):
             mlflow.log_params({"checkpoint": checkpoint, **{f"sampler.{k}": v for k, v in core.sampler.to_dict().items()},
                                "protocols": ",".join(core.protocols), "max_images": core.max_images,
+                               "instructions": core.instructions,
                                "heldout_images": core.heldout_images, "standard_classes": core.standard_classes})
             for name in selected:
                 result = evaluate_benchmark(
@@ -190,6 +219,8 @@ def _metadata(result, url: str) -> dict:
         "unet_evaluations": int(result.counts["unet_evaluations"]),
         "generation_seconds": float(result.counts["generation_seconds"]), "reused_outputs": bool(result.counts["reused"]),
         "results_dir": dg.MetadataValue.path(result.paths["dir"]),
+        "checkpoint": str(result.identity["checkpoint"]),
+        "sampler": dg.MetadataValue.json(result.identity["sampler"]),
         "mlflow_run": dg.MetadataValue.url(url),
     }
     for protocol, values in result.metrics.items():
@@ -273,23 +304,34 @@ def results_tables(context: dg.AssetExecutionContext, settings: InstructCVSettin
     from instructcv_core.data.records import atomic_write_text
 
     out = settings.profile_dir / "tables"
-    results = tables.read_results(settings.profile_dir / "eval")
-    heldout = {}
-    for variant in ("fp", "rp"):
-        for name in TABLE_SPECS["table3"][1]:
-            details = eval_dir(settings, variant) / name / "details.json"
-            if details.exists():
-                heldout[variant] = {p: d.get("by_phrasing", {}) for p, d in json.loads(details.read_text()).items()}
-    built = {"table1": lambda: tables.table1(results), "table2": lambda: tables.table2(results),
-             "table3": lambda: tables.table3(heldout)}
     selected = [n for n in TABLE_SPECS if dg.AssetKey(n) in context.selected_asset_keys]
+    wanted = {b for n in selected for b in TABLE_SPECS[n][1]}
+    # exactly the results the upstream evaluation assets recorded (their latest materialisation)
+    sources = {(v, b): upstream_results_dir(context.instance, b, v) for b in wanted for v in ("fp", "rp")}
+    results = tables.read_results(sources)
+    statuses = raw_statuses(context.instance)
+    heldout = {}
+    for (variant, name), folder in sources.items():
+        if folder is not None and BENCHMARKS[name].table == "table3":
+            details = json.loads((folder / "details.json").read_text())
+            heldout[variant] = {p: d.get("by_phrasing", {}) for p, d in details.items()}
+    built = {"table1": lambda: tables.table1(results), "table2": lambda: tables.table2(results),
+             "table3": lambda: (tables.check_comparable(results, "ade20k_heldout"), tables.table3(heldout))[1]}
     with mlflow_tracking.start_run(context, settings, run_name=f"tables-{settings.profile}", tags={"stage": "tables"}) as (run, url):
         for name in selected:
             frame = built[name]()
+            benchmarks = TABLE_SPECS[name][1]
+            cells = tables.cells_table(results, benchmarks)
+            notes = tables.table_notes(results, benchmarks, statuses)
             markdown = tables.to_markdown(frame)
             if name == "table1":
                 markdown += "\n\nPublished rows of Table 1 (all models):\n\n" + tables.to_markdown(tables.table1_baselines())
+            if notes:
+                markdown += "\n\nNotes:\n\n" + "\n".join(f"- {n}" for n in notes)
+            if len(cells):
+                markdown += "\n\nWhere each of our cells comes from:\n\n" + tables.to_markdown(cells)
             write_table_frame(frame, out / f"{name}.parquet")
+            write_table_frame(cells, out / f"{name}_cells.parquet")
             frame.to_csv(out / f"{name}.csv.tmp", index=False)
             (out / f"{name}.csv.tmp").replace(out / f"{name}.csv")
             atomic_write_text(out / f"{name}.md", f"# {TABLE_SPECS[name][0]}\n\n{markdown}\n")
@@ -297,4 +339,32 @@ def results_tables(context: dg.AssetExecutionContext, settings: InstructCVSettin
                 mlflow.log_artifact(str(out / f"{name}.{suffix}"), artifact_path="tables")
             yield dg.MaterializeResult(asset_key=dg.AssetKey(name), metadata={
                 "table": dg.MetadataValue.md(markdown), "path": dg.MetadataValue.path(str(out / f"{name}.md")),
-                "rows": len(frame), "mlflow_run": dg.MetadataValue.url(url)})
+                "rows": len(frame), "cells": len(cells), "notes": dg.MetadataValue.json(notes),
+                "data_status": "complete" if not [n for n in notes if " is INCOMPLETE" in n] else "INCOMPLETE",
+                "mlflow_run": dg.MetadataValue.url(url)})
+
+
+def upstream_results_dir(instance: dg.DagsterInstance, benchmark: str, variant: str) -> Path | None:
+    """The results folder the latest materialisation of ``eval_<benchmark>_<variant>`` recorded, or None."""
+    event = instance.get_latest_materialization_event(asset_key(benchmark, variant))
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get("results_dir")
+    if value is None:
+        raise ValueError(f"the latest materialisation of {asset_key(benchmark, variant).to_user_string()} "
+                         f"(run {event.run_id}) has no results_dir metadata: re-materialise it")
+    return Path(value.value)
+
+
+def raw_statuses(instance: dg.DagsterInstance) -> dict[str, str]:
+    """``raw_<dataset>`` -> the ``status`` its latest materialisation recorded (complete / INCOMPLETE ...)."""
+    from assets.raw import RAW_DATASETS
+
+    statuses = {}
+    for name in RAW_DATASETS:
+        event = instance.get_latest_materialization_event(dg.AssetKey(f"raw_{name}"))
+        if event is not None and event.asset_materialization is not None:
+            status = event.asset_materialization.metadata.get("status")
+            if status is not None:
+                statuses[f"raw_{name}"] = str(status.value)
+    return statuses

@@ -73,13 +73,20 @@ def raw_dataset_asset(name: str, description: str) -> dg.AssetsDefinition:
             allow_download=config.allow_download, retries=settings.download_retries,
             reader_options=config.reader_options, info=context.log.info, show_bar=settings.progress_bars,
             origin_override="mini" if settings.profile == "mini" and not config.extracted_dir else None,
+            warn=context.log.warning,
         )
         records, root, _ = read_records(result.records_path)
         grid = sample_grid(records, root)
         grid_path = target / "sample_grid.png"
         grid.save(grid_path)
+        if result.missing_optional:
+            context.log.warning(f"raw_{name}: {result.status}")
         return dg.MaterializeResult(
             metadata={
+                # "complete", or INCOMPLETE with each missing optional file and what it costs; the
+                # results tables repeat it (`results_tables`)
+                "status": result.status,
+                "missing_optional_files": dg.MetadataValue.json(result.missing_optional),
                 "records": result.n_records,
                 "quarantined": result.n_quarantined,
                 "splits": dg.MetadataValue.md(_table(result.split_counts, "split", "images")),

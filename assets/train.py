@@ -141,7 +141,9 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
 
 
 def checkpoint_pointer(settings: InstructCVSettings, variant: str) -> Path:
-    """The file naming the checkpoint a variant's asset last materialised (what evaluation loads)."""
+    """A convenience file naming the checkpoint a variant's asset last materialised, for the command
+    line (``instructcv predict --checkpoint data/<profile>/train/<variant>``). Evaluation does not read
+    it: it takes the checkpoint from this asset's materialisation metadata (`assets.evaluate`)."""
     return settings.profile_dir / "train" / variant / "current.json"
 
 
@@ -155,7 +157,11 @@ def _write_pointer(settings: InstructCVSettings, variant: str, result_path: Path
 
 
 def _summary_metadata(summary: dict, config_path: Path) -> dict:
-    return {"checkpoint_path": dg.MetadataValue.path(summary["pipeline_dir"]), "steps": summary["steps"],
+    """What evaluation reads from this asset's materialisation (``checkpoint_path``, ``train_result``)
+    and what a reader of the UI wants to see."""
+    result = Path(config_path).parent / "train_result.json"
+    return {"checkpoint_path": dg.MetadataValue.path(summary["pipeline_dir"]),
+            "train_result": dg.MetadataValue.path(str(result)), "steps": summary["steps"],
             "samples_per_second": summary["samples_per_second"], "final_loss": summary["final_loss"],
             "stopped_by": summary.get("stopped_by", ""), "config_path": dg.MetadataValue.path(str(config_path))}
 

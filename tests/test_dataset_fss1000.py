@@ -102,6 +102,30 @@ def test_split_file_and_split_folder(built, tmp_path):
         fss1000.read(root, split_file=tmp_path / "nothere.txt")
 
 
+def test_hsnet_test_split_reads_the_downloaded_class_list(built, tmp_path):
+    # the standard FSS-1000 test set is HSNet's 240 test classes (520/240/240 class split), not all 1,000
+    import shutil
+
+    _, root, _ = built
+    work = tmp_path / "extracted"
+    shutil.copytree(root, work / fss1000.SPEC.root_subdir)
+    with pytest.raises(DatasetLayoutError, match=fss1000.HSNET_TEST_NAME):
+        fss1000.read(work / fss1000.SPEC.root_subdir, split="hsnet_test")
+    (work / fss1000.HSNET_TEST_NAME).write_text("starfish\nhexnut\n")
+    result = fss1000.read(work / fss1000.SPEC.root_subdir, split="hsnet_test")
+    assert {r.image_id.split("/")[0]: r.split for r in result.records} == {"hexnut": "test", "starfish": "test"}
+    assert fss1000.HSNET_TEST_NAME in {f.filename for f in fss1000.SPEC.files}
+    with pytest.raises(ValueError, match="split"):
+        fss1000.read(root, split="val")
+
+
+def test_paper_config_reads_the_standard_fss_test_classes():
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "paper.yaml").read_text())
+    assert config["ops"]["raw_fss1000"]["config"]["reader_options"] == {"split": "hsnet_test"}
+
+
 def test_corrupt_image_and_missing_mask_are_quarantined(tmp_path):
     root = _extract(mini.write_archives(tmp_path / "a", 1, {"classes": 2, "per_class": 3}), tmp_path / "x")
     (root / "starfish/2.jpg").write_bytes(b"not an image at all")

@@ -132,6 +132,37 @@ def test_depth_bfx_variant_and_split_file(root, tmp_path):
         sunrgbd.read(root, split_file=tmp_path / "missing_splits.txt")
 
 
+def test_mdet_test_split_reads_the_downloaded_list_and_fails_loudly_without_it(root, tmp_path):
+    # the paper profile's SUN RGB-D is the standard test split (5,050 lines in MDET's
+    # SUNRGBD_val_splits.txt) minus its NYU part (4,396), not every scene folder
+    work = tmp_path / "extracted"
+    shutil.copytree(root, work / "SUNRGBD")
+    with pytest.raises(DatasetLayoutError, match=sunrgbd.MDET_SPLIT_NAME):
+        sunrgbd.read(work / "SUNRGBD", split="mdet_test")
+    chosen = sorted(sunrgbd.find_scenes(root))[::2]
+    lines = []
+    for scene in chosen:
+        image = next((root / scene / "image").iterdir()).name
+        depth = next((root / scene / "depth").iterdir()).name
+        lines.append(f"SUNRGBD/{scene}/image/{image} SUNRGBD/{scene}/depth/{depth}\n")
+    (work / sunrgbd.MDET_SPLIT_NAME).write_text("".join(lines))
+    res = sunrgbd.read(work / "SUNRGBD", split="mdet_test")
+    assert sorted(r.image_id for r in res.records) == sorted(s for s in chosen if not s.startswith("kv1/NYUdata/"))
+    assert len(res.records) < len(sunrgbd.read(work / "SUNRGBD").records)
+    with pytest.raises(ValueError, match="split"):
+        sunrgbd.read(work / "SUNRGBD", split="val")
+    assert sunrgbd.MDET_SPLIT_NAME in {f.filename for f in sunrgbd.SPEC.files}
+
+
+def test_paper_config_reads_the_standard_sunrgbd_test_split():
+    import yaml
+    from pathlib import Path
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "paper.yaml").read_text())
+    options = config["ops"]["raw_sunrgbd"]["config"]["reader_options"]
+    assert options == {"split": "mdet_test", "exclude_nyu": True}
+
+
 def test_corrupt_image_and_missing_depth_are_quarantined(root, tmp_path):
     copy = shutil.copytree(root, tmp_path / "SUNRGBD")
     scenes = [s for s in sunrgbd.find_scenes(copy) if not s.startswith("kv1/NYUdata")]

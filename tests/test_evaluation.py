@@ -1,5 +1,6 @@
 """Evaluation planning, the trained-vs-untrained comparison, metric validity, and Tables 1-3."""
 
+import json
 import math
 from pathlib import Path
 
@@ -64,16 +65,41 @@ def test_seeds_depend_on_the_question_only(tmp_path):
     assert plan_queries(b, EvalConfig(seed=1))["seed"].tolist() != q1["seed"].tolist()
 
 
-def test_pets_classification_questions(tmp_path):
+def pets_bench(tmp_path):
     rows = [{"image_id": "Bengal_1", "category": "Bengal", "input_original_digest": "d1"}]
     records = [ImageRecord("pets", "Bengal_1", "test", "Bengal_1.jpg", 8, 8, label_name="Bengal", species="cat")]
-    b = bench(tmp_path, "pets", "classification", "pets", rows, records, ["Bengal", "beagle", "pug"])
-    q = plan_queries(b, EvalConfig())
-    asked = dict(zip(q["category"], zip(q["paper"], q["standard"])))
-    assert asked == {"Bengal": (False, True), "beagle": (False, True), "pug": (False, True),
-                     "cat": (True, True), "dog": (True, True)}
-    assert "Show red if the picture has cat, otherwise show green." in set(q["instruction"])
+    return bench(tmp_path, "pets", "classification", "pets", rows, records, ["Bengal", "beagle", "pug"])
+
+
+def test_pets_classification_questions(tmp_path):
+    q = plan_queries(pets_bench(tmp_path), EvalConfig())
+    standard_asked = q[q["standard"]]
+    assert sorted(standard_asked["category"]) == ["Bengal", "beagle", "cat", "dog", "pug"]
+    assert "Show red if the picture has cat, otherwise show green." in set(standard_asked["instruction"])
+    # paper: the official inference instruction of infer/edit_cli_cls.py (typo kept), cat and dog
+    paper_asked = q[q["paper"]]
+    assert sorted(paper_asked["instruction"]) == ["Show red if there exsits cat; if not, show green instead.",
+                                                  "Show red if there exsits dog; if not, show green instead."]
+    assert not (q["paper"] & q["standard"]).any()
     assert set(q["colour"]) == {"red"} and set(q["colour2"]) == {"green"}
+
+
+def test_paper_pets_label_comes_from_the_breed_as_official(tmp_path):
+    # Official evaluate_cls.py (5814835): the label is looked up from the breed in the file name,
+    # cat set first, then the dog set; "Bengal" is in both, so Bengal_1 is a dog. An ideal model
+    # answers red (present) to "cat" and green (absent) to "dog"; the scorer picks the query nearer
+    # green (dog), which matches the official label: 100 % (with the record's species, cat: 0 %).
+    from instructcv_core.evaluation.scoring import score
+
+    b = pets_bench(tmp_path)
+    q = plan_queries(b, EvalConfig())
+    colour = {"cat": (255, 0, 0), "dog": (0, 255, 0)}
+    images = {row.query_id: np.full((4, 4, 3), colour.get(row.category, (0, 0, 255)), dtype=np.uint8)
+              for row in q.itertuples()}
+    outputs = q.assign(output_digest=q["query_id"])
+    result = score(b, outputs, lambda digest: images[digest], lambda digest: None, EvalConfig())
+    assert result.metrics["paper"]["accuracy"] == 100.0
+    assert result.details["paper"]["images"] == 1 and result.details["paper"]["near_ties"] == 0
 
 
 def test_detection_and_depth_questions(tmp_path):
@@ -94,6 +120,40 @@ def test_heldout_questions_use_every_phrasing(tmp_path):
     assert len(q) == 3 * 2
     assert set(q["phrasing"]) == {"Segment %category%.", "Which image segments contain the %category%?"}
     assert "Which image segments contain the sky?" in set(q["instruction"])
+
+
+OFFICIAL_SEG_POOL = [  # infer/edit_cli_seg.py, inference_seg, `if rephrase:` (verbatim)
+    "Could someone please break down the % \\into individual parts?", "Can you provide me with a segment of the %?",
+    "Please divide the % \\into smaller parts", "Segment the %", "Can you provide me with a segment of the %?",
+    "Help me segment the %", "Would you be willing to split the % with me?"]
+
+
+def test_each_checkpoint_is_asked_as_the_paper_asked_it(tmp_path):
+    # as_paper: FP (and the untrained base) get the fixed templates, RP the official --rephrase pool
+    config = EvalConfig()
+    assert config.instructions == "as_paper"
+    assert [config.for_checkpoint(v).instruction_mode() for v in ("fp", "rp", "untrained")] == ["fp", "rp_pool", "fp"]
+    assert EvalConfig(instructions="fp").for_checkpoint("rp").instruction_mode() == "fp"
+    with pytest.raises(ValueError, match="instructions"):
+        EvalConfig(instructions="rp")
+    b = seg_bench(tmp_path)
+    rp = plan_queries(b, config.for_checkpoint("rp"))
+    fp = plan_queries(b, config.for_checkpoint("fp"))
+    assert fp["instruction"].str.match(r"^Segment the \w+\.$").all()
+    allowed = {(c, t.replace("%", c)) for c in ("wall", "cat", "dog", "sky", "tree") for t in OFFICIAL_SEG_POOL}
+    assert set(zip(rp["category"], rp["instruction"])) <= allowed
+    assert len(set(rp["instruction"].str.replace(r"(wall|cat|dog|sky|tree)", "%", regex=True))) > 1  # drawn per question
+    assert rp["instruction"].tolist() == plan_queries(b, config.for_checkpoint("rp"))["instruction"].tolist()  # seeded
+    key = ["image_id", "category", "paper", "standard"]
+    assert rp[key].sort_values(key).values.tolist() == fp[key].sort_values(key).values.tolist()  # the same questions
+    # no official pool for detection: RP is asked the fixed template there too
+    from instructcv_core.instructions.templates import test_instruction
+
+    assert test_instruction("detection", "rp_pool", 0, "k", category="cat") == "Detect the cat."
+    # Table 3's held-out phrasings stay the separate robustness test, whatever the mode
+    b.spec = BENCHMARKS["ade20k_heldout"]
+    heldout = plan_queries(b, config.for_checkpoint("rp"), ["Segment %category%."])
+    assert set(heldout["instruction"]) == {"Segment cat.", "Segment dog.", "Segment sky."}
 
 
 def test_select_images_is_a_deterministic_prefix():
@@ -179,7 +239,27 @@ def test_metrics_table_uses_fixed_mlflow_keys():
 # Tables
 
 
-def results_dir(tmp_path: Path) -> Path:
+SAMPLER = {"steps": 100, "text_guidance": 7.5, "image_guidance": 1.5, "scheduler": "euler_ancestral",
+           "resolution": 256, "batch_size": 16, "dtype": "float16", "device": "auto"}
+
+
+def write_result(folder: Path, benchmark: str, metrics: dict, images=("a", "b"), sampler=None, ci: float | None = None,
+                 checkpoint: str = "ckpt@0123") -> Path:
+    """A synthetic evaluation results folder: metrics.parquet (with CI columns when ``ci`` is given),
+    identity.json and queries.parquet, as `evaluate_benchmark` writes them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = metrics_table(benchmark, metrics)
+    if ci is not None:
+        frame = frame.assign(n=len(images), ci_low=frame["value"] - ci, ci_high=frame["value"] + ci)
+    frame.to_parquet(folder / "metrics.parquet")
+    (folder / "identity.json").write_text(json.dumps({"checkpoint": checkpoint, "manifest": "m" * 64, "queries": "q",
+                                                      "sampler": sampler or SAMPLER, "instructions": "fp"}))
+    pd.DataFrame({"query_id": [f"q{i}" for i in range(len(images))], "image_id": list(images)}).to_parquet(folder / "queries.parquet")
+    return folder
+
+
+def results_dir(tmp_path: Path) -> dict:
+    sources = {}
     for variant, offset in (("fp", 0.0), ("rp", 1.0)):
         for benchmark, metrics in {
             "nyuv2": {"paper": {"rmse": 0.3}, "standard": {"rmse": 0.9}},
@@ -187,10 +267,8 @@ def results_dir(tmp_path: Path) -> Path:
             "fss1000": {"paper": {"miou": 50.0}, "standard": {"miou": 40.0}},
         }.items():
             shifted = {p: {m: v + offset for m, v in values.items()} for p, values in metrics.items()}
-            path = tmp_path / variant / benchmark / "metrics.parquet"
-            path.parent.mkdir(parents=True)
-            metrics_table(benchmark, shifted).to_parquet(path)
-    return tmp_path
+            sources[(variant, benchmark)] = write_result(tmp_path / variant / benchmark, benchmark, shifted)
+    return sources
 
 
 def test_table1_places_published_numbers_beside_ours(tmp_path):
@@ -204,7 +282,72 @@ def test_table1_places_published_numbers_beside_ours(tmp_path):
     assert math.isnan(table[table["benchmark"] == "ade20k"].iloc[0]["FP ours (paper)"])  # not evaluated: blank
     assert table["benchmark"].tolist()[:8] == ["nyuv2", "sunrgbd", "ade20k", "voc_seg", "pets", "imagenet_sub", "coco", "voc_det"]
     markdown = T.to_markdown(table)
-    assert "| nyuv2 " in markdown and "0.275" in markdown and "nan" not in markdown
+    assert "| nyuv2 " in markdown and "0.275" in markdown and "nan" not in markdown and "ci_low" not in markdown
+
+
+def test_tables_read_exactly_their_sources_and_record_each_cell(tmp_path):
+    sources = results_dir(tmp_path)
+    # a stray result in the evaluation folder (another sampler) is not picked up: no glob
+    write_result(tmp_path / "fp" / "nyuv2_old", "nyuv2", {"paper": {"rmse": 9.0}, "standard": {"rmse": 9.0}},
+                 sampler={**SAMPLER, "steps": 8})
+    results = T.read_results(sources)
+    assert set(results["source"]) == {str(path) for path in sources.values()}
+    cell = results[(results["variant"] == "rp") & (results["benchmark"] == "nyuv2") & (results["protocol"] == "paper")].iloc[0]
+    assert (cell["value"], cell["n"], cell["checkpoint"], cell["instructions"]) == (1.3, 2, "ckpt@0123", "fp")
+    assert cell["sampler"] == "scheduler euler_ancestral, steps 100, text_guidance 7.5, image_guidance 1.5, resolution 256, dtype float16"
+    assert cell["image_set"].startswith("2 images #")
+    assert T.read_results({("fp", "nyuv2"): None}).empty
+    with pytest.raises(ValueError, match="holds results of coco, expected nyuv2"):
+        T.read_results({("fp", "nyuv2"): sources[("fp", "coco")]})
+    with pytest.raises(FileNotFoundError, match="identity.json: missing"):
+        (sources[("fp", "coco")] / "identity.json").unlink()
+        T.read_results(sources)
+
+
+def test_tables_refuse_fp_and_rp_cells_computed_on_different_terms(tmp_path):
+    sources = results_dir(tmp_path)
+    metrics = {"paper": {"rmse": 1.0}, "standard": {"rmse": 2.0}}
+    sources[("rp", "nyuv2")] = write_result(tmp_path / "rp2" / "nyuv2", "nyuv2", metrics, sampler={**SAMPLER, "steps": 50})
+    with pytest.raises(T.IncomparableCells, match=r"nyuv2: the FP and RP results differ in sampler"):
+        T.table1(T.read_results(sources))
+    sources[("rp", "nyuv2")] = write_result(tmp_path / "rp3" / "nyuv2", "nyuv2", metrics, images=("a", "c"))
+    with pytest.raises(T.IncomparableCells, match=r"differ in image set"):
+        T.table1(T.read_results(sources))
+    # batch size and device do not change the outputs (each has its own seed): comparable
+    sources[("rp", "nyuv2")] = write_result(tmp_path / "rp4" / "nyuv2", "nyuv2", metrics,
+                                            sampler={**SAMPLER, "batch_size": 4, "device": "cuda"})
+    assert T.table1(T.read_results(sources)) is not None
+    fss = {"paper": {"miou": 1.0}, "standard": {"miou": 2.0}}
+    sources[("rp", "fss1000")] = write_result(tmp_path / "rp5" / "fss1000", "fss1000", fss, images=("z",))
+    with pytest.raises(T.IncomparableCells, match="fss1000"):
+        T.table2(T.read_results(sources))
+
+
+def test_tables_show_the_confidence_interval_where_the_results_have_one(tmp_path):
+    sources = results_dir(tmp_path)
+    sources[("fp", "ade20k")] = write_result(tmp_path / "fp" / "ade20k", "ade20k",
+                                             {"paper": {"miou": 52.1}, "standard": {"miou": 40.0, "pixel_acc": 70.0}}, ci=4.2)
+    results = T.read_results(sources)
+    table = T.table1(results)
+    ade = table[table["benchmark"] == "ade20k"].iloc[0]
+    assert (ade["FP ours (paper) ci_low"], ade["FP ours (paper) ci_high"]) == pytest.approx((47.9, 56.3))
+    markdown = T.to_markdown(table)
+    assert "52.100 [47.900, 56.300]" in markdown and "40.000 [35.800, 44.200]" in markdown
+    assert "| 0.300 " in markdown or " 0.300 |" in markdown  # nyuv2: no CI in its results, the value alone
+    notes = T.table_notes(results, ["nyuv2", "ade20k"], {"raw_nyuv2": "INCOMPLETE: sync.zip unavailable", "raw_coco": "complete"})
+    bare = [n for n in notes if n.startswith("no 95 % CI")]
+    assert len(bare) == 1 and "of FP nyuv2, RP nyuv2 (" in bare[0]  # not ade20k, which has its CIs
+    assert "raw_nyuv2 is INCOMPLETE: sync.zip unavailable" in notes and not any("raw_coco" in n for n in notes)
+    # cells: the provenance of what the table shows
+    cells = T.cells_table(results, ["ade20k"])
+    assert cells["n"].tolist() == [2, 2, 2] and set(cells["protocol"]) == {"paper", "standard"}
+
+
+def test_the_paper_classification_column_carries_its_inversion_note(tmp_path):
+    table = T.table1(T.read_results(results_dir(tmp_path)))
+    notes = table.drop_duplicates("benchmark").set_index("benchmark")["note"]
+    assert "inverted" in notes["pets"] and "inverted" in notes["imagenet_sub"]
+    assert notes["nyuv2"] == "" and notes["coco"] == ""
 
 
 def test_table2_and_table3(tmp_path):

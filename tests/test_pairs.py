@@ -27,7 +27,7 @@ from instructcv_core.construction.pairs import (
 )
 from instructcv_core.data.raw_stage import build_raw_dataset, resolve_spec
 from instructcv_core.data.records import read_records
-from instructcv_core.tasks.colours import PALETTE
+from instructcv_core.tasks.colours import PALETTE, rgb
 from instructcv_core.tasks.depth import decode_depth
 from instructcv_core.tasks.detection import encode_detection
 from instructcv_core.tasks.segmentation import decode_segmentation
@@ -43,6 +43,13 @@ SMALL = {
     "imagenet_sub": {"train_per_class": 1, "val_per_class": 1},
 }
 CONFIG = BuildConfig(resolution=64, seed=3)
+
+
+def _bundled_bank() -> pd.DataFrame:
+    from instructcv_core.instructions.templates import load_bundled_bank
+
+    return pd.DataFrame([{"task": e.task, "template_id": e.template_id, "paraphrase": e.text, "source": e.source,
+                          "accepted": True} for e in load_bundled_bank()])
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +84,29 @@ def test_plan_covers_every_training_source_and_benchmark(sources):
     }
     assert 0 < coco_train_with_boxes <= 5
     assert {u.benchmark for u in units if u.role == "test"} == {b.name for b in manifest_benchmarks()}
+
+
+def test_open_vocabulary_test_set_leaves_out_every_training_category(tmp_path):
+    # FSS-1000 (Table 2) claims open vocabulary: a test class a training dataset names is left out,
+    # whatever its spelling ("Dining_table" = ADE20K's... here COCO's "dining table")
+    from instructcv_core.construction.pairs import class_key, training_class_names
+    from instructcv_core.data.records import Box, ImageRecord
+
+    ade = [ImageRecord("ade20k", "a1", "train", "a1.jpg", 8, 8, categories=["wall"])]
+    coco = [ImageRecord("coco", "c1", "train", "c1.jpg", 8, 8, boxes=[Box("dining table", 67, 0, 0, 4, 4)],
+                        categories=["dining table"])]
+    pets = [ImageRecord("pets", "Bengal_1", "trainval", "Bengal_1.jpg", 8, 8, label_name="Bengal", species="cat")]
+    nyu = [ImageRecord("nyuv2", "n1", "train", "n1.jpg", 8, 8, label_name="abacus")]  # a scene type: never asked
+    fss = [ImageRecord("fss1000", f"{name}/1", "test", f"{name}/1.jpg", 8, 8, categories=[name], mask_path=f"{name}/1.png",
+                       mask_format="binary_l")
+           for name in ("Dining_table", "wall", "cat", "bengal", "abacus", "starfish")]
+    sources = {"ade20k": (ade, tmp_path, ["wall", "sky"]), "coco": (coco, tmp_path, ["dining table"]),
+               "pets": (pets, tmp_path, ["Bengal"]), "nyuv2": (nyu, tmp_path, []),
+               "fss1000": (fss, tmp_path, [r.categories[0] for r in fss])}
+    assert class_key("Dining_table") == class_key("dining-table") == "dining table"
+    assert {"wall", "sky", "dining table", "bengal", "cat", "dog"} - training_class_names(sources) == {"dog"}
+    tested = [u.record.image_id for u in plan_units(sources) if u.benchmark == "fss1000"]
+    assert tested == ["abacus/1", "starfish/1"]
 
 
 def test_every_unit_makes_exactly_the_expected_number_of_pairs(built):
@@ -131,8 +161,32 @@ def test_pets_classification_has_binary_and_breed_questions(built, sources):
     assert breeds[0]["category"] == record.label_name
     for r in rows:
         assert r["color"] != r["color2"]
-        shown = PALETTE[r["color"] if r["positive"] else r["color2"]]
+        shown = rgb(r["color"] if r["positive"] else r["color2"])
         assert tuple(store.get(r["target_digest"])[0, 0]) == shown
+
+
+def test_fp_binary_pets_questions_use_the_official_fixed_colours(built, sources):
+    # format_dataset_fp.py, proc_oxford_pets_binary: a cat image gets (cat, purple|orange -> purple),
+    # (cat, purple|black -> purple), (dog, purple|blue -> blue), (dog, purple|red -> red),
+    # (dog, purple|green -> green); a dog image (dog, orange|black -> orange), (dog, green|black -> green),
+    # (cat, orange|red -> red), (cat, orange|blue -> blue)
+    official = {"cat": [("cat", "purple", "orange", (128, 0, 128)), ("cat", "purple", "black", (128, 0, 128)),
+                        ("dog", "purple", "blue", (0, 0, 255)), ("dog", "purple", "red", (255, 0, 0)),
+                        ("dog", "purple", "green", (0, 255, 0))],
+                "dog": [("dog", "orange", "black", (255, 128, 0)), ("dog", "green", "black", (0, 255, 0)),
+                        ("cat", "orange", "red", (255, 0, 0)), ("cat", "orange", "blue", (0, 0, 255))]}
+    _, result, store = built
+    records, _, _ = sources["pets"]
+    frame = pd.DataFrame(result.rows)
+    for record in (r for r in records if r.split == "trainval"):
+        rows = frame[(frame["dataset"] == "pets") & (frame["image_id"] == record.image_id) & (frame["role"] == "train")]
+        fixed = rows[rows["variant"] == "binary_fp"]
+        got = [(r.category, r.color, r.color2, tuple(int(v) for v in store.get(r.target_digest)[0, 0]))
+               for r in fixed.itertuples()]
+        assert sorted(got) == sorted(official[record.species])
+        fp, rp = attach_fp(rows), attach_rp(rows, _bundled_bank(), seed=3)
+        assert set(fp["variant"]) == {"binary_fp", "breeds"} and set(rp["variant"]) == {"binary", "breeds"}
+        assert "Show purple if the picture has cat, otherwise show orange." in set(fp["instruction"]) or record.species == "dog"
 
 
 def test_build_is_deterministic_across_worker_counts(built, tmp_path):

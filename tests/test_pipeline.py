@@ -85,7 +85,7 @@ def pipeline_run(tmp_path_factory, mirror_url):
 
 @pytest.mark.slow
 def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipeline_run, mirror_url):
-    result, tmp_path, _ = pipeline_run
+    result, tmp_path, home = pipeline_run
     assert result.success
 
     for name, splits in EXPECTED_SPLITS.items():
@@ -122,12 +122,17 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipelin
     datasets = tmp_path / "data" / "mini" / "datasets"
     fp = pd.read_parquet(datasets / "fp_manifest.parquet")
     rp = pd.read_parquet(datasets / "rp_manifest.parquet")
-    assert fp["pair_id"].tolist() == rp["pair_id"].tolist()
+    # the same pairs, except Pets' binary questions: RP with random colour pairs, FP with the official
+    # FP builder's fixed colours (5 questions per cat image, 4 per dog image)
+    shared_fp, shared_rp = fp[fp["variant"] != "binary_fp"], rp[rp["variant"] != "binary"]
+    assert shared_fp["pair_id"].tolist() == shared_rp["pair_id"].tolist()
     assert set(fp["task"]) == {"segmentation", "detection", "depth", "classification"}
     assert set(fp["prompt_source"]) == {"fp"} and set(rp["prompt_source"]) == {"bundled"}
-    assert (fp["instruction"] != rp["instruction"]).mean() > 0.9
+    assert (shared_fp["instruction"].to_numpy() != shared_rp["instruction"].to_numpy()).mean() > 0.9
     assert len(fp[fp["task"] == "depth"]) == 4 + 4  # NYUv2 train + BTS sync
-    assert len(fp[fp["task"] == "classification"]) == 6 * 4  # binary cat/dog + breed positive/negative
+    assert len(rp[rp["task"] == "classification"]) == 6 * 4  # binary cat/dog + breed positive/negative
+    fixed = fp[fp["variant"] == "binary_fp"].groupby("image_id").size()
+    assert len(fixed) == 6 and set(fixed) <= {4, 5} and len(fp[fp["variant"] == "breeds"]) == 6 * 2
     for benchmark in ("nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub", "fss1000"):
         test = pd.read_parquet(datasets / "test" / f"{benchmark}.parquet")
         assert len(test) > 0 and set(test["role"]) == {"test"}, benchmark
@@ -189,9 +194,11 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipelin
     from assets.evaluate import evaluate_fp
 
     (before,) = [m for m in result.asset_materializations_for_node("evaluate_fp") if m.asset_key.to_user_string() == "eval_nyuv2_fp"]
+    # in the same instance: evaluation takes its checkpoint from the checkpoint asset's materialisation
+    instance = dg.DagsterInstance.from_config(str(home))
     again = dg.materialize([evaluate_fp], selection=["eval_nyuv2_fp"], resources={
         "settings": settings, "mlflow_tracking": MlflowTracking()},
-        run_config={"ops": {"evaluate_fp": TINY_TRAINING["evaluate_fp"]}})
+        run_config={"ops": {"evaluate_fp": TINY_TRAINING["evaluate_fp"]}}, instance=instance)
     assert again.success
     (mat,) = again.asset_materializations_for_node("evaluate_fp")
     assert mat.asset_key.to_user_string() == "eval_nyuv2_fp" and mat.metadata["reused_outputs"].value is True
@@ -205,6 +212,12 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipelin
         (mat,) = [m for m in result.asset_materializations_for_node("results_tables") if m.asset_key.to_user_string() == name]
         assert mat.metadata["table"].value.startswith("|")
         assert (tables_dir / f"{name}.md").exists() and (tables_dir / f"{name}.csv").exists()
+    # provenance: each cell's checkpoint and how it was asked (FP: the fixed templates, RP: the pool)
+    cells = pd.read_parquet(tables_dir / "table1_cells.parquet")
+    assert set(zip(cells["variant"], cells["instructions"])) == {("fp", "fp"), ("rp", "rp_pool")}
+    for variant in ("fp", "rp"):
+        (ckpt,) = result.asset_materializations_for_node(f"instructcv_{variant}_checkpoint")
+        assert set(cells[cells["variant"] == variant]["checkpoint"].str.split("@").str[0]) == {ckpt.metadata["checkpoint_path"].value}
     table1 = pd.read_csv(tables_dir / "table1.csv")
     nyu = table1[table1["benchmark"] == "nyuv2"].iloc[0]
     assert nyu["RP published"] == 0.297 and nyu["FP published"] == 0.275

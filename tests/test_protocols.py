@@ -271,6 +271,41 @@ def test_paper_detection_reports_instead_of_crashing():
     assert r["folders"] == 0 and math.isnan(r["map"]) and "'.'" in r["warnings"][0]
 
 
+def test_paper_detection_keeps_only_the_official_coco_names():
+    # official Evaluate_AR(_voc).py: cocoEval.params.catIds = getCatIds(catNms=CLASSES_COCO), so a
+    # VOC name COCO spells differently (aeroplane: COCO "airplane") counts in no AP. Sorted folders:
+    # the aeroplane GT gets annotation id 0 (never matched by pycocotools), the dog GT id 1.
+    box = [[10, 10, 60, 60]]
+    folders = [("2007-000033_aeroplane_det", box, box), ("2007-000033_dog_det", box, box)]
+    official = paper.detection_map(folders)
+    assert list(official["per_category"]) == ["dog"]
+    assert official["per_category"]["dog"] == pytest.approx(100.0) and official["map"] == pytest.approx(100.0)
+    assert official["dropped_categories"] == ["aeroplane"]
+    every = paper.detection_map(folders, category_names=None)  # every category: aeroplane AP 0 (id 0)
+    assert every["map"] == pytest.approx(50.0)
+    voc = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+           "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+    assert set(voc) - set(paper.official_category_filter(voc)) == {
+        "aeroplane", "diningtable", "motorbike", "pottedplant", "sofa", "tvmonitor"}
+    assert paper.official_category_filter(["dining table", "dining-table"]) == ["dining table"]
+
+
+def test_standard_detection_ignores_voc_difficult_boxes():
+    # VOC convention (devkit VOCevalDet): difficult GT is neither required nor penalised. One normal
+    # box found, one difficult box missed: ignored -> AP 100; counted -> recall 0.5 at precision 1,
+    # 101-point AP = 51 / 101 = 50.50 at every IoU threshold.
+    normal, hard = (10, 10, 40, 40), (100, 100, 40, 40)
+    dets = [("dog", normal, 0.9)]
+    ignored = standard.detection_ap([(1, 200, 200, [("dog", normal, False, False), ("dog", hard, False, True)], dets)], ["dog"])
+    counted = standard.detection_ap([(1, 200, 200, [("dog", normal, False), ("dog", hard, False)], dets)], ["dog"])
+    assert ignored["ap"] == pytest.approx(100.0) and ignored["ap50"] == pytest.approx(100.0)
+    assert counted["ap"] == pytest.approx(100 * 51 / 101)
+    # a detection on a difficult box is no false positive either (one match per box)
+    both = standard.detection_ap([(1, 200, 200, [("dog", normal, False, False), ("dog", hard, False, True)],
+                                   [("dog", hard, 0.95), ("dog", normal, 0.9)])], ["dog"])
+    assert both["ap"] == pytest.approx(100.0)
+
+
 def test_official_det_folder_fields():
     assert paper.official_det_folder_fields("000000000139_dining table_det") == ("000000000139", "dining table")
     assert paper.official_det_folder_fields("000000000139_det_dining table") == ("000000000139", "dining table")
@@ -294,11 +329,27 @@ def test_quirk_odd_metre_mask_counts_masked_pixels_as_perfect():
     assert honest["delta1"] == 0.0 and honest["rmse"] == pytest.approx(metres(20))
 
 
-def test_quirk_abs_rel_is_divided_by_the_prediction_swapped_arguments():
+def test_abs_rel_is_divided_by_the_ground_truth_as_official_head():
+    # official evaluate_depes.py at HEAD: `def compute_errors(pred, gt)` called as
+    # `compute_errors(pred, gt)`; abs_rel = mean(|gt - pred| / gt). GT level 100 (3.92 m, floor 3),
+    # output level 80 (3.14 m, floor 3): both odd, kept; |100 - 80| / 100 = 0.20 (the pre-b402562
+    # argument swap gave 20 / 80 = 0.25)
+    r = paper.depth_metrics([(gray(100), gray(80))])
+    assert r["abs_rel"] == pytest.approx(0.20) and r["valid_fraction"] == 1.0
     r = paper.depth_metrics([(gray(40), gray(45))])
-    assert r["abs_rel"] == pytest.approx(5 / 45)  # |p - g| / p
+    assert r["abs_rel"] == pytest.approx(5 / 40)  # |p - g| / g
     s = standard.depth_metrics([(np.full((2, 2), metres(45)), np.full((2, 2), metres(40)))], eigen_crop=False)
     assert s["abs_rel"] == pytest.approx(5 / 40)  # |p - g| / g
+
+
+def test_gt_metres_follow_the_official_order_of_operations():
+    # official: gt = gt / 255 * 10 and pred = pred * 10 / 255. At GT level 36 and output level 45
+    # (ratio 5:4) the official ratio (45*10/255) / (36/255*10) is 1.25 exactly in float64, so
+    # delta1 = 0; computing the GT as 36*10/255 would give 1.2499999999999998 and delta1 = 1.
+    assert paper.official_gt_metres(np.array([36.0]))[0] == 36 / 255 * 10
+    assert paper.official_pred_metres(np.array([45.0]))[0] == 45 * 10 / 255
+    r = paper.depth_metrics([(gray(36), gray(45))])  # 1.41 m and 1.76 m: both floor 1, kept
+    assert r["valid_fraction"] == 1.0 and r["delta1"] == 0.0 and r["delta2"] == 1.0
 
 
 def test_quirk_missing_depth_pixels_count_as_perfect_in_paper_and_are_excluded_in_standard():
@@ -308,7 +359,7 @@ def test_quirk_missing_depth_pixels_count_as_perfect_in_paper_and_are_excluded_i
     out_img = np.repeat(out_level[:, :, None], 3, axis=2)
     p = paper.depth_metrics([(gt_img, out_img)])
     assert p["rmse"] == pytest.approx(math.sqrt(metres(5) ** 2 / 2))  # averaged over all 4 pixels
-    assert p["abs_rel"] == pytest.approx((5 / 45) / 2)
+    assert p["abs_rel"] == pytest.approx((5 / 40) / 2)
     s = standard.depth_metrics([(out_level / 25.5, gt_level / 25.5)], eigen_crop=False)
     assert s["rmse"] == pytest.approx(metres(5)) and s["abs_rel"] == pytest.approx(5 / 40)
 
@@ -319,7 +370,7 @@ def test_paper_depth_reads_channel_0_and_resizes_the_output_to_the_gt_size():
     out[..., 0] = 45  # red carries the depth; green and blue are ignored
     out[..., 1] = 200
     r = paper.depth_metrics([(gt, out)])
-    assert r["abs_rel"] == pytest.approx(5 / 45) and r["images"] == 1
+    assert r["abs_rel"] == pytest.approx(5 / 40) and r["images"] == 1
     assert math.isnan(paper.depth_metrics([])["rmse"])
 
 

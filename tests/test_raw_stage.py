@@ -148,3 +148,46 @@ def test_registration_only_dataset_says_what_to_provide(tmp_path):
     assert not (tmp_path / "imagenet").exists()  # failed before touching anything
     public = resolve_spec("imagenet_sub", "paper", mirror_dir=tmp_path, public_alternative=True)
     assert public.files[0].urls == ("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz",)
+
+
+def _with_sync_like_file(spec, url: str, **kwargs):
+    """``spec`` plus an optional file the mirror does not have (like NYUv2's BTS sync.zip)."""
+    import dataclasses
+
+    from instructcv_core.data.datasets.base import RemoteFile
+
+    extra = RemoteFile("sync.zip", (url.rstrip("/") + "/sync.zip",), required=False, **kwargs)
+    return dataclasses.replace(spec, files=(*spec.files, extra))
+
+
+def test_missing_optional_file_is_a_loud_status_not_an_info_line(mirror, tmp_path):
+    _, url = mirror
+    spec = resolve_spec("voc", "mini", mirror_dir=tmp_path / "unused", mirror_url=url, mini_sizes=SIZES["voc"])
+    spec = _with_sync_like_file(spec, url, missing_effect="depth training falls to 795 images")
+    warnings: list[str] = []
+    result = build_raw_dataset("voc", spec, tmp_path / "voc", show_bar=False, retries=1, warn=warnings.append)
+    assert [m["filename"] for m in result.missing_optional] == ["sync.zip"]
+    assert result.status.startswith("INCOMPLETE: sync.zip unavailable (")
+    assert result.status.endswith("): depth training falls to 795 images")
+    assert len(warnings) == 1 and "sync.zip" in warnings[0] and "795" in warnings[0]
+    complete = build_raw_dataset("voc", resolve_spec("voc", "mini", mirror_dir=tmp_path / "unused", mirror_url=url,
+                                                     mini_sizes=SIZES["voc"]), tmp_path / "voc2", show_bar=False)
+    assert complete.status == "complete" and complete.missing_optional == []
+
+
+def test_an_optional_file_the_profile_requires_stops_the_stage(mirror, tmp_path):
+    from instructcv_core.data.datasets import nyuv2
+    from instructcv_core.data.raw_stage import for_profile
+
+    _, url = mirror
+    spec = resolve_spec("voc", "mini", mirror_dir=tmp_path / "unused", mirror_url=url, mini_sizes=SIZES["voc"])
+    spec = for_profile(_with_sync_like_file(spec, url, required_in=("paper",), missing_effect="depth training shrinks"),
+                       "paper")
+    with pytest.raises(SourceUnavailableError, match=r"(?s)sync.zip could not be downloaded.*required in this profile; "
+                                                     r"without it depth training shrinks"):
+        build_raw_dataset("voc", spec, tmp_path / "voc", show_bar=False, retries=1)
+    # the paper profile requires NYUv2's BTS sync set (about 24k frames, the official training set)
+    paper = {f.filename: f for f in resolve_spec("nyuv2", "paper", mirror_dir=tmp_path).files}
+    assert paper["sync.zip"].required and paper[nyuv2.SYNC_LIST_NAME].required
+    assert "795" in paper["sync.zip"].missing_effect
+    assert not {f.filename: f for f in nyuv2.SPEC.files}["sync.zip"].required

@@ -85,9 +85,24 @@ def read_pairs(paths: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).sort_values("sample_key", kind="stable").reset_index(drop=True)
 
 
+def fp_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The pairs of the FP manifest: all but those only RP takes (Pets' binary questions with random
+    colours; FP has them with the official fixed colours instead)."""
+    from instructcv_core.tasks.classification import RP_ONLY_VARIANTS
+
+    return pairs[~pairs["variant"].isin(RP_ONLY_VARIANTS)] if "variant" in pairs else pairs
+
+
+def rp_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The pairs of the RP manifest: all but the FP-only fixed-colour binary questions."""
+    from instructcv_core.tasks.classification import FP_ONLY_VARIANTS
+
+    return pairs[~pairs["variant"].isin(FP_ONLY_VARIANTS)] if "variant" in pairs else pairs
+
+
 def attach_fp(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Each pair with its task's fixed template, rendered."""
-    out = pairs.copy()
+    """Each FP pair (:func:`fp_pairs`) with its task's fixed template, rendered."""
+    out = fp_pairs(pairs).copy()
     out["template_id"] = out["task"].map(lambda t: f"fp-{t[:3]}")
     out["instruction"] = [
         instructions.render(instructions.FP_TEMPLATES[row.task], **_slots(row)) for row in out.itertuples()
@@ -100,10 +115,11 @@ def attach_rp(pairs: pd.DataFrame, bank: pd.DataFrame, seed: int) -> pd.DataFram
     """Each pair with a paraphrase of its task's template, picked from the accepted bank by (seed, pair id)."""
     accepted = bank[bank["accepted"]].sort_values(["task", "template_id"], kind="stable")
     by_task = {task: group.reset_index(drop=True) for task, group in accepted.groupby("task")}
+    pairs = rp_pairs(pairs)
     missing = sorted(set(pairs["task"]) - set(by_task))
     if missing:
         raise ValueError(f"the paraphrase bank has no accepted paraphrase for task(s) {', '.join(missing)}")
-    out = pairs.copy()
+    out = rp_pairs(pairs).copy()
     texts, ids, sources = [], [], []
     for row in out.itertuples():
         options = by_task[row.task]

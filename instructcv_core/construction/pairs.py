@@ -2,7 +2,8 @@
 
 A *pair* is one input image, one task, one category (where the task has one) and the target image
 the model must draw (its task's ``targets`` in `instructcv_core.tasks`). Instructions are attached later
-(`instructcv_core.construction.manifest`), so the same pairs serve the FP and RP manifests.
+(`instructcv_core.construction.manifest`), so the same pairs serve the FP and RP manifests (except
+Pets' binary questions, which FP asks with the official fixed colours and RP with random pairs).
 
 Which raw splits feed training and which benchmarks are tested: `instructcv_core.benchmarks`.
 
@@ -14,7 +15,9 @@ Which raw splits feed training and which benchmarks are tested: `instructcv_core
   metric depth (the hole-filled map where the dataset has one).
 - Classification: per image, one positive pair (its class named, target = the positive colour) and
   negatives (another class named, target = the negative colour). Oxford-IIIT Pet (records with a
-  species) yields the paper's binary cat/dog variant and a 37-breed variant. Colours are drawn per pair, seeded.
+  species) yields the paper's binary cat/dog variant and a 37-breed variant. Colours are drawn per pair, seeded,
+  except in the binary variant's FP copy, which uses the official FP builder's fixed colours.
+- Open-vocabulary test sets (FSS-1000) leave out every image whose class a training dataset names.
 
 Inputs and targets are resized to the training resolution (square, LANCZOS, as the official loader)
 and stored content-addressed (`ImageStore`); test pairs also keep the original-resolution input and
@@ -79,16 +82,55 @@ def plan_units(sources: dict[str, tuple[list[ImageRecord], Path, list[str]]]) ->
             if dataset in sources:
                 records, root, classes = sources[dataset]
                 units += [WorkUnit(task_name, "train", None, r, str(root), tuple(classes)) for r in records if r.split == split]
+    seen = training_class_names(sources)
     for benchmark in manifest_benchmarks():
         if benchmark.dataset in sources:
             records, root, classes = sources[benchmark.dataset]
             labelled = task(benchmark.task).has_labels
+            unseen = (lambda r: not seen_categories(r, seen)) if benchmark.kind == "open_vocabulary" else (lambda r: True)
             units += [
                 WorkUnit(benchmark.task, "test", benchmark.name, r, str(root), tuple(classes))
                 for r in records
-                if r.split == benchmark.split and labelled(r)
+                if r.split == benchmark.split and labelled(r) and unseen(r)
             ]
     return units
+
+
+def class_key(name: str) -> str:
+    """A category name compared across datasets: lower case, ``_``/``-`` as spaces, spaces collapsed
+    ("African_elephant" and "african elephant" are one class)."""
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+#: The training tasks whose instructions name a category (depth names none; NYUv2's scene types
+#: are never asked).
+NAMING_TASKS = ("segmentation", "detection", "classification")
+
+
+def training_class_names(sources: dict[str, tuple[list[ImageRecord], Path, list[str]]]) -> set[str]:
+    """Every category a training instruction can name (:func:`class_key`): the class list of each
+    segmentation, detection and classification training source, plus the categories, labels and
+    species its training records carry (Pets: the breeds, cat, dog)."""
+    names: set[str] = set()
+    for task_name, splits in TRAIN_SOURCES.items():
+        if task_name not in NAMING_TASKS:
+            continue
+        for dataset, split in splits:
+            if dataset not in sources:
+                continue
+            records, _root, classes = sources[dataset]
+            names.update(class_key(c) for c in classes)
+            for record in records:
+                if record.split == split:
+                    names.update(class_key(c) for c in record.categories)
+                    names.update(class_key(c) for c in (record.label_name, record.species) if c)
+    return names
+
+
+def seen_categories(record: ImageRecord, seen: set[str]) -> list[str]:
+    """The record's categories that a training source also names: an open-vocabulary test image
+    (FSS-1000, paper Table 2) must have none, so such images are left out of its test set."""
+    return [c for c in record.categories if class_key(c) in seen]
 
 
 def build_units(units: list[WorkUnit], config: BuildConfig, store_root: Path, workers: int = 1) -> UnitResult:
@@ -144,7 +186,7 @@ def build_unit(unit: WorkUnit, config: BuildConfig, store: ImageStore) -> list[d
         key = "|".join(
             str(v) for v in (unit.role, unit.benchmark or "-", unit.task, record.dataset, record.split,
                              record.image_id, target.category or "-", target.variant or "-", target.positive)
-        )
+        ) + (f"|{target.tag}" if target.tag is not None else "")
         rows.append({
             **base,
             "sample_key": key,

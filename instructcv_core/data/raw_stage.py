@@ -58,6 +58,27 @@ class RawDatasetResult:
     origin: str = "download"
     input_identity: dict | None = None  # what the records were read from (see _input_identity)
     reused_records: bool = False
+    missing_optional: list[dict] = field(default_factory=list)  # filename, reason, effect
+
+    @property
+    def status(self) -> str:
+        """``complete``, or a loud ``INCOMPLETE: ...`` line naming each missing optional file and its effect."""
+        return optional_status(self.missing_optional)
+
+
+def optional_status(missing: list[dict]) -> str:
+    """``complete`` or ``INCOMPLETE: <file> unavailable (<reason>): <effect>; ...``."""
+    if not missing:
+        return "complete"
+    parts = [f"{m['filename']} unavailable ({m['reason']})" + (f": {m['effect']}" if m.get("effect") else "")
+             for m in missing]
+    return "INCOMPLETE: " + "; ".join(parts)
+
+
+def for_profile(spec: DatasetSpec, profile: str) -> DatasetSpec:
+    """``spec`` with the optional files that ``profile`` requires (``RemoteFile.required_in``) made required."""
+    files = tuple(replace(f, required=True) if profile in f.required_in else f for f in spec.files)
+    return replace(spec, files=files)
 
 
 def dataset_dir(data_root: Path, profile: str, name: str) -> Path:
@@ -92,12 +113,18 @@ def acquire(
     retries: int = 5,
     info: Logger = log.info,
     show_bar: bool = True,
-) -> tuple[Path, list[dict], str]:
-    """Make ``spec``'s dataset available; returns (dataset root, file records, origin)."""
+    warn: Logger = log.warning,
+) -> tuple[Path, list[dict], str, list[dict]]:
+    """Make ``spec``'s dataset available; returns (dataset root, file records, origin, missing optional files).
+
+    A required file that cannot be obtained stops the stage (with its ``missing_effect`` in the
+    message); an optional one is listed in the fourth value (filename, reason, effect) and logged
+    as a warning, so the asset's status can say what is missing.
+    """
     if extracted_dir is not None:
         root = _find_root(Path(extracted_dir), spec)
         info(f"{spec.name}: using the extracted dataset at {root} (nothing downloaded)")
-        return root, [], "extracted_dir"
+        return root, [], "extracted_dir", []
 
     if spec.registration_only:
         raise SourceUnavailableError(
@@ -111,22 +138,34 @@ def acquire(
     info(f"{spec.title}: licence terms — {spec.licence}")
     downloads = target / "downloads"
     extracted = target / "extracted"
-    files = []
+    files: list[dict] = []
+    missing: list[dict] = []
+
+    def skip(remote: RemoteFile, reason: str) -> None:
+        missing.append({"filename": remote.filename, "reason": reason, "effect": remote.missing_effect})
+        warn(f"{spec.name}: optional file {remote.filename} unavailable ({reason}); continuing without it"
+             + (f": {remote.missing_effect}" if remote.missing_effect else ""))
+
+    def effect(remote: RemoteFile) -> str:
+        return f"; without it {remote.missing_effect}" if remote.missing_effect else ""
+
     for remote in spec.files:
         if archive_dir is not None:
             path = Path(archive_dir) / remote.filename
             if not path.exists():
                 if not remote.required:
+                    skip(remote, f"not in archive_dir {archive_dir}")
                     continue
-                raise SourceUnavailableError(f"{path}: missing (archive_dir given for {spec.name})")
+                raise SourceUnavailableError(f"{path}: missing (archive_dir given for {spec.name}){effect(remote)}")
             level = _verify_local(path, remote)
             files.append({"filename": remote.filename, "url": None, "path": str(path), "checksum": remote.checksum,
                           "bytes": path.stat().st_size, "reused": True, "verification": level})
         else:
             if not remote.urls:
                 if not remote.required:
+                    skip(remote, "no download URL")
                     continue
-                raise SourceUnavailableError(f"{spec.name}: {remote.filename} has no download URL")
+                raise SourceUnavailableError(f"{spec.name}: {remote.filename} has no download URL{effect(remote)}")
             if not allow_download:
                 raise SourceUnavailableError(
                     f"{spec.name}: {remote.filename} is not present and downloads are disabled "
@@ -135,10 +174,15 @@ def acquire(
             try:
                 result = fetch(remote, downloads, retries=retries, progress=_progress_logger(remote.filename, info),
                                show_bar=show_bar)
-            except Exception:
+            except Exception as exc:
+                if remote.required and remote.missing_effect:
+                    raise SourceUnavailableError(
+                        f"{spec.name}: {remote.filename} could not be downloaded ({type(exc).__name__}: {exc}); it is "
+                        f"required in this profile{effect(remote)}. Provide it with archive_dir or extracted_dir"
+                    ) from exc
                 if remote.required:
                     raise
-                info(f"{spec.name}: optional file {remote.filename} unavailable, continuing without it")
+                skip(remote, f"{type(exc).__name__}: {exc}")
                 continue
             path = result.path
             if result.reused:
@@ -148,7 +192,7 @@ def acquire(
                           "verification": result.verification})
         _unpack(path, remote, extracted, info, show_bar)
     root = _find_root(extracted, spec)
-    return root, files, "archive_dir" if archive_dir is not None else "download"
+    return root, files, "archive_dir" if archive_dir is not None else "download", missing
 
 
 def _verify_local(path: Path, remote: RemoteFile) -> str:
@@ -185,6 +229,7 @@ def build_raw_dataset(
     info: Logger = log.info,
     show_bar: bool = True,
     origin_override: str | None = None,
+    warn: Logger | None = None,
 ) -> RawDatasetResult:
     """Acquire, read and record one source dataset.
 
@@ -193,15 +238,15 @@ def build_raw_dataset(
     (re-checking every image of COCO takes minutes). A user's ``extracted_dir`` is always re-read.
     """
     target = Path(target)
-    root, files, origin = acquire(
+    root, files, origin, missing = acquire(
         spec, target, archive_dir=archive_dir, extracted_dir=extracted_dir,
-        allow_download=allow_download, retries=retries, info=info, show_bar=show_bar,
+        allow_download=allow_download, retries=retries, info=info, show_bar=show_bar, warn=warn or info,
     )
     identity = None if extracted_dir is not None else _input_identity(name, root, target, reader_options)
     previous = _load_summary(target / "summary.json")
     if identity is not None and previous is not None and previous.input_identity == identity:
         info(f"{name}: archives, reader and options unchanged: reusing {previous.records_path}")
-        previous.files, previous.reused_records = files, True
+        previous.files, previous.reused_records, previous.missing_optional = files, True, missing
         return previous
     info(f"{name}: reading {root}")
     started = time.monotonic()
@@ -225,7 +270,7 @@ def build_raw_dataset(
         n_records=len(result.records), split_counts=split_counts,
         category_counts=dict(sorted(category_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         n_quarantined=len(result.quarantine), files=files, origin=origin_override or origin,
-        input_identity=identity,
+        input_identity=identity, missing_optional=missing,
     )
     atomic_write_text(summary.summary_path, json.dumps(_jsonable(asdict(summary)), indent=1))
     return summary
@@ -372,7 +417,7 @@ def resolve_spec(
     if name == "imagenet_sub" and (public_alternative or profile == "mini"):
         spec = module.IMAGENETTE_SPEC
     if profile == "paper":
-        return spec
+        return for_profile(spec, profile)
     if mirror_url is None:
         from instructcv_core.data.mini.build import build_dataset
 

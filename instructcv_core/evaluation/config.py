@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from instructcv_core.inference.config import SamplerConfig
 
@@ -30,6 +30,10 @@ class EvalConfig:
         "help": "Classification questions: the colour meaning 'present' (Show red if ..., otherwise show green)."})
     negative_colour: str = field(default="green", metadata={"help": "Classification questions: the colour meaning 'absent'."})
     sample_rows: int = field(default=6, metadata={"help": "Rows of the sample grid (input | output | prediction | truth)."})
+    instructions: str = field(default="as_paper", metadata={
+        "help": "How the checkpoints are asked: as_paper (FP and the untrained base: the fixed templates; RP: the "
+                "official --rephrase test pool where the task has one, as the paper's Table 1), fp (every checkpoint "
+                "the fixed templates) or rp_pool (every checkpoint the pool). Recorded per result and table cell."})
 
     def __post_init__(self) -> None:
         from instructcv_core.tasks.colours import PALETTE  # the palette, not the tasks: no heavy imports here
@@ -45,6 +49,8 @@ class EvalConfig:
                 raise ValueError(f"unknown colour {colour!r}; choose from {list(PALETTE)}")
         if self.positive_colour == self.negative_colour:
             raise ValueError("positive_colour and negative_colour must differ")
+        if self.instructions not in ("as_paper", "fp", "rp_pool"):
+            raise ValueError(f"instructions must be as_paper, fp or rp_pool, got {self.instructions!r}")
         if self.sample_rows < 0:
             raise ValueError(f"sample_rows must be >= 0, got {self.sample_rows}")
         for name in ("max_images", "heldout_images"):
@@ -56,6 +62,18 @@ class EvalConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def for_checkpoint(self, variant: str) -> "EvalConfig":
+        """This config with ``instructions`` resolved for a checkpoint (``fp``, ``rp`` or ``untrained``):
+        ``as_paper`` asks RP with the official rephrased test pool and the others with the fixed templates."""
+        if self.instructions != "as_paper":
+            return self
+        return replace(self, instructions="rp_pool" if variant == "rp" else "fp")
+
+    def instruction_mode(self) -> str:
+        """``fp`` or ``rp_pool``. The evaluation assets resolve ``as_paper`` per checkpoint
+        (:meth:`for_checkpoint`); a library call that names no checkpoint asks the fixed templates."""
+        return "fp" if self.instructions == "as_paper" else self.instructions
 
     def image_limit(self, setting: str) -> int | None:
         """The value of an image-count setting (a benchmark's ``image_limit``: max_images | heldout_images)."""

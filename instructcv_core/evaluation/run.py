@@ -61,7 +61,7 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
     input_store = ImageStore(Path(datasets_dir) / "images")
     identity = {"checkpoint": checkpoint_id, "manifest": file_digest(bench.manifest_path),
                 "queries": hashlib.sha256(pd.util.hash_pandas_object(queries[["query_id", "seed"]], index=False).values.tobytes()).hexdigest(),
-                "sampler": config.sampler.to_dict()}
+                "sampler": config.sampler.to_dict(), "instructions": config.instruction_mode()}
     out_dir = Path(out_dir)
     outputs_path, identity_path = out_dir / "queries.parquet", out_dir / "identity.json"
     reused = False

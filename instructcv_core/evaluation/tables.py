@@ -12,7 +12,10 @@ Published values: the InstructCV paper (ICLR 2024), Tables 1–3.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -48,35 +51,154 @@ def table1_columns() -> list[str]:
     return list(dict.fromkeys(b.name for b, _ in in_table("table1")))
 
 
-def read_results(eval_dir: Path, variants=VARIANTS) -> pd.DataFrame:
-    """Every ``metrics.parquet`` under ``eval_dir/<variant>/<benchmark>/`` as one frame (with a variant column)."""
+#: Sampler settings that change the outputs (batch size and device do not: every output has its own seed).
+SAMPLER_KEYS = ("scheduler", "steps", "text_guidance", "image_guidance", "resolution", "dtype")
+#: One row per (variant, benchmark, protocol, metric): the value and where it comes from.
+CELL_COLUMNS = ["variant", "benchmark", "protocol", "metric", "value", "ci_low", "ci_high", "n", "checkpoint",
+                "sampler", "image_set", "instructions", "source"]
+#: Row notes of benchmarks whose `paper` column cannot be read beside the published figure as is.
+PAPER_NOTES = {
+    "classification": "paper column inverted: the official scorer (evaluate_cls.py at 5814835) takes the output "
+                      "nearer green, the colour its own inference prompt asks for when the class is ABSENT, so an "
+                      "ideal model scores about 0 % (near-ties count as correct); not comparable to the published "
+                      "accuracy (see docs/protocols.md, classification quirk 1)",
+}
+
+
+class IncomparableCells(ValueError):
+    """Two cells a table would put side by side were computed on different terms."""
+
+
+def read_result(directory: Path, variant: str) -> pd.DataFrame:
+    """One benchmark's evaluation results folder as table cells (:data:`CELL_COLUMNS`).
+
+    Reads ``metrics.parquet`` (``value``, and ``n``/``ci_low``/``ci_high`` where written),
+    ``identity.json`` (checkpoint, test manifest digest, sampler, how the instructions were asked)
+    and ``queries.parquet`` (the images evaluated). ``n`` is the metrics table's own sample size
+    where it has one, else the number of images; ``image_set`` is a digest of the test manifest and
+    the evaluated image ids; ``sampler`` a readable summary of the settings that change the outputs.
+    """
+    directory = Path(directory)
+    paths = {name: directory / name for name in ("metrics.parquet", "identity.json", "queries.parquet")}
+    for path in paths.values():
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; the evaluation result folder {directory} is incomplete "
+                                    "(re-materialise its evaluation asset)")
+    metrics = pd.read_parquet(paths["metrics.parquet"])
+    identity = json.loads(paths["identity.json"].read_text())
+    images = sorted(set(pd.read_parquet(paths["queries.parquet"], columns=["image_id"])["image_id"].astype(str)))
+    image_set = hashlib.sha256((str(identity.get("manifest")) + "\n" + "\n".join(images)).encode()).hexdigest()[:16]
+    sampler = identity.get("sampler") or {}
+    cells = pd.DataFrame({
+        "variant": variant,
+        "benchmark": metrics["benchmark"],
+        "protocol": metrics["protocol"],
+        "metric": metrics["metric"],
+        "value": metrics["value"].astype(float),
+        "ci_low": metrics["ci_low"].astype(float) if "ci_low" in metrics else math.nan,
+        "ci_high": metrics["ci_high"].astype(float) if "ci_high" in metrics else math.nan,
+        "n": metrics["n"].astype("Int64") if "n" in metrics else len(images),
+        "checkpoint": str(identity.get("checkpoint", "")),
+        "sampler": ", ".join(f"{k} {sampler[k]}" for k in SAMPLER_KEYS if k in sampler),
+        "image_set": f"{len(images)} images #{image_set}",
+        "instructions": str(identity.get("instructions", "fp templates (not recorded)")),
+        "source": str(directory),
+    })
+    return cells[CELL_COLUMNS]
+
+
+def read_results(sources: Mapping[tuple[str, str], Path | None]) -> pd.DataFrame:
+    """The cells of exactly the given results folders: ``{(variant, benchmark): folder}``.
+
+    The folders are those the upstream evaluation assets recorded (their ``results_dir``
+    metadata), never a search of the evaluation folder: a table shows what its inputs produced.
+    A ``None`` folder (not materialised) contributes no cell. A folder whose metrics name another
+    benchmark is refused.
+    """
     frames = []
-    for variant in variants:
-        for path in sorted((Path(eval_dir) / variant).glob("*/metrics.parquet")):
-            frames.append(pd.read_parquet(path).assign(variant=variant))
+    for (variant, benchmark), directory in sorted(sources.items()):
+        if directory is None:
+            continue
+        cells = read_result(Path(directory), variant)
+        wrong = set(cells["benchmark"]) - {benchmark}
+        if wrong:
+            raise ValueError(f"{directory}: holds results of {', '.join(sorted(wrong))}, expected {benchmark}")
+        frames.append(cells)
     if not frames:
-        return pd.DataFrame(columns=["benchmark", "protocol", "metric", "value", "mlflow_key", "variant"])
+        return pd.DataFrame(columns=CELL_COLUMNS)
     return pd.concat(frames, ignore_index=True)
 
 
-def _lookup(results: pd.DataFrame, variant: str, benchmark: str, protocol: str, metric: str) -> float:
+def _cell(results: pd.DataFrame, variant: str, benchmark: str, protocol: str, metric: str) -> pd.Series | None:
     hit = results[(results["variant"] == variant) & (results["benchmark"] == benchmark)
                   & (results["protocol"] == protocol) & (results["metric"] == metric)]
-    return float(hit["value"].iloc[0]) if len(hit) else math.nan
+    if len(hit) > 1:
+        raise ValueError(f"{len(hit)} results for {variant}/{benchmark}/{protocol}/{metric}: {', '.join(hit['source'])}")
+    return hit.iloc[0] if len(hit) else None
 
 
-def table1(results: pd.DataFrame) -> pd.DataFrame:
-    """Table 1: the eight benchmarks, published FP/RP beside ours under both protocols."""
+def check_comparable(results: pd.DataFrame, benchmark: str) -> None:
+    """Refuse to set FP and RP cells of one benchmark side by side unless they were computed on the
+    same terms: the same sampler settings and the same evaluated images (test manifest and ids)."""
+    cells = results[results["benchmark"] == benchmark]
+    for column in ("sampler", "image_set"):
+        values = cells.groupby("variant")[column].first().to_dict()
+        if len(set(values.values())) > 1:
+            found = "; ".join(f"{v.upper()}: {values[v]} ({cells[cells['variant'] == v]['source'].iloc[0]})"
+                              for v in sorted(values))
+            raise IncomparableCells(f"{benchmark}: the FP and RP results differ in {column.replace('_', ' ')} and "
+                                    f"cannot share a table row ({found}); re-evaluate them with the same settings")
+
+
+def table_rows(results: pd.DataFrame, table: str) -> pd.DataFrame:
+    """One row per (benchmark, table row): published FP/RP beside ours under both protocols, with
+    each cell's 95 % CI (``<column> ci_low`` / ``ci_high``, NaN where the results have none) and a
+    row ``note`` where a column cannot be read beside the published figure as is."""
+    from instructcv_core.benchmarks import BENCHMARKS
+
     rows = []
-    for benchmark, spec in in_table("table1"):
+    for benchmark, spec in in_table(table):
+        check_comparable(results, benchmark.name)
         row = {"benchmark": benchmark.name, "metric": spec.label}
         for variant, published in (("fp", spec.published_fp), ("rp", spec.published_rp)):
             row[f"{variant.upper()} published"] = published
             for protocol in PROTOCOLS:
-                row[f"{variant.upper()} ours ({protocol})"] = _lookup(results, variant, benchmark.name, protocol,
-                                                                      spec.metric(protocol))
+                column = f"{variant.upper()} ours ({protocol})"
+                cell = _cell(results, variant, benchmark.name, protocol, spec.metric(protocol))
+                row[column] = math.nan if cell is None else float(cell["value"])
+                row[f"{column} ci_low"] = math.nan if cell is None else float(cell["ci_low"])
+                row[f"{column} ci_high"] = math.nan if cell is None else float(cell["ci_high"])
+        row["note"] = PAPER_NOTES.get(BENCHMARKS[benchmark.name].task, "")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def table1(results: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: the eight benchmarks, published FP/RP beside ours under both protocols."""
+    return table_rows(results, "table1")
+
+
+def cells_table(results: pd.DataFrame, benchmarks: Iterable[str]) -> pd.DataFrame:
+    """The provenance of every cell of a table: value, CI, n, checkpoint, sampler, image set,
+    how the instructions were asked, protocol and the results folder."""
+    names = list(benchmarks)
+    return results[results["benchmark"].isin(names)].reset_index(drop=True)
+
+
+def table_notes(results: pd.DataFrame, benchmarks: Iterable[str], statuses: Mapping[str, str] | None = None) -> list[str]:
+    """What a reader must know beside a table: cells without a confidence interval, and upstream
+    data that is incomplete (``statuses``: asset name -> its status line, e.g. ``raw_nyuv2``)."""
+    notes = []
+    cells = results[results["benchmark"].isin(list(benchmarks))]
+    bare = cells[cells["ci_low"].isna() | cells["ci_high"].isna()]
+    if len(bare):
+        names = sorted({f"{v.upper()} {b}" for v, b in zip(bare["variant"], bare["benchmark"])})
+        notes.append(f"no 95 % CI in the metrics.parquet of {', '.join(names)} (results written before confidence "
+                     "intervals were recorded): those values are shown without one")
+    for asset, status in sorted((statuses or {}).items()):
+        if status and status != "complete":
+            notes.append(f"{asset} is {status}")
+    return notes
 
 
 def table1_baselines() -> pd.DataFrame:
@@ -86,17 +208,22 @@ def table1_baselines() -> pd.DataFrame:
 
 
 def table2(results: pd.DataFrame) -> pd.DataFrame:
-    """Table 2: open-vocabulary mIoU; published rows, then ours (FP and RP, both protocols)."""
+    """Table 2: open-vocabulary mIoU; published rows, then ours (FP and RP, both protocols, with CIs)."""
     entries = in_table("table2")
     published = dict(TABLE2_BASELINES)
     for benchmark, spec in entries:
         published[spec.label] = spec.published_rp  # the paper reports the RP model only
-    rows = [{"model": name, "source": "published", "protocol": "paper", "mIoU": value} for name, value in published.items()]
+    rows = [{"model": name, "source": "published", "protocol": "paper", "mIoU": value, "mIoU ci_low": math.nan,
+             "mIoU ci_high": math.nan} for name, value in published.items()]
     for benchmark, spec in entries:
+        check_comparable(results, benchmark.name)
         for variant in VARIANTS:
             for protocol in PROTOCOLS:
+                cell = _cell(results, variant, benchmark.name, protocol, spec.metric(protocol))
                 rows.append({"model": f"InstructCV-{variant.upper()} (ours)", "source": "ours", "protocol": protocol,
-                             "mIoU": _lookup(results, variant, benchmark.name, protocol, spec.metric(protocol))})
+                             "mIoU": math.nan if cell is None else float(cell["value"]),
+                             "mIoU ci_low": math.nan if cell is None else float(cell["ci_low"]),
+                             "mIoU ci_high": math.nan if cell is None else float(cell["ci_high"])})
     return pd.DataFrame(rows)
 
 
@@ -114,15 +241,30 @@ def table3(heldout: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
-    """A table as Markdown, numbers to 3 decimals, missing values blank."""
+    """A table as Markdown, numbers to 3 decimals, missing values blank; a column with ``ci_low`` /
+    ``ci_high`` companions is shown as ``52.100 [48.000, 56.300]`` (the value alone where the
+    interval is missing)."""
     shown = frame.copy()
+    companions = [c for c in shown.columns if c.endswith(" ci_low") or c.endswith(" ci_high")]
     for column in shown.columns:
-        if pd.api.types.is_numeric_dtype(shown[column]) or shown[column].dtype == object:
-            shown[column] = shown[column].map(_cell)
-    return shown.to_markdown(index=False)
+        if column in companions:
+            continue
+        low, high = f"{column} ci_low", f"{column} ci_high"
+        if low in shown.columns and high in shown.columns:
+            shown[column] = [_with_ci(v, lo, hi) for v, lo, hi in zip(shown[column], shown[low], shown[high])]
+        elif pd.api.types.is_numeric_dtype(shown[column]) or shown[column].dtype == object:
+            shown[column] = shown[column].map(_cell_text)
+    return shown.drop(columns=companions).to_markdown(index=False)
 
 
-def _cell(value) -> str:
+def _with_ci(value, low, high) -> str:
+    text = _cell_text(value)
+    if text and isinstance(low, float) and isinstance(high, float) and math.isfinite(low) and math.isfinite(high):
+        return f"{text} [{low:.3f}, {high:.3f}]"
+    return text
+
+
+def _cell_text(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -130,5 +272,6 @@ def _cell(value) -> str:
     return str(value)
 
 
-__all__ = ["TABLE1_BASELINES", "TABLE2_BASELINES", "read_results", "table1", "table1_baselines", "table1_columns",
-           "table2", "table3", "to_markdown"]
+__all__ = ["CELL_COLUMNS", "PAPER_NOTES", "TABLE1_BASELINES", "TABLE2_BASELINES", "IncomparableCells", "cells_table",
+           "check_comparable", "read_result", "read_results", "table1", "table1_baselines", "table1_columns", "table2",
+           "table3", "table_notes", "table_rows", "to_markdown"]

@@ -33,6 +33,26 @@ FP_TEMPLATES: dict[str, str] = {
     "classification": "Show %color% if the picture has %category%, otherwise show %color2%.",
 }
 
+#: The test-time pool of the official ``--rephrase`` option (``infer/edit_cli_seg.py``,
+#: ``inference_seg``), verbatim: ``%`` is the class name, the literal ``\into`` and the repeated
+#: entry are the official text. The official script draws one with ``random.choice`` per (image,
+#: class); :func:`test_instruction` draws it with :func:`pick`. The official code has no such pool
+#: for detection or classification, and the depth pool the reference mentions is not in the
+#: released code, so those tasks are asked their fixed template under either mode.
+OFFICIAL_RP_TEST_POOL: dict[str, tuple[str, ...]] = {
+    "segmentation": (
+        "Could someone please break down the % \\into individual parts?",
+        "Can you provide me with a segment of the %?",
+        "Please divide the % \\into smaller parts",
+        "Segment the %",
+        "Can you provide me with a segment of the %?",
+        "Help me segment the %",
+        "Would you be willing to split the % with me?",
+    ),
+}
+#: How an evaluation asks its questions: the fixed templates, or as the paper asked the RP model.
+INSTRUCTION_MODES = ("fp", "rp_pool")
+
 #: The placeholders each task's templates must contain (each exactly once).
 PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "segmentation": ("%category%",),
@@ -146,6 +166,18 @@ def pick(seed: int, sample_id: str, n: int) -> int:
         raise ValueError(f"pick needs n >= 1, got {n}")
     digest = hashlib.sha256(f"{seed}:{sample_id}".encode("utf-8")).digest()
     return int.from_bytes(digest, "big") % n
+
+
+def test_instruction(task: str, mode: str, seed: int, key: str, **slots: str) -> str:
+    """The instruction evaluation asks: ``mode="fp"`` renders the task's fixed template;
+    ``mode="rp_pool"`` draws from :data:`OFFICIAL_RP_TEST_POOL` (seeded by ``key``, e.g.
+    benchmark|image|class) where the task has a pool, and renders the fixed template otherwise."""
+    if mode not in INSTRUCTION_MODES:
+        raise ValueError(f"instruction mode must be one of {INSTRUCTION_MODES}, got {mode!r}")
+    pool = OFFICIAL_RP_TEST_POOL.get(task) if mode == "rp_pool" else None
+    if not pool:
+        return render(FP_TEMPLATES[task], **slots)
+    return pool[pick(seed, key, len(pool))].replace("%", str(slots["category"]).strip())
 
 
 _TRAILING_PUNCT = ".!?;:,"

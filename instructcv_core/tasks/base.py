@@ -46,6 +46,8 @@ class Target:
     color: str | None = None
     color2: str | None = None
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    #: Tells apart targets of one image that share category, variant and polarity (part of the pair key).
+    tag: str | None = None
 
 
 class Question(NamedTuple):

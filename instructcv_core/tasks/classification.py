@@ -18,13 +18,27 @@ import numpy as np
 import pandas as pd
 
 from instructcv_core.evaluation.protocols import paper, standard
-from instructcv_core.instructions.templates import FP_TEMPLATES, render
+from instructcv_core.instructions.templates import test_instruction
 from instructcv_core.tasks.base import MetricSpec, Prediction, Question, Target, per_image
 from instructcv_core.tasks.category_names import prompt_name
 from instructcv_core.tasks.colours import PALETTE, Colour, draw_colour_pair, mean_rgb, rgb
 
 #: The two answers of the binary variant (records with a ``species``).
 SPECIES = ("cat", "dog")
+#: The official FP construction of the binary variant (``build_data/format_dataset_fp.py``,
+#: ``proc_oxford_pets_binary``): fixed colours, five questions per cat image and four per dog image.
+#: Each: (class named, colour if present, colour if absent, colour shown). The official wording
+#: ("show purple if there exists cat, otherwise show orange") is rendered with our FP template.
+OFFICIAL_FP_BINARY: dict[str, tuple[tuple[str, str, str, str], ...]] = {
+    "cat": (("cat", "purple", "orange", "purple"), ("cat", "purple", "black", "purple"),
+            ("dog", "purple", "blue", "blue"), ("dog", "purple", "red", "red"), ("dog", "purple", "green", "green")),
+    "dog": (("dog", "orange", "black", "orange"), ("dog", "green", "black", "green"),
+            ("cat", "orange", "red", "red"), ("cat", "orange", "blue", "blue")),
+}
+#: Pair variants only one manifest takes: the binary questions with random colour pairs (RP, the
+#: official ``proc_oxford_pets_binary_ifelse``) and with the fixed official FP colours.
+RP_ONLY_VARIANTS = frozenset({"binary"})
+FP_ONLY_VARIANTS = frozenset({"binary_fp"})
 
 # --------------------------------------------------------------------------------------------
 # encoding and decoding
@@ -133,30 +147,40 @@ class ClassificationEvaluation:
 
     def questions(self, bench, config, phrasings=None):
         """Standard: every class of the dataset (the N-way decision), plus cat and dog where the images
-        answer the binary question. Paper: the binary cat/dog questions (the official script) there;
-        elsewhere the true class and one seeded other class, scored with the same official rule."""
+        answer the binary question, in the FP template with the configured colours. Paper: the
+        official inference instruction (:func:`~instructcv_core.evaluation.protocols.paper.paper_classification_prompt`:
+        "Show red if there exsits cat; if not, show green instead.", ``infer/edit_cli_cls.py``) for
+        cat and dog there; elsewhere for the true class and one seeded other class, scored with the
+        same official rule."""
         from instructcv_core.evaluation.planning import query_seed
 
         pos, neg = config.positive_colour, config.negative_colour
 
-        def ask(image_id, category, paper_use, standard_use):
-            text = render(FP_TEMPLATES["classification"], category=prompt_name(bench.dataset, category), color=pos, color2=neg)
-            return Question(image_id, text, category, paper_use, standard_use, pos, neg)
+        def ask(image_id, category):
+            text = test_instruction("classification", config.instruction_mode(), config.seed,
+                                    f"{bench.name}|{image_id}|{category}", category=prompt_name(bench.dataset, category),
+                                    color=pos, color2=neg)
+            return Question(image_id, text, category, False, True, pos, neg)
+
+        def ask_paper(image_id, category):
+            text = paper.paper_classification_prompt(prompt_name(bench.dataset, category))
+            return Question(image_id, text, category, True, False, paper.PAPER_POSITIVE_COLOUR, paper.PAPER_NEGATIVE_COLOUR)
 
         for image_id in bench.image_ids:
             record = bench.records[image_id]
             classes = list(bench.categories)
             for name in classes:
-                yield ask(image_id, name, False, True)
+                yield ask(image_id, name)
             if bench.spec.binary_species:
                 for species in SPECIES:
-                    yield ask(image_id, species, True, True)
+                    yield ask(image_id, species)
+                    yield ask_paper(image_id, species)
             else:
                 others = [c for c in classes if c != record.label_name]
                 rng = np.random.default_rng(query_seed(config.seed, bench.name, image_id, "negative"))
-                yield ask(image_id, record.label_name, True, False)
+                yield ask_paper(image_id, record.label_name)
                 if others:
-                    yield ask(image_id, others[int(rng.integers(len(others)))], True, False)
+                    yield ask_paper(image_id, others[int(rng.integers(len(others)))])
 
     def score(self, bench, outputs, output_image, target_image, config):
         predictions = []
@@ -165,7 +189,8 @@ class ClassificationEvaluation:
         for row in outputs.itertuples():
             output = output_image(row.output_digest)
             margin = classification_margin(output, row.colour, row.colour2)
-            margins.setdefault(row.image_id, {})[row.category] = margin
+            if row.standard:
+                margins.setdefault(row.image_id, {})[row.category] = margin
             if row.paper:
                 paper_outputs.setdefault(row.image_id, {})[row.category] = output
             predictions.append({"query_id": row.query_id, "margin": margin})
@@ -175,7 +200,9 @@ class ClassificationEvaluation:
             for image_id, asked in paper_outputs.items():
                 record = bench.records[image_id]
                 if bench.spec.binary_species:  # the official binary script: the cat answer and the dog answer
-                    samples.append((image_id, record.species, asked["cat"], asked["dog"]))
+                    # the official label comes from the breed in the file name ("Bengal" -> dog)
+                    label = paper.official_pets_label(image_id) or "unknown"
+                    samples.append((image_id, label, asked["cat"], asked["dog"]))
                 else:  # the same rule on (true class, one other class): the true class plays "cat"
                     other = next(c for c in sorted(asked) if c != record.label_name)
                     samples.append((image_id, "cat", asked[record.label_name], asked[other]))
@@ -207,7 +234,11 @@ class ClassificationTask:
         return record.label_name is not None
 
     def targets(self, record, root: Path, image, class_names, config) -> list[Target]:
-        """Positive and negative colour blocks; every draw is seeded by the image and the question."""
+        """Positive and negative colour blocks; every draw is seeded by the image and the question.
+
+        Pets' binary cat/dog questions come twice: with seeded random colour pairs (variant
+        ``binary``, for the RP manifest, as the official RP builder) and with the official FP
+        builder's fixed colours (variant ``binary_fp``, :data:`OFFICIAL_FP_BINARY`, for the FP manifest)."""
         size = (image.shape[1], image.shape[0])
         questions: list[tuple[str, str, bool]] = []  # (variant, class named, is it the image's class)
         if record.species is not None:
@@ -225,12 +256,17 @@ class ClassificationTask:
             color, color2 = draw_colour_pair(rng)
             block = encode_classification(PALETTE[color if positive else color2], size)
             targets.append(Target(block, name, prompt_name(record.dataset, name), variant, positive, color, color2))
+        if record.species is not None and "binary" in config.pets_variants:
+            for name, color, color2, shown in OFFICIAL_FP_BINARY[record.species]:
+                targets.append(Target(encode_classification(shown, size), name, prompt_name(record.dataset, name),
+                                      "binary_fp", name == record.species, color, color2, tag=f"{color}/{color2}"))
         return targets
 
     def expected_pairs(self, record, class_names, config) -> int:
         negatives = min(config.classification_negatives, max(0, len(class_names) - 1))
         if record.species is not None:
-            return 2 * ("binary" in config.pets_variants) + (1 + negatives) * ("breeds" in config.pets_variants)
+            binary = 2 + len(OFFICIAL_FP_BINARY[record.species])  # RP's two questions, FP's fixed ones
+            return binary * ("binary" in config.pets_variants) + (1 + negatives) * ("breeds" in config.pets_variants)
         return 1 + negatives
 
     def instruction_slots(self, row) -> dict[str, str]:

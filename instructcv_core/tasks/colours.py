@@ -34,16 +34,20 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "peru": (205, 133, 63),
 }
 
+#: Named colours outside the palette that the official FP builder uses ("otherwise show black").
+#: They are never drawn at random (``draw_colour_pair`` keeps to :data:`PALETTE`).
+FIXED_COLOURS: dict[str, tuple[int, int, int]] = {"black": (0, 0, 0)}
+
 Colour = tuple[int, int, int] | str
 
 
 def rgb(colour: Colour) -> tuple[int, int, int]:
     """A colour as an (r, g, b) tuple of ints in 0..255; names are looked up in PALETTE."""
     if isinstance(colour, str):
-        try:
-            return PALETTE[colour.strip().lower()]
-        except KeyError:
-            raise ValueError(f"unknown colour name {colour!r}; known: {list(PALETTE)}") from None
+        name = colour.strip().lower()
+        if name in PALETTE or name in FIXED_COLOURS:
+            return PALETTE.get(name) or FIXED_COLOURS[name]
+        raise ValueError(f"unknown colour name {colour!r}; known: {list(PALETTE) + list(FIXED_COLOURS)}")
     values = tuple(int(c) for c in colour)
     if len(values) != 3 or any(not 0 <= c <= 255 for c in values):
         raise ValueError(f"colour must be three ints in 0..255, got {colour!r}")
@@ -77,4 +81,4 @@ def draw_colour_pair(
     return names[i], names[j]
 
 
-__all__ = ["PALETTE", "Colour", "draw_colour_pair", "mean_rgb", "rgb"]
+__all__ = ["FIXED_COLOURS", "PALETTE", "Colour", "draw_colour_pair", "mean_rgb", "rgb"]

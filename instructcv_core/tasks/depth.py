@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from instructcv_core.evaluation.protocols import paper, standard
-from instructcv_core.instructions.templates import FP_TEMPLATES
+from instructcv_core.instructions.templates import test_instruction
 from instructcv_core.tasks.arrays import Size, channel_values, resize_to
 from instructcv_core.tasks.base import MetricSpec, Prediction, Question, Target, expected_target, per_image, record_size
 
@@ -144,7 +144,8 @@ class DepthEvaluation:
 
     def questions(self, bench, config, phrasings=None):
         for image_id in bench.image_ids:
-            yield Question(image_id, FP_TEMPLATES["depth"], None, True, True)
+            text = test_instruction("depth", config.instruction_mode(), config.seed, f"{bench.name}|{image_id}")
+            yield Question(image_id, text, None, True, True)
 
     def score(self, bench, outputs, output_image, target_image, config):
         from instructcv_core.data.labels import load_depth_m

@@ -149,8 +149,9 @@ def decode_detection(
 
 
 def _folder_name(image_id: str, category: str) -> str:
-    """The official ``{image}_{category}_det`` folder name ('_' and spaces inside names become '-')."""
-    clean = lambda text: str(text).strip().replace("_", "-").replace(" ", "-")  # noqa: E731
+    """The official ``{image}_{category}_det`` folder name ('_' inside names becomes '-'; spaces stay, as the
+    official folders keep 'dining table', which its COCO name filter matches)."""
+    clean = lambda text: str(text).strip().replace("_", "-")  # noqa: E731
     return f"{clean(image_id)}_{clean(category)}_det"
 
 
@@ -189,7 +190,7 @@ class DetectionEvaluation:
                     detections += [(row.category, (d.x, d.y, d.w, d.h), d.score) for d in found]
                 predictions.append({"query_id": row.query_id,
                                     "boxes": json.dumps([[d.x, d.y, d.w, d.h, d.score] for d in found])})
-            gt_boxes = [(b.category, (b.x, b.y, b.w, b.h), bool(b.iscrowd)) for b in record.boxes]
+            gt_boxes = [(b.category, (b.x, b.y, b.w, b.h), bool(b.iscrowd), bool(b.difficult)) for b in record.boxes]
             images.append((image_id, size[0], size[1], gt_boxes, detections))
         out = {"predictions": pd.DataFrame(predictions)}
         if "paper" in config.protocols:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from instructcv_core.evaluation.data import present_categories, standard_categories
 from instructcv_core.evaluation.protocols import paper, standard
-from instructcv_core.instructions.templates import FP_TEMPLATES, render
+from instructcv_core.instructions.templates import render, test_instruction
 from instructcv_core.tasks.arrays import Size, channel_values, resize_to
 from instructcv_core.tasks.base import (
     OVERLAY_ALPHA,
@@ -131,7 +131,8 @@ def closed_set_questions(bench, config, task: str):
     for image_id in bench.image_ids:
         mine = present.get(image_id, [])
         for category in dict.fromkeys([*mine, *asked]):
-            text = render(FP_TEMPLATES[task], category=prompt_name(bench.dataset, category))
+            text = test_instruction(task, config.instruction_mode(), config.seed, f"{bench.name}|{image_id}|{category}",
+                                    category=prompt_name(bench.dataset, category))
             yield Question(image_id, text, category, category in mine, category in asked or not want_standard)
 
 
@@ -205,8 +206,9 @@ class OpenVocabularySegmentation:
         present = present_categories(bench)
         for image_id in bench.image_ids:
             for category in present.get(image_id, []):
-                yield Question(image_id, render(FP_TEMPLATES["segmentation"], category=prompt_name(bench.dataset, category)),
-                               category, True, True)
+                text = test_instruction("segmentation", config.instruction_mode(), config.seed,
+                                        f"{bench.name}|{image_id}|{category}", category=prompt_name(bench.dataset, category))
+                yield Question(image_id, text, category, True, True)
 
     def score(self, bench, outputs, output_image, target_image, config):
         predictions, paper_samples, standard_samples = [], [], []

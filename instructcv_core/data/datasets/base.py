@@ -35,6 +35,9 @@ class RemoteFile:
     content (recorded as verification ``"content"``, never as verified; see
     `instructcv_core.data.download`).
     ``extract``: whether the file is an archive to unpack into the dataset folder.
+    ``required=False``: the dataset is usable without it; ``required_in`` names the profiles in
+    which it is required all the same, and ``missing_effect`` says what is lost without it (the
+    stage's error in those profiles, its loud status elsewhere).
     """
 
     filename: str
@@ -44,6 +47,8 @@ class RemoteFile:
     extract: bool = True
     required: bool = True
     structure: tuple[StructurePin, ...] = ()
+    required_in: tuple[str, ...] = ()
+    missing_effect: str = ""
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,14 @@ Layout (root = ``fewshot_data/``, as ``fewshot_data.zip`` extracts)::
 
 Conventions:
 - One record per image; the category is the class folder name, ``image_id`` is ``<class>/<n>``.
-- Every class is in split ``test`` unless ``split_file`` says otherwise. ``split_file`` is an
+- Every class is in split ``test`` unless ``split_file`` or ``split`` says otherwise. ``split_file`` is an
   HSNet-style class list (one class name per line, e.g. ``data/splits/fss/trn.txt``) or a folder
   holding ``trn.txt`` / ``val.txt`` / ``test.txt``; the split name is the list's file stem, and
-  classes no list names get no records.
+  classes no list names get no records. ``split="hsnet_test"`` reads the standard 240 test classes
+  (HSNet's ``test.txt``, the FSS-1000 520/240/240 class split) downloaded beside the dataset as
+  :data:`HSNET_TEST_NAME`; only those classes get records (split ``test``). ``split="all"`` (the
+  default) makes all 1,000 classes "test", including classes seen in training: not an
+  open-vocabulary test set.
 - Category ids are 1..N over the class folders sorted by name (FSS-1000 has no native ids).
 """
 
@@ -34,6 +38,9 @@ from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry
 
 HSNET_SPLITS = ("trn", "val", "test")
 THRESHOLD = 128
+#: HSNet's list of the 240 standard FSS-1000 test classes, placed beside the dataset by the download.
+HSNET_TEST_NAME = "fss1000_hsnet_test.txt"
+SPLITS = ("all", "hsnet_test")
 
 SPEC = DatasetSpec(
     name="fss1000",
@@ -57,15 +64,33 @@ SPEC = DatasetSpec(
             structure=(StructurePin("members", 10_000, "*.jpg", at_least=True, source="FSS-1000: 1,000 classes x 10 images"),
                        StructurePin("members", 10_000, "*.png", at_least=True, source="FSS-1000: 1,000 classes x 10 masks")),
         ),
+        RemoteFile(
+            HSNET_TEST_NAME,
+            ("https://raw.githubusercontent.com/juhongm999/hsnet/main/data/splits/fss/test.txt",),
+            extract=False,
+            required=False,
+            structure=(StructurePin("lines", 240, source="HSNet's FSS-1000 split: 240 test classes"),),
+        ),
     ),
     root_subdir="fewshot_data",
     marker="abacus/1.jpg",  # the first class folder of the real dataset (the mini has it too)
 )
 
 
-def read(root: Path, split_file: Path | None = None) -> ReadResult:
+def read(root: Path, split_file: Path | None = None, split: str = "all") -> ReadResult:
     """One record per image of each class that has a split."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = require(Path(root), "FSS-1000 folder of class folders")
+    if split == "hsnet_test":
+        if split_file is not None:
+            raise ValueError("give either split='hsnet_test' or a split_file, not both")
+        split_file = Path(root).parent / HSNET_TEST_NAME
+        if not split_file.exists():
+            raise DatasetLayoutError(
+                f"{split_file}: missing. split 'hsnet_test' (the 240 standard FSS-1000 test classes) needs HSNet's "
+                "data/splits/fss/test.txt beside the fewshot_data folder under this name; its download failed "
+                "or the dataset was given as extracted_dir without it")
     classes, quarantine = class_folders(root)
     if not classes:
         raise DatasetLayoutError(f"{root}: no class folders")
@@ -117,9 +142,10 @@ def class_splits(classes: list[str], split_file: Path | None) -> dict[str, str]:
         lists = [split_file]
     assignment: dict[str, str] = {}
     for path in lists:
+        name = "test" if path.name == HSNET_TEST_NAME else path.stem
         for line in path.read_text().splitlines():
             if line.strip():
-                assignment.setdefault(line.strip(), path.stem)
+                assignment.setdefault(line.strip(), name)
     return dict(sorted(assignment.items()))
 
 

@@ -55,6 +55,8 @@ MAT_NAME = "nyu_depth_v2_labeled.mat"
 SPLITS_NAME = "splits.mat"
 SYNC_DIR = "sync"
 SYNC_LIST_NAME = "nyudepthv2_train_files_with_gt.txt"
+SYNC_MISSING_EFFECT = ("depth training falls from about 24,000 BTS sync frames (the official training set) to "
+                       "the 795 labeled training images")
 EXPORT_DIR = "export"
 EXPORT_STAMP = ".export.json"
 EXPORT_VERSION = 1
@@ -97,6 +99,7 @@ SPEC = DatasetSpec(
             # no checksum or size published; it holds (at least) the 24,231 pairs of the BTS list
             structure=(StructurePin("members", 24_231, "*rgb_*.jpg", at_least=True, source="the BTS pair list"),
                        StructurePin("members", 24_231, "*sync_depth_*.png", at_least=True, source="the BTS pair list")),
+            required_in=("paper",), missing_effect=SYNC_MISSING_EFFECT,
         ),
         RemoteFile(
             SYNC_LIST_NAME,
@@ -104,6 +107,8 @@ SPEC = DatasetSpec(
             extract=False,
             required=False,
             structure=(StructurePin("lines", 24_231, source="BTS train_test_inputs: one line per training pair"),),
+            required_in=("paper",),
+            missing_effect=SYNC_MISSING_EFFECT,
         ),
     ),
     root_subdir=".",

@@ -17,7 +17,12 @@ Records: split "test", ``image_id`` = "<sensor>/<subset>/<scene>", ``label_name`
 with the raw variant, ``depth_dense_path`` = the ``depth_bfx/`` PNG where it exists.
 Options: ``exclude_nyu`` (default True) drops ``kv1/NYUdata``, the NYU Depth v2 images InstructCV
 removes from this test set; ``split_file`` (MDET's ``SUNRGBD_val_splits.txt``: ``<rgb> <depth>``
-lines, paths relative to the dataset's parent, e.g. ``SUNRGBD/kv2/...``) restricts to its lines.
+lines, paths relative to the dataset's parent, e.g. ``SUNRGBD/kv2/...``) restricts to its lines;
+``split="mdet_test"`` does the same with the copy of that list downloaded beside the dataset
+(:data:`MDET_SPLIT_NAME`): the standard 5,050-image test split, 4,396 images without the NYU part,
+which is the test set InstructCV reports (its ``SUNRGBD_val_splits4.txt``). ``split="all"`` (the
+default) takes every scene folder (about 10,335 images, 8,886 without the NYU part): not a
+published test split.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ SENSORS = ("kv1", "kv2", "realsense", "xtion")
 NYU_PREFIX = "kv1/NYUdata/"
 DEPTH_VARIANTS = ("depth", "depth_bfx")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: MDET's list of the standard SUN RGB-D test split (5,050 ``<rgb> <depth>`` lines), placed beside the
+#: dataset folder by the download.
+MDET_SPLIT_NAME = "SUNRGBD_val_splits.txt"
+SPLITS = ("all", "mdet_test")
 
 SPEC = DatasetSpec(
     name="sunrgbd",
@@ -71,6 +80,13 @@ SPEC = DatasetSpec(
             "md5:18d22e1761d36352f37232cba102f91f",
             required=False,
         ),
+        RemoteFile(
+            MDET_SPLIT_NAME,
+            (f"https://raw.githubusercontent.com/zhyever/Monocular-Depth-Estimation-Toolbox/main/splits/{MDET_SPLIT_NAME}",),
+            extract=False,
+            required=False,
+            structure=(StructurePin("lines", 5_050, source="the standard SUN RGB-D test split, one <rgb> <depth> line per image"),),
+        ),
     ),
     root_subdir="SUNRGBD",
     marker="kv1/NYUdata/NYU0001/intrinsics.txt",
@@ -78,12 +94,24 @@ SPEC = DatasetSpec(
 
 
 def read(
-    root: Path, depth_variant: str = "depth", exclude_nyu: bool = True, split_file: Path | None = None
+    root: Path, depth_variant: str = "depth", exclude_nyu: bool = True, split_file: Path | None = None,
+    split: str = "all",
 ) -> ReadResult:
-    """One "test" record per scene folder (or per line of ``split_file``)."""
+    """One "test" record per scene folder (or per line of ``split_file`` / the ``mdet_test`` list)."""
     if depth_variant not in DEPTH_VARIANTS:
         raise ValueError(f"depth_variant must be one of {DEPTH_VARIANTS}, got {depth_variant!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = Path(root)
+    if split == "mdet_test":
+        if split_file is not None:
+            raise ValueError("give either split='mdet_test' or a split_file, not both")
+        split_file = root.parent / MDET_SPLIT_NAME
+        if not split_file.exists():
+            raise DatasetLayoutError(
+                f"{split_file}: missing. split 'mdet_test' (the standard 5,050-image SUN RGB-D test split, "
+                f"4,396 without NYU, as InstructCV) needs MDET's {MDET_SPLIT_NAME} beside the SUNRGBD folder; "
+                "its download failed or the dataset was given as extracted_dir without it")
     if split_file is not None:
         pairs = _split_file_pairs(root, require(Path(split_file), "SUN RGB-D split file (<rgb> <depth> lines)"))
     else:

@@ -172,6 +172,29 @@ DET_FILTER_IOU = 0.5
 DET_IMAGE_SIZE = 512
 #: ``params.maxDets`` of the official ``Evaluate_AR.Eval.evaluate``.
 DET_MAX_DETS = (100, 300, 1000)
+#: ``CLASSES_COCO`` of the official builders (``build_data/format_dataset_fp.py``; ``Evaluate_AR.py`` and
+#: ``Evaluate_AR_voc.py`` import it from ``dataset_creation.format_dataset``). ``Eval.evaluate`` keeps
+#: only the categories whose names are in it (``coco_gt.getCatIds(catNms=CLASSES_COCO)``), on VOC too.
+OFFICIAL_COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)
+
+
+def official_category_filter(categories: Iterable[str], names: Sequence[str] = OFFICIAL_COCO_CLASSES) -> list[str]:
+    """The categories the official COCOeval keeps: those whose name is in ``names`` (exact match,
+    as ``COCO.getCatIds(catNms=...)``). On VOC this drops aeroplane, diningtable, motorbike,
+    pottedplant, sofa and tvmonitor (COCO spells them airplane, dining table, motorcycle, potted
+    plant, couch, tv)."""
+    keep = set(names)
+    return [c for c in categories if c in keep]
 
 
 def official_det_folder_fields(folder_name: str) -> tuple[str, str]:
@@ -235,6 +258,7 @@ def gt_filter(
 def detection_map(
     folders: Iterable[tuple[str, Sequence[Sequence[float]], Sequence[Sequence[float]]]],
     filter_iou: float = DET_FILTER_IOU,
+    category_names: Sequence[str] | None = OFFICIAL_COCO_CLASSES,
 ) -> dict:
     """The official detection "mAP" (COCO, VOC): GT-filtered boxes, score 1, COCOeval.
 
@@ -264,8 +288,10 @@ def detection_map(
       script's headline (first summary line) is ``stats[0]``;
     * folder names containing ``.`` are skipped (``if '.' in file: continue``), with a warning.
 
-    Not reproduced: the official restricts ``catIds`` to names in its COCO class list; here every
-    category that appears is evaluated (identical when every name is in that list).
+    * only categories whose name is in ``category_names`` are evaluated (official
+      ``cocoEval.params.catIds = coco_gt.getCatIds(catNms=CLASSES_COCO)``, default
+      :data:`OFFICIAL_COCO_CLASSES`; ``None`` keeps every category). The others still get ids and
+      GT in the json but count in no AP; they are listed in ``dropped_categories``.
 
     Crashes of the official turned into warnings: a folder with an empty GT list (official:
     no ``pred_bbox2.json`` is written for it, ``deal_predjson`` raises FileNotFoundError; here
@@ -274,7 +300,7 @@ def detection_map(
 
     Returns ``map``, ``map50`` (percent), ``per_category`` (AP@[.50:.95] by name, percent),
     ``folders``, ``images``, ``categories``, ``gt_boxes``, ``pred_boxes``, ``kept_boxes``,
-    ``empty_gt_folders``, ``warnings``.
+    ``empty_gt_folders``, ``dropped_categories``, ``warnings``.
     """
     rows = []
     seen: set[str] = set()
@@ -330,9 +356,19 @@ def detection_map(
         "kept_boxes": len(results),
         "empty_gt_folders": empty_gt,
     }
+    evaluated = (list(category_ids) if category_names is None
+                 else official_category_filter(category_ids, category_names))
+    counts["dropped_categories"] = sorted(set(category_ids) - set(evaluated))
+    if counts["dropped_categories"]:
+        warnings.append(f"categories not in the official COCO name list, left out of the mAP as the official "
+                        f"getCatIds(catNms=CLASSES_COCO) does: {', '.join(counts['dropped_categories'])}")
     if not rows:
         return {"map": math.nan, "map50": math.nan, "per_category": {}, **counts,
                 "warnings": [*warnings, "no folders: nothing to evaluate"]}
+    if not evaluated:
+        return {"map": math.nan, "map50": math.nan, "per_category": {}, **counts,
+                "warnings": [*warnings, "no category is in the official name list: the official COCOeval "
+                                        "evaluates no category (every summary value -1)"]}
     if not results:
         warnings.append(
             "no predicted box survived the GT filter: the official Evaluate_AR raises IndexError in "
@@ -344,7 +380,8 @@ def detection_map(
         "annotations": annotations,
         "categories": [{"id": c, "name": n, "supercategory": "None"} for n, c in category_ids.items()],
     }
-    evaluator = run_coco_bbox_eval(dataset, results, max_dets=DET_MAX_DETS, cat_ids=list(category_ids.values()))
+    evaluator = run_coco_bbox_eval(dataset, results, max_dets=DET_MAX_DETS,
+                                   cat_ids=[category_ids[c] for c in evaluated])
     names = {c: n for n, c in category_ids.items()}
     per_category = {names[c]: ap for c, ap in per_category_ap(evaluator, max_det=100).items()}
     return {
@@ -364,42 +401,58 @@ DEPTH_SCALE_M = 10.0
 
 
 def official_depth_errors(gt_m: np.ndarray, pred_m: np.ndarray) -> dict[str, float]:
-    """``compute_errors`` of the official ``evaluate/evaluate_depes.py`` on one image.
+    """``compute_errors`` of the official ``evaluate/evaluate_depes.py`` (HEAD) on one image.
 
-    The official ``__main__`` calls ``compute_errors(pred, gt)`` although the function is declared
-    ``compute_errors(gt, pred)``; the swap is reproduced (it only matters for AbsRel, which is
-    therefore divided by the *prediction*). With ``p`` = prediction, ``g`` = GT (metres):
+    At HEAD (since commit b402562) the function is declared ``compute_errors(pred, gt)`` and
+    ``__main__`` calls it as ``compute_errors(pred, gt)``, so AbsRel is divided by the ground truth.
+    (Up to commit 420a3da it was declared ``(gt, pred)`` and called ``(pred, gt)``: that swap, which
+    divided by the prediction, is gone.) With ``p`` = prediction, ``g`` = GT (metres):
 
-    * ``flag = 1 & uint8(p) & uint8(g)`` (bitwise, metres truncated): 1 only where ``floor(p)``
+    * ``flag = 1 & uint8(g) & uint8(p)`` (bitwise, metres truncated): 1 only where ``floor(p)``
       and ``floor(g)`` are both odd; ``p' = flag * p``, ``g' = flag * g``;
-    * masked pixels (``p' == 0``, which happens exactly where ``flag == 0``) become 1 in both
+    * masked pixels (``g' == 0``, which happens exactly where ``flag == 0``) become 1 in both
       arrays, ratio 1 and error 0: they count as perfect in every mean below, which runs over
       *all* pixels;
-    * ``delta_k = mean(max(p'/g', g'/p') < 1.25^k)``, ``abs_rel = mean(|p' - g'| / p')``,
-      ``rmse = sqrt(mean((p' - g')^2))`` (masked pixels contribute 0).
+    * ``delta_k = mean(max(g'/p', p'/g') < 1.25^k)``, ``abs_rel = mean(|g' - p'| / g')``,
+      ``rmse = sqrt(mean((g' - p')^2))`` (masked pixels contribute 0).
 
     Also returns ``valid_fraction``, the share of pixels the mask keeps.
     """
-    a = np.asarray(pred_m, dtype=np.float64)  # the function's "gt" (swapped call)
-    b = np.asarray(gt_m, dtype=np.float64)  # the function's "pred"
-    if a.shape != b.shape:
-        raise ValueError(f"gt {b.shape} and pred {a.shape} must have the same shape")
-    flag = np.bitwise_and(np.ones(a.shape, dtype=np.uint8), a.astype(np.uint8))
-    flag = np.bitwise_and(flag, b.astype(np.uint8))
-    a_new = flag * a
-    b_new = flag * b
-    mask = (np.abs(a_new) <= 10e-4).astype(np.float64)
-    a_nz = mask + a_new
-    b_nz = mask + b_new
-    thresh = np.maximum(a_nz / b_nz, b_nz / a_nz)
+    gt = np.asarray(gt_m, dtype=np.float64)
+    pred = np.asarray(pred_m, dtype=np.float64)
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt {gt.shape} and pred {pred.shape} must have the same shape")
+    flag = np.bitwise_and(np.ones(gt.shape, dtype=np.uint8), gt.astype(np.uint8))
+    flag = np.bitwise_and(flag, pred.astype(np.uint8))
+    gt_new = flag * gt
+    pred_new = flag * pred
+    mask = (np.abs(gt_new) <= 10e-4).astype(np.float64)
+    gt_nz = mask + gt_new
+    pred_nz = mask + pred_new
+    thresh = np.maximum(gt_nz / pred_nz, pred_nz / gt_nz)
     return {
-        "rmse": float(np.sqrt(np.mean((a_new - b_new) ** 2))),
-        "abs_rel": float(np.mean(np.abs(a_nz - b_nz) / a_nz)),
+        "rmse": float(np.sqrt(np.mean((gt_new - pred_new) ** 2))),
+        "abs_rel": float(np.mean(np.abs(gt_nz - pred_nz) / gt_nz)),
         "delta1": float(np.mean(thresh < 1.25)),
         "delta2": float(np.mean(thresh < 1.25**2)),
         "delta3": float(np.mean(thresh < 1.25**3)),
         "valid_fraction": float(np.mean(flag)),
     }
+
+
+def official_gt_metres(level: np.ndarray) -> np.ndarray:
+    """The GT in metres in the official order of operations: ``gt / 255 * 10`` (``__main__``).
+
+    Not ``gt * 10 / 255``: the two differ by one ulp for some levels, which flips the delta
+    thresholds at exact 5:4 and 125:64 level ratios (GT 36, output 45: ``45*10/255`` divided by
+    ``36/255*10`` is exactly 1.25, not below it, so delta1 = 0).
+    """
+    return np.asarray(level, dtype=np.float64) / 255 * DEPTH_SCALE_M
+
+
+def official_pred_metres(level: np.ndarray) -> np.ndarray:
+    """The prediction in metres in the official order of operations: ``pred * 10 / 255``."""
+    return np.asarray(level, dtype=np.float64) * DEPTH_SCALE_M / 255
 
 
 def depth_metrics(samples: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
@@ -413,13 +466,14 @@ def depth_metrics(samples: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
 
     Quirks reproduced:
 
-    * the GT is the 8-bit target, not raw depth: ``g = channel0 * 10 / 255`` (3.9 cm levels,
+    * the GT is the 8-bit target, not raw depth: ``g = channel0 / 255 * 10`` (3.9 cm levels,
       everything beyond 10 m clipped by the encoding, 0 = missing depth kept as 0 m);
     * the output is resized to the GT size with PIL bilinear (torchvision ``Resize`` on a PIL
-      image), then ``p = channel0 * 10 / 255`` (red; no channel averaging);
+      image), then ``p = channel0 * 10 / 255`` (red; no channel averaging); each in the official
+      order of operations (:func:`official_gt_metres`, :func:`official_pred_metres`);
     * no Eigen crop, no depth cap, no scale alignment;
     * the odd-metre validity mask and "masked = perfect" rule of :func:`official_depth_errors`,
-      AbsRel divided by the prediction (swapped arguments);
+      AbsRel divided by the ground truth (HEAD's ``compute_errors(pred, gt)``);
     * per-image RMSE, AbsRel and deltas, averaged over images.
 
     Returns ``rmse`` (metres), ``abs_rel``, ``delta1``, ``delta2``, ``delta3`` (fractions),
@@ -435,9 +489,7 @@ def depth_metrics(samples: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
         out = out[:, :, :3]
         if out.shape[:2] != (height, width):
             out = np.asarray(Image.fromarray(out).resize((width, height), Image.Resampling.BILINEAR))
-        gt_m = gt_level.astype(np.float64) * DEPTH_SCALE_M / 255
-        pred_m = out[:, :, 0].astype(np.float64) * DEPTH_SCALE_M / 255
-        per_image.append(official_depth_errors(gt_m, pred_m))
+        per_image.append(official_depth_errors(official_gt_metres(gt_level), official_pred_metres(out[:, :, 0])))
     keys = ("rmse", "abs_rel", "delta1", "delta2", "delta3", "valid_fraction")
     if not per_image:
         return {**{k: math.nan for k in keys}, "images": 0,
@@ -595,6 +647,7 @@ __all__ = [
     "DET_MAX_DETS",
     "DEPTH_SCALE_M",
     "OFFICIAL_CAT_BREEDS",
+    "OFFICIAL_COCO_CLASSES",
     "OFFICIAL_DOG_BREEDS",
     "PAPER_CLASSIFICATION_TEMPLATE",
     "PAPER_NEGATIVE_COLOUR",
@@ -609,7 +662,10 @@ __all__ = [
     "gt_filter",
     "gt_filter_iou",
     "mean_rgb_distance",
+    "official_category_filter",
     "official_depth_errors",
+    "official_gt_metres",
+    "official_pred_metres",
     "official_det_folder_fields",
     "official_mask_iou",
     "official_pets_label",

@@ -173,11 +173,16 @@ def detection_ap(
     """COCO box AP (pycocotools, default settings) with real scores and no GT filtering.
 
     ``images``: ``(image_id, width, height, gt, detections)`` with ``gt`` a list of
-    ``(category, (x, y, w, h), iscrowd)`` and ``detections`` a list of
+    ``(category, (x, y, w, h), iscrowd)`` or ``(category, (x, y, w, h), iscrowd, difficult)`` and
+    ``detections`` a list of
     ``(category, (x, y, w, h), score)``; ``categories`` lists every category label (names or
     ids) of the benchmark, all of which were queried. Crowd GT boxes are handled as COCO does:
     a detection on a crowd region is ignored, neither true nor false positive, and a category
-    with only crowd GT is left out of the mean.
+    with only crowd GT is left out of the mean. VOC ``difficult`` boxes are ignored as the VOC
+    convention (devkit ``VOCevalDet``) does: a detection matching one (IoU above the threshold, at
+    most one detection per box) is neither a true nor a false positive, and a missed one costs
+    nothing. pycocotools ignores a GT whose area is outside the evaluated area range, with the
+    ordinary IoU and one match per box, so a difficult box is given area -1.
 
     Returns ``ap`` (AP@[.50:.95]), ``ap50``, ``ap75``, ``aps``, ``apm``, ``apl``, ``ar100`` (percent),
     ``per_category`` (label -> AP), ``images``, ``gt_boxes``, ``detections``, ``warnings``.
@@ -188,9 +193,12 @@ def detection_ap(
     image_rows, ground_truth, dets = [], [], []
     for image_id, width, height, gt, detections in images:
         image_rows.append((int(image_id), int(width), int(height)))
-        for category, bbox, iscrowd in gt:
-            ground_truth.append({"image_id": int(image_id), "category_id": _cat(cat_ids, category),
-                                 "bbox": list(bbox), "iscrowd": int(bool(iscrowd))})
+        for category, bbox, iscrowd, *difficult in gt:
+            row = {"image_id": int(image_id), "category_id": _cat(cat_ids, category),
+                   "bbox": list(bbox), "iscrowd": int(bool(iscrowd))}
+            if difficult and difficult[0]:
+                row["area"] = -1.0  # outside every area range: ignored, ordinary IoU (VOC "difficult")
+            ground_truth.append(row)
         for category, bbox, score in detections:
             dets.append((int(image_id), _cat(cat_ids, category), list(bbox), float(score)))
     result = coco_detection_ap(image_rows, ground_truth, dets, list(cat_ids.values()))
