@@ -23,13 +23,13 @@ from typing import Any, TypeVar
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Mini: runs end to end in minutes on 2 CPU cores.
     "mini": {
-        # The tiny SD-shaped base (its shape: `TinyModelConfig`'s defaults) and the wall-clock
-        # budget of fitting its autoencoder on mini-benchmark images.
-        "base_model": {"text_encoder": "minilm", "prediction_type": "v_prediction", "fit_seconds": 150.0,
-                       "fit_images": 4000},
-        # Time-bounded (max_seconds): the step count is a ceiling rarely reached on a CPU.
-        "train": {"max_steps": 100_000, "max_seconds": 180.0, "train_batch_size": 32, "learning_rate": 5e-4,
-                  # every 12 steps: a kill loses at most ~30 s of mini training (2.3 s/step on 2 cores; docs/recovery.md)
+        # The tiny SD-shaped base (its shape: `TinyModelConfig`'s defaults, a (32, 64) UNet) and a
+        # fixed number of optimiser steps fitting its autoencoder on mini-benchmark images.
+        "base_model": {"text_encoder": "minilm", "prediction_type": "v_prediction", "unet_block_out_channels": (32, 64),
+                       "fit_steps": 600, "fit_images": 4000},
+        # A fixed step count (never wall clock): the same config and seed give the same checkpoint.
+        "train": {"max_steps": 1000, "train_batch_size": 32, "learning_rate": 2e-3, "lr_scheduler": "cosine",
+                  # every 12 steps: a kill loses little mini training (docs/recovery.md)
                   "checkpointing_steps": 12, "mixed_precision": "no", "gradient_checkpointing": False,
                   "cache_latents": True},
 
@@ -45,7 +45,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         # SD v1.5 is loaded, not built: no knob of the tiny base applies (settings.base_model names it).
         "base_model": {},
-        "train": {"max_steps": 20_000, "max_seconds": None, "train_batch_size": 128, "learning_rate": 1e-4,
+        "train": {"max_steps": 20_000, "train_batch_size": 128, "learning_rate": 1e-4,
                   "checkpointing_steps": 1000, "mixed_precision": "bf16", "gradient_checkpointing": True,
                   "cache_latents": True},
 
