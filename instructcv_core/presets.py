@@ -23,10 +23,9 @@ from typing import Any, TypeVar
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Mini: runs end to end in minutes on 2 CPU cores.
     "mini": {
-        # The tiny SD-shaped base (its shape: `TinyModelConfig`'s defaults, a (32, 64) UNet) and a
-        # fixed number of optimiser steps fitting its autoencoder on mini-benchmark images.
-        "base_model": {"text_encoder": "minilm", "prediction_type": "v_prediction", "unet_block_out_channels": (32, 64),
-                       "fit_steps": 600, "fit_images": 4000},
+        # The tiny SD-shaped base (its shape: `TinyModelConfig`'s defaults) and a fixed number of
+        # optimiser steps fitting its autoencoder on mini-benchmark images.
+        "base_model": {"text_encoder": "minilm", "prediction_type": "v_prediction", "fit_steps": 600, "fit_images": 4000},
         # A fixed step count (never wall clock): the same config and seed give the same checkpoint.
         "train": {"max_steps": 1000, "train_batch_size": 32, "learning_rate": 2e-3, "lr_scheduler": "cosine",
                   # every 12 steps: a kill loses little mini training (docs/recovery.md)

@@ -31,8 +31,8 @@ class TinyModelConfig:
     vae_layers_per_block: int = knob(1, "ResNet blocks per VAE encoder level (the decoder has one more, as in diffusers).")
     latent_channels: int = knob(4, "Latent channels (4, as SD).")
     unet_block_out_channels: tuple[int, ...] = knob(
-        (64, 128), "UNet channels per level; every level but the lowest has cross-attention (SD's pattern), "
-        "plus the mid block.")
+        (32, 64), "UNet channels per level; every level but the lowest has cross-attention (SD's pattern), "
+        "plus the mid block. (32, 64): the mini recipe (docs/benchmarks.md).")
     layers_per_block: int = knob(1, "ResNet(+attention) layers per UNet level.")
     attention_head_dim: int = knob(
         8, "UNet2DConditionModel(attention_head_dim=...), which (a diffusers naming legacy SD v1.5 shares) is "
