@@ -32,11 +32,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "checkpointing_steps": 12, "mixed_precision": "no", "gradient_checkpointing": False,
                   "cache_latents": True},
 
-        # Targets are made the same way in both profiles (`BuildConfig`'s defaults).
-        "build": {},
-        # Few denoising steps and a handful of images per benchmark, so evaluating a checkpoint on
-        # every benchmark takes about a minute on a CPU.
-        "sampler": {"steps": 8, "batch_size": 32, "dtype": "float32"},
+        # Box outlines 12 px wide at the original resolution (~170 px mini images): ~4.5 px at 64 px,
+        # where the official 4 px (1.5 px) do not survive the tiny autoencoder (round-trip outline IoU 0).
+        "build": {"box_width": 12},
+        # One deterministic, unguided denoising step from pure noise (trailing spacing: t = 999), i.e.
+        # the model's own estimate of the target: evaluating every query of every benchmark (~13,500 for
+        # FP, RP and the untrained base) costs minutes on a CPU, where 8 guided Euler-ancestral steps
+        # cost 24 UNet passes per query (docs/benchmarks.md, "The mini recipe").
+        "sampler": {"steps": 1, "scheduler": "ddim", "timestep_spacing": "trailing", "text_guidance": 1.0,
+                    "image_guidance": 1.0, "batch_size": 64, "dtype": "float32"},
         "eval": {"max_images": 6, "heldout_images": 4},
     },
     # Paper: the official recipe (lr 1e-4 constant, batch 128 per device, EMA 0.9999; the rest of the

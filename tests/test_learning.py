@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 
 from instructcv_core.construction.manifest import MANIFEST_SCHEMA, attach_fp, write_table
-from instructcv_core.construction.pairs import BuildConfig, build_units, plan_units
+from instructcv_core.construction.config import BuildConfig
+from instructcv_core.construction.pairs import build_units, plan_units
 from instructcv_core.data.imagestore import ImageStore
 from instructcv_core.data.raw_stage import build_raw_dataset, resolve_spec
 from instructcv_core.data.records import read_records
@@ -64,13 +65,16 @@ def test_the_learning_bar_fails_for_a_model_that_learned_nothing():
 
 
 def _mini_pairs(root):
+    from instructcv_core.presets import resolve
+
     sources = {}
     for name in TRAIN_DATASETS:
         spec = resolve_spec(name, "mini", mirror_dir=root / "mirror", info=lambda _: None)
         result = build_raw_dataset(name, spec, root / "raw" / name, show_bar=False, info=lambda _: None)
         records, data_root, categories = read_records(result.records_path)
         sources[name] = (records, data_root, [c.name for c in categories])
-    pairs = pd.DataFrame(build_units(plan_units(sources), BuildConfig(resolution=64), root / "images", workers=2).rows)
+    build = resolve(BuildConfig, "mini", "build", resolution=64, seed=0)  # the job's targets (mini box width)
+    pairs = pd.DataFrame(build_units(plan_units(sources), build, root / "images", workers=2).rows)
     train = write_table(attach_fp(pairs[pairs["role"] == "train"]), root / "fp_manifest.parquet", MANIFEST_SCHEMA)
     return train, attach_fp(pairs[pairs["role"] == "test"])
 
