@@ -50,24 +50,6 @@ def round_trip(vae: AutoencoderKL, images: np.ndarray | Sequence[np.ndarray], ba
     return np.concatenate(out) if out else np.zeros((0, x.shape[2], x.shape[3], 3), np.uint8)
 
 
-def fit_image_digests(input_digests: Sequence[str], target_digests: Sequence[str], limit: int) -> list[str]:
-    """The images the autoencoder is fitted on: the training rows' inputs and targets, as often as rows use them.
-
-    Sampling rows rather than distinct images matters: every classification row's target is one of
-    a few solid colour blocks, so among distinct images they are a handful in thousands and the VAE
-    never learns to reproduce them (measured: 50 % of colour blocks round-trip to another palette
-    colour), while among row images they are as frequent as the task is in training. At most
-    ``limit`` digests, evenly spaced over the rows (inputs, then targets, in row order); a
-    deterministic function of its arguments.
-    """
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    rows = [str(d) for d in input_digests] + [str(d) for d in target_digests]
-    if len(rows) <= limit:
-        return rows
-    return [rows[int(i)] for i in np.linspace(0, len(rows), num=limit, endpoint=False)]
-
-
 def fit_autoencoder(
     vae: AutoencoderKL,
     images: np.ndarray | Sequence[np.ndarray],

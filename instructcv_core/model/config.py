@@ -75,8 +75,7 @@ class BaseModelConfig(TinyModelConfig):
     """
 
     fit_steps: int = knob(600, "Optimiser steps (batches of 16 images) of the tiny autoencoder's fit.")
-    fit_images: int = knob(4000, "At most this many training images to fit on: the rows' inputs and targets, as "
-                                 "often as rows use them (`autoencoder.fit_image_digests`).")
+    fit_images: int = knob(4000, "At most this many distinct training images (inputs and targets) to fit on.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
