@@ -243,7 +243,8 @@ def _objective(tiny_base, data, **recipe):
     objective = DiffusionObjective(unet=base.unet, vae=frozen.vae, noise_scheduler=base.noise_scheduler, texts=texts,
                                    null_text=texts([""]), scaling_factor=base.vae.config.scaling_factor,
                                    weight_dtype=torch.float32, device=torch.device("cpu"),
-                                   conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip)
+                                   conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip,
+                                   train_timesteps=config.train_timesteps)
     frame = D.read_manifest(config.manifest)
     batch = next(iter(D.make_loader(D.PairDataset(frame, ImageStore(Path(config.image_store)), RES), 4, seed=0)))
     return config, objective, batch
@@ -257,6 +258,24 @@ def test_micro_batch_loss_depends_only_on_the_batch_and_its_generator(tiny_base,
     b = objective.micro_batch_loss(batch, seeded_generator(0, 5, 0, 0))
     c = objective.micro_batch_loss(batch, seeded_generator(0, 6, 0, 0))
     assert a.item() == b.item() and a.item() != c.item() and a.requires_grad
+
+
+def test_train_timesteps_bound_the_drawn_timesteps(tiny_base, data):
+    from instructcv_core.training.data import seeded_generator
+
+    drawn = {}
+    for bounds in ((0, 1000), (990, 1000)):
+        _, objective, batch = _objective(tiny_base, data, train_timesteps=bounds)
+        add_noise = objective.noise_scheduler.add_noise
+        seen = []
+        objective.noise_scheduler.add_noise = lambda x, n, t: (seen.append(t.clone()), add_noise(x, n, t))[1]
+        for step in range(5):
+            objective.micro_batch_loss(batch, seeded_generator(0, step, 0, 0))
+        drawn[bounds] = torch.cat(seen)
+    assert int(drawn[(990, 1000)].min()) >= 990 and int(drawn[(990, 1000)].max()) <= 999
+    assert int(drawn[(0, 1000)].min()) < 990  # the default draws from every timestep
+    with pytest.raises(ValueError, match="train_timesteps"):
+        TrainConfig(base_model="b", manifest="m", image_store="i", output_dir="o", train_timesteps=(10, 10))
 
 
 def test_train_micro_batch_updates_the_weights_once_per_accumulation(tiny_base, data):
@@ -309,7 +328,8 @@ TRAJECTORY_CHANGES = {
     "resolution": 64, "train_batch_size": 2, "gradient_accumulation_steps": 2, "learning_rate": 2e-3,
     "adam_weight_decay": 0.0, "lr_scheduler": "cosine", "lr_warmup_steps": 3, "max_grad_norm": 1.0, "max_steps": 7,
     "seed": 1, "mixed_precision": "bf16", "use_ema": False, "ema_decay": 0.999, "conditioning_dropout": (0.1, 0.0, 0.0),
-    "random_flip": False, "prediction_type": "v_prediction", "cache_latents": True, "tasks": ("depth",),
+    "random_flip": False, "train_timesteps": (500, 1000), "prediction_type": "v_prediction", "cache_latents": True,
+    "tasks": ("depth",),
 }
 CADENCE_CHANGES = {
     "output_dir": "elsewhere", "log_every": 1, "sample_every": 2, "sample_rows": 1, "sample_steps": 3,

@@ -28,7 +28,7 @@ STATE_FILE = "train_state.json"
 TRAJECTORY_FIELDS = (
     "resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "adam_weight_decay",
     "lr_scheduler", "lr_warmup_steps", "max_grad_norm", "max_steps", "seed", "mixed_precision", "use_ema",
-    "ema_decay", "conditioning_dropout", "random_flip", "prediction_type", "cache_latents", "tasks",
+    "ema_decay", "conditioning_dropout", "random_flip", "train_timesteps", "prediction_type", "cache_latents", "tasks",
 )
 
 

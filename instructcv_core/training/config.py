@@ -56,6 +56,9 @@ class TrainConfig:
     conditioning_dropout: tuple[float, float, float] = knob(
         (0.05, 0.05, 0.05), "Classifier-free-guidance dropout per sample: (text only, both, image only).")
     random_flip: bool = knob(True, "Joint horizontal flip of input and target with p = 0.5.")
+    train_timesteps: tuple[int, int] = knob(
+        (0, 1000), "Training timesteps are drawn uniformly from [low, high) (official: every timestep). A "
+        "narrower high-noise range matches a few-step sampler that starts at pure noise (the mini profile).")
     prediction_type: Literal["epsilon", "v_prediction"] | None = knob(
         None, "Override the base scheduler's prediction type (unset: the base's).")
     cache_latents: bool = knob(False, "Encode every input and target once with the frozen VAE (VAE encoding "
@@ -72,6 +75,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.conditioning_dropout = tuple(float(p) for p in self.conditioning_dropout)
+        self.train_timesteps = tuple(int(t) for t in self.train_timesteps)
+        if len(self.train_timesteps) != 2 or not 0 <= self.train_timesteps[0] < self.train_timesteps[1]:
+            raise ValueError(f"train_timesteps must be [low, high) with 0 <= low < high, got {self.train_timesteps}")
         if self.tasks is not None:
             self.tasks = (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks)
         if self.max_grad_norm is not None and math.isinf(self.max_grad_norm):
@@ -106,6 +112,7 @@ class TrainConfig:
         """Plain values (lists for tuples): what YAML/JSON and :func:`load_config` round-trip."""
         out = dataclasses.asdict(self)
         out["conditioning_dropout"] = list(self.conditioning_dropout)
+        out["train_timesteps"] = list(self.train_timesteps)
         out["tasks"] = None if self.tasks is None else list(self.tasks)
         return out
 

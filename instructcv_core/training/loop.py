@@ -102,7 +102,8 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
     objective = DiffusionObjective(unet=unet, vae=frozen.vae, noise_scheduler=base.noise_scheduler, texts=texts,
                                    null_text=null_text, scaling_factor=base.vae.config.scaling_factor,
                                    weight_dtype=frozen.weight_dtype, device=device,
-                                   conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip)
+                                   conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip,
+                                   train_timesteps=config.train_timesteps)
 
     # --- Resume: the last complete checkpoint, if any, must belong to the same trajectory.
     key = resume_key(config, accelerator.num_processes)
