@@ -75,16 +75,18 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelAssetConfig, 
         context.log.info(f"base model unchanged: reusing {target}")
         return dg.MaterializeResult(metadata=_metadata(target, saved["fit"], saved["report"], reused=True))
 
+    # distinct images: fitting on the rows' images instead (colour blocks as often as rows use them)
+    # measured a worse round-trip ceiling on every task (docs/benchmarks.md, "The mini recipe")
     digests = sorted(set(manifest["input_digest"]) | set(manifest["target_digest"]))
     step = max(1, len(digests) // recipe.fit_images)
     images = np.stack([store.get(d) for d in digests[::step]])
-    context.log.info(f"fitting the tiny autoencoder on {len(images)} images for {recipe.fit_seconds:.0f} s")
+    context.log.info(f"fitting the tiny autoencoder on {len(images)} images for {recipe.fit_steps} steps")
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".base-", dir=target.parent) as tmp:
         folder = build_tiny_base(recipe.tiny(), Path(tmp) / "base")
         components = load_base(str(folder))
-        fit = fit_autoencoder(components.vae, images, seconds=recipe.fit_seconds, seed=settings.seed, log=context.log.info)
+        fit = fit_autoencoder(components.vae, images, steps=recipe.fit_steps, seed=settings.seed, log=context.log.info)
         components.vae.save_pretrained(folder / "vae", safe_serialization=True)
         report = reconstruction_report(components.vae, _held_out_by_task(settings, store))
         atomic_write_text(folder / "instructcv_base.json", json.dumps({"stamp": stamp, "fit": fit, "report": report}, indent=1))

@@ -46,7 +46,7 @@ def resolved_train_config(config: TrainAssetConfig, settings: InstructCVSettings
     """The full `TrainConfig` of a variant: preset < run config < settings and upstream paths.
 
     Its ``output_dir`` is the run's folder, ``train/<variant>/<run digest>`` (`training.checkpoint.run_digest`:
-    the resume key and the time budget): the same run resumes from its own checkpoints (a killed run
+    a digest of the resume key): the same run resumes from its own checkpoints (a killed run
     continues) and a changed recipe, manifest or base model starts a fresh folder.
     """
     from instructcv_core.training.checkpoint import run_digest
@@ -101,8 +101,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
         config_path = output / "train_config.yaml"
         finished = output / "train_result.json"
         if finished.exists() and Path(json.loads(finished.read_text())["pipeline_dir"]).exists():
-            # Idempotent: this exact config and manifest were trained to completion already (a
-            # time-bounded run would otherwise train further on every re-materialisation).
+            # Idempotent: this exact config and manifest were trained to completion already.
             summary = json.loads(finished.read_text())
             context.log.info(f"{variant}: already trained with this config and manifest: {summary['pipeline_dir']}")
             _write_pointer(settings, variant, finished)
@@ -163,7 +162,7 @@ def _summary_metadata(summary: dict, config_path: Path) -> dict:
     return {"checkpoint_path": dg.MetadataValue.path(summary["pipeline_dir"]),
             "train_result": dg.MetadataValue.path(str(result)), "steps": summary["steps"],
             "samples_per_second": summary["samples_per_second"], "final_loss": summary["final_loss"],
-            "stopped_by": summary.get("stopped_by", ""), "config_path": dg.MetadataValue.path(str(config_path))}
+            "config_path": dg.MetadataValue.path(str(config_path))}
 
 
 def _child_env() -> dict:

@@ -1,6 +1,7 @@
 """Training throughput (samples/s) of one InstructPix2Pix optimisation step, tiny model or SD v1.5.
 
-    python benchmarks/train_throughput.py --model tiny --resolution 64 --batch 32           # CPU
+    python benchmarks/train_throughput.py --model tiny --resolution 64 --batch 32 --threads 1  # CPU
+    python benchmarks/train_throughput.py --model tiny --unet-channels 64 128 --threads 1     # a wider tiny UNet
     python benchmarks/train_throughput.py --model sd15 --resolution 256 --batch 64 \\
         --precision bf16 [--gradient-checkpointing] [--no-cache]                          # GPU
 
@@ -31,7 +32,7 @@ SD15_VAE = dict(
 )
 
 
-def build(model: str, device: str):
+def build(model: str, device: str, unet_channels: tuple[int, ...] | None = None):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     if model == "sd15":
@@ -41,7 +42,7 @@ def build(model: str, device: str):
         from instructcv_core.model.conv_in import widen_conv_in
         from instructcv_core.model.tiny_base import tiny_unet, tiny_vae
 
-        config = TinyModelConfig()
+        config = TinyModelConfig(**({"unet_block_out_channels": unet_channels} if unet_channels else {}))
         unet = widen_conv_in(tiny_unet(config, cross_attention_dim=384))
         vae, text_dim, downsample = tiny_vae(config), 384, 2 ** (len(config.vae_block_out_channels) - 1)
     return unet.to(device), vae.to(device).eval().requires_grad_(False), text_dim, downsample
@@ -57,11 +58,16 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--no-cache", action="store_true", help="encode input and target with the VAE every step")
+    parser.add_argument("--unet-channels", type=int, nargs="+", default=None,
+                        help="tiny model: UNet channels per level (default: the mini profile's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    unet, vae, text_dim, downsample = build(args.model, device)
+    unet, vae, text_dim, downsample = build(args.model, device, tuple(args.unet_channels) if args.unet_channels else None)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
@@ -98,7 +104,8 @@ def main() -> None:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     params = sum(p.numel() for p in unet.parameters()) / 1e6
-    print(f"model {args.model} ({params:.1f}M UNet params) on {device}: resolution {r}, batch {b}, {args.precision}, "
+    print(f"model {args.model} ({params:.1f}M UNet params, {tuple(unet.config.block_out_channels)}) on {device} "
+          f"({torch.get_num_threads()} threads): resolution {r}, batch {b}, {args.precision}, "
           f"cache {'off' if args.no_cache else 'on'}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}")
     print(f"{args.steps} steps in {seconds:.2f} s: {args.steps * b / seconds:.1f} samples/s, {seconds / args.steps * 1000:.0f} ms/step")
     if device == "cuda":

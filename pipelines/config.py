@@ -10,7 +10,7 @@ profile's preset". Dagster cannot tell an omitted key from an explicit ``null``:
 ``key: null`` reaches the asset exactly as an omitted key (``model_fields_set`` lacks it; checked
 with dagster 1.13). So ``null`` in a run config always means "the preset", and a knob whose
 meaningful value is "none" has an explicit value instead, declared and normalised by its dataclass:
-``max_seconds: .inf`` (no time budget), ``max_grad_norm: .inf`` (no clipping),
+``max_grad_norm: .inf`` (no clipping),
 ``checkpoints_total_limit: 0`` (keep every checkpoint).
 
 Types follow ``typing.get_type_hints`` of the dataclass: ``X | None`` becomes ``X``, tuples become

@@ -12,6 +12,11 @@ from instructcv_core.training.config import TrainConfig
 from pipelines.config import run_config_class, run_config_overrides
 
 FIXED = {"base_model": "b", "manifest": "m.parquet", "image_store": "i", "output_dir": "o"}
+#: The mini recipe (docs/benchmarks.md, "The mini recipe": each value's measured effect).
+MINI_TRAIN = {"max_steps": 400, "train_batch_size": 32, "learning_rate": 2e-3, "lr_scheduler": "cosine",
+              "train_timesteps": (800, 1000),
+              "checkpointing_steps": 12, "mixed_precision": "no", "gradient_checkpointing": False, "cache_latents": True}
+MINI_BASE = {"text_encoder": "minilm", "prediction_type": "v_prediction", "fit_steps": 600, "fit_images": 4000}
 
 
 def _resolved_in_a_run(config_cls, run_config: dict, core_cls=TrainConfig, stage="train", profile="mini", **fixed):
@@ -32,16 +37,15 @@ def _resolved_in_a_run(config_cls, run_config: dict, core_cls=TrainConfig, stage
 
 
 def test_presets_hold_the_profile_defaults():
-    assert preset("mini", "train") == {"max_steps": 100_000, "max_seconds": 180.0, "train_batch_size": 32,
-                                       "learning_rate": 5e-4, "checkpointing_steps": 12, "mixed_precision": "no",
-                                       "gradient_checkpointing": False, "cache_latents": True}
-    assert preset("paper", "train") == {"max_steps": 20_000, "max_seconds": None, "train_batch_size": 128,
+    assert preset("mini", "train") == MINI_TRAIN
+    assert preset("paper", "train") == {"max_steps": 20_000, "train_batch_size": 128,
                                         "learning_rate": 1e-4, "checkpointing_steps": 1000, "mixed_precision": "bf16",
                                         "gradient_checkpointing": True, "cache_latents": True}
-    assert preset("mini", "base_model") == {"text_encoder": "minilm", "prediction_type": "v_prediction",
-                                            "fit_seconds": 150.0, "fit_images": 4000}
+    assert preset("mini", "base_model") == MINI_BASE
     preset("mini", "train")["max_steps"] = 1  # a copy: the table is not changed through it
-    assert PRESETS["mini"]["train"]["max_steps"] == 100_000
+    assert PRESETS["mini"]["train"]["max_steps"] == MINI_TRAIN["max_steps"]
+    # fixed step counts only: no wall-clock knob in any preset
+    assert not any("seconds" in key for stages in PRESETS.values() for values in stages.values() for key in values)
 
 
 def test_every_preset_resolves_to_a_valid_config():
@@ -61,8 +65,8 @@ def test_unknown_profile_or_stage_is_named():
 def test_resolve_layers_defaults_preset_overrides_fixed():
     config = resolve(TrainConfig, "mini", "train", {"learning_rate": 1e-3, "ema_decay": 0.99}, **FIXED, seed=5)
     assert config.learning_rate == 1e-3 and config.ema_decay == 0.99  # overrides
-    assert config.train_batch_size == 32 and config.max_seconds == 180.0  # preset
-    assert config.lr_scheduler == "constant" and config.conditioning_dropout == (0.05, 0.05, 0.05)  # defaults
+    assert config.train_batch_size == MINI_TRAIN["train_batch_size"] and config.max_steps == MINI_TRAIN["max_steps"]  # preset
+    assert config.adam_weight_decay == 1e-2 and config.conditioning_dropout == (0.05, 0.05, 0.05)  # defaults
     assert config.seed == 5 and config.base_model == "b"  # fixed
     # fixed wins over an override of the same field
     assert resolve(TrainConfig, "mini", "train", {"seed": 1}, **{**FIXED, "seed": 2}).seed == 2
@@ -78,8 +82,8 @@ def test_resolve_refuses_unknown_keys_by_name_and_validates_where_declared():
 
 
 def test_explicit_none_values_are_normalised():
-    config = TrainConfig(**FIXED, max_seconds=math.inf, max_grad_norm=math.inf, checkpoints_total_limit=0)
-    assert config.max_seconds is None and config.max_grad_norm is None and config.checkpoints_total_limit is None
+    config = TrainConfig(**FIXED, max_grad_norm=math.inf, checkpoints_total_limit=0)
+    assert config.max_grad_norm is None and config.checkpoints_total_limit is None
 
 
 def test_base_model_stamp_of_the_mini_defaults():
@@ -87,9 +91,9 @@ def test_base_model_stamp_of_the_mini_defaults():
     assert config.tiny() == TinyModelConfig()
     assert config.stamp("d") == {
         "tiny": {"image_size": 64, "vae_block_out_channels": [8, 16, 32], "vae_layers_per_block": 1, "latent_channels": 4,
-                 "unet_block_out_channels": [64, 128], "layers_per_block": 1, "attention_head_dim": 8,
+                 "unet_block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": 8,
                  "text_encoder": "minilm", "prediction_type": "v_prediction", "seed": 0},
-        "fit_seconds": 150.0, "fit_images": 4000, "manifest_digests": "d"}
+        "fit_steps": MINI_BASE["fit_steps"], "fit_images": 4000, "manifest_digests": "d"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,14 +126,14 @@ def test_a_run_config_overrides_the_preset_and_null_means_the_preset():
     from assets.train import TrainAssetConfig
 
     seen = _resolved_in_a_run(TrainAssetConfig, {"learning_rate": 2e-3, "conditioning_dropout": [0.1, 0.0, 0.1],
-                                                 "lr_scheduler": "cosine", "random_flip": False, "max_seconds": None,
+                                                 "lr_scheduler": "cosine", "random_flip": False, "max_steps": None,
                                                  "max_grad_norm": math.inf, "num_processes": 2}, **FIXED)
     assert seen["overrides"] == {"learning_rate": 2e-3, "conditioning_dropout": [0.1, 0.0, 0.1], "lr_scheduler": "cosine",
                                  "random_flip": False, "max_grad_norm": math.inf}
     config = seen["config"]
     assert config.learning_rate == 2e-3 and config.conditioning_dropout == (0.1, 0.0, 0.1)
     assert config.lr_scheduler == "cosine" and config.random_flip is False and config.max_grad_norm is None
-    assert config.max_seconds == 180.0  # null: the mini preset
+    assert config.max_steps == MINI_TRAIN["max_steps"]  # null: the mini preset
 
 
 def test_a_bad_run_config_value_fails_naming_the_field():
@@ -147,10 +151,10 @@ def test_base_model_run_config_sets_the_tiny_model_and_the_fit():
     from assets.model import BaseModelAssetConfig
 
     assert "image_size" not in BaseModelAssetConfig.model_fields and "seed" not in BaseModelAssetConfig.model_fields
-    seen = _resolved_in_a_run(BaseModelAssetConfig, {"fit_seconds": 30, "text_encoder": "clip",
+    seen = _resolved_in_a_run(BaseModelAssetConfig, {"fit_steps": 30, "text_encoder": "clip",
                                                      "unet_block_out_channels": [32, 64]},
                               core_cls=BaseModelConfig, stage="base_model", image_size=64, seed=0)
-    assert seen["config"].fit_seconds == 30 and seen["config"].text_encoder == "clip"
+    assert seen["config"].fit_steps == 30 and seen["config"].text_encoder == "clip"
     assert seen["config"].tiny().unet_block_out_channels == (32, 64) and seen["config"].fit_images == 4000
 
 
@@ -163,8 +167,8 @@ def test_definitions_load_and_accept_recipe_knobs():
     config = load_run_config(CONFIG_DIR / "mini.yaml")
     config["ops"]["instructcv_fp_checkpoint"] = {"config": {
         "conditioning_dropout": [0.1, 0.0, 0.1], "adam_weight_decay": 0.0, "lr_scheduler": "constant_with_warmup",
-        "lr_warmup_steps": 10, "random_flip": False, "use_ema": False, "max_seconds": math.inf, "num_processes": 1}}
-    config["ops"]["base_model"] = {"config": {"fit_seconds": 30, "prediction_type": "epsilon"}}
+        "lr_warmup_steps": 10, "random_flip": False, "use_ema": False, "max_steps": 50, "num_processes": 1}}
+    config["ops"]["base_model"] = {"config": {"fit_steps": 30, "prediction_type": "epsilon"}}
     assert dg.validate_run_config(job, config) is not None
     config["ops"]["instructcv_fp_checkpoint"]["config"]["lr_scheduler"] = "piecewise_constant"
     with pytest.raises(dg.DagsterInvalidConfigError, match="lr_scheduler"):

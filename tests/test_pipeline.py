@@ -52,8 +52,8 @@ def mirror_url(tmp_path_factory):
 
 # Model and training budgets small enough for a test; the learning itself is tested in test_learning.py.
 TINY_TRAINING = {
-    "base_model": {"config": {"fit_seconds": 2.0, "fit_images": 64}},
-    **{f"instructcv_{v}_checkpoint": {"config": {"max_steps": 3, "max_seconds": 60.0, "train_batch_size": 4,
+    "base_model": {"config": {"fit_steps": 4, "fit_images": 64}},
+    **{f"instructcv_{v}_checkpoint": {"config": {"max_steps": 3, "train_batch_size": 4,
                                                  "checkpointing_steps": 2}} for v in ("fp", "rp")},
     # two images per benchmark, one for Table 3, two denoising steps
     **{f"evaluate_{v}": {"config": {"steps": 2, "max_images": 2, "heldout_images": 1}} for v in ("fp", "rp", "untrained")},

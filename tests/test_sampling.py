@@ -106,6 +106,23 @@ def test_other_schedulers_are_configuration(pipeline_dir, images, scheduler):
     assert all(np.abs(x.astype(int) - y.astype(int)).max() <= 1 for x, y in zip(a, b))
 
 
+def test_timestep_spacing_is_configuration(pipeline_dir, images):
+    # trailing: the first of 2 steps is the last training timestep (pure noise); the model's own
+    # config (SD's leading spacing with steps_offset 1) starts lower
+    seen = {}
+    for spacing in ("", "trailing"):
+        s = sampler(pipeline_dir, scheduler="ddim", steps=2, timestep_spacing=spacing)
+        step = s._scheduler_cls.step
+        calls = []
+        s._scheduler_cls.step = lambda self, pred, t, *a, **k: (calls.append(int(t)), step(self, pred, t, *a, **k))[1]
+        try:
+            generate(s, REQUESTS[:1], images)
+        finally:
+            s._scheduler_cls.step = step
+        seen[spacing] = calls
+    assert seen["trailing"] == [999, 499] and seen[""] == [501, 1]
+
+
 def test_config_and_loading_errors(tmp_path):
     with pytest.raises(ValueError, match="scheduler"):
         SamplerConfig(scheduler="plms")
@@ -113,6 +130,8 @@ def test_config_and_loading_errors(tmp_path):
         SamplerConfig(resolution=100)
     with pytest.raises(ValueError, match="dtype"):
         SamplerConfig(dtype="float8")
+    with pytest.raises(ValueError, match="timestep_spacing 'backwards' unknown"):
+        SamplerConfig(timestep_spacing="backwards")
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         InstructCVSampler.from_pretrained(tmp_path, SamplerConfig())
 

@@ -180,14 +180,17 @@ def test_eval_config_takes_the_profile_preset_then_the_run_config():
     from pipelines.resources import InstructCVSettings
 
     mini = eval_config(EvalAssetConfig(), InstructCVSettings(profile="mini", seed=3))
-    assert mini == EvalConfig(sampler=SamplerConfig(steps=8, batch_size=32, dtype="float32", resolution=64),
+    mini_sampler = SamplerConfig(steps=1, scheduler="ddim", timestep_spacing="trailing", text_guidance=1.0,
+                                 image_guidance=1.0, batch_size=64, dtype="float32", resolution=64)
+    assert not mini_sampler.guided and mini_sampler.unet_evaluations(10) == 10
+    assert mini == EvalConfig(sampler=mini_sampler,
                               max_images=6, heldout_images=4, seed=3)
     paper = eval_config(EvalAssetConfig(), InstructCVSettings(profile="paper"))
     assert (paper.sampler.steps, paper.sampler.batch_size, paper.sampler.dtype, paper.sampler.resolution) == (100, 64, "float16", 256)
     assert (paper.max_images, paper.heldout_images) == (None, 200)
     chosen = eval_config(EvalAssetConfig(steps=2, max_images=0, protocols=["standard"], negative_colour="blue",
                                          resolution=32), InstructCVSettings(profile="mini"))
-    assert (chosen.sampler.steps, chosen.sampler.resolution, chosen.sampler.batch_size) == (2, 32, 32)
+    assert (chosen.sampler.steps, chosen.sampler.resolution, chosen.sampler.batch_size) == (2, 32, 64)
     assert (chosen.max_images, chosen.protocols, chosen.negative_colour) == (None, ("standard",), "blue")  # 0: every image
     with pytest.raises(ValueError, match="negative_colour"):
         eval_config(EvalAssetConfig(negative_colour="red"), InstructCVSettings(profile="mini"))
@@ -201,8 +204,8 @@ def test_build_config_takes_the_preset_the_run_config_and_the_settings():
     from pipelines.resources import InstructCVSettings
 
     settings = InstructCVSettings(profile="mini", seed=5)
-    assert _build_config(DatasetBuildConfig(), settings) == BuildConfig(resolution=64, seed=5)
+    assert _build_config(DatasetBuildConfig(), settings) == BuildConfig(resolution=64, seed=5, box_width=12)  # mini preset
     chosen = _build_config(DatasetBuildConfig(box_colour="red", pets_variants=["binary"], workers=1), settings)
-    assert (chosen.box_colour, chosen.pets_variants, chosen.box_width) == ("red", ("binary",), 4)
+    assert (chosen.box_colour, chosen.pets_variants, chosen.box_width) == ("red", ("binary",), 12)
     with pytest.raises(ValueError, match="box_colour"):
         _build_config(DatasetBuildConfig(box_colour="teal"), settings)

@@ -116,7 +116,7 @@ def test_short_run_writes_a_pipeline_stock_diffusers_loads_with_ema_weights(tiny
     result = train(config_for(tiny_base, data, out, sample_every=3, sample_rows=2, sample_steps=2,
                                 mlflow_tracking_uri=uri, mlflow_run_id=run_id), on_log=logged.append)
 
-    assert result.steps == 6 and result.resumed_from is None and result.stopped_by == "max_steps"
+    assert result.steps == 6 and result.resumed_from is None
     assert np.isfinite(result.final_loss) and result.samples_per_second > 0
     losses = read_losses(out)
     assert [e["step"] for e in losses] == list(range(1, 7))
@@ -212,7 +212,7 @@ def test_epoch_permutation_depends_only_on_seed_and_epoch():
 
 def test_load_config_yaml_and_json(tmp_path):
     values = {"base_model": "b", "manifest": "m.parquet", "image_store": "i", "output_dir": "o",
-              "conditioning_dropout": [0.1, 0.0, 0.1], "tasks": ["depth"], "max_seconds": None}
+              "conditioning_dropout": [0.1, 0.0, 0.1], "tasks": ["depth"]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(values))
     (tmp_path / "c.json").write_text(json.dumps(values))
     for name in ("c.yaml", "c.json"):
@@ -243,7 +243,8 @@ def _objective(tiny_base, data, **recipe):
     objective = DiffusionObjective(unet=base.unet, vae=frozen.vae, noise_scheduler=base.noise_scheduler, texts=texts,
                                    null_text=texts([""]), scaling_factor=base.vae.config.scaling_factor,
                                    weight_dtype=torch.float32, device=torch.device("cpu"),
-                                   conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip)
+                                   conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip,
+                                   train_timesteps=config.train_timesteps)
     frame = D.read_manifest(config.manifest)
     batch = next(iter(D.make_loader(D.PairDataset(frame, ImageStore(Path(config.image_store)), RES), 4, seed=0)))
     return config, objective, batch
@@ -257,6 +258,24 @@ def test_micro_batch_loss_depends_only_on_the_batch_and_its_generator(tiny_base,
     b = objective.micro_batch_loss(batch, seeded_generator(0, 5, 0, 0))
     c = objective.micro_batch_loss(batch, seeded_generator(0, 6, 0, 0))
     assert a.item() == b.item() and a.item() != c.item() and a.requires_grad
+
+
+def test_train_timesteps_bound_the_drawn_timesteps(tiny_base, data):
+    from instructcv_core.training.data import seeded_generator
+
+    drawn = {}
+    for bounds in ((0, 1000), (990, 1000)):
+        _, objective, batch = _objective(tiny_base, data, train_timesteps=bounds)
+        add_noise = objective.noise_scheduler.add_noise
+        seen = []
+        objective.noise_scheduler.add_noise = lambda x, n, t: (seen.append(t.clone()), add_noise(x, n, t))[1]
+        for step in range(5):
+            objective.micro_batch_loss(batch, seeded_generator(0, step, 0, 0))
+        drawn[bounds] = torch.cat(seen)
+    assert int(drawn[(990, 1000)].min()) >= 990 and int(drawn[(990, 1000)].max()) <= 999
+    assert int(drawn[(0, 1000)].min()) < 990  # the default draws from every timestep
+    with pytest.raises(ValueError, match="train_timesteps"):
+        TrainConfig(base_model="b", manifest="m", image_store="i", output_dir="o", train_timesteps=(10, 10))
 
 
 def test_train_micro_batch_updates_the_weights_once_per_accumulation(tiny_base, data):
@@ -309,13 +328,13 @@ TRAJECTORY_CHANGES = {
     "resolution": 64, "train_batch_size": 2, "gradient_accumulation_steps": 2, "learning_rate": 2e-3,
     "adam_weight_decay": 0.0, "lr_scheduler": "cosine", "lr_warmup_steps": 3, "max_grad_norm": 1.0, "max_steps": 7,
     "seed": 1, "mixed_precision": "bf16", "use_ema": False, "ema_decay": 0.999, "conditioning_dropout": (0.1, 0.0, 0.0),
-    "random_flip": False, "prediction_type": "v_prediction", "cache_latents": True, "tasks": ("depth",),
+    "random_flip": False, "train_timesteps": (500, 1000), "prediction_type": "v_prediction", "cache_latents": True,
+    "tasks": ("depth",),
 }
 CADENCE_CHANGES = {
     "output_dir": "elsewhere", "log_every": 1, "sample_every": 2, "sample_rows": 1, "sample_steps": 3,
     "checkpointing_steps": 1, "checkpoints_total_limit": 5, "mlflow_tracking_uri": "sqlite:///x.db",
     "mlflow_run_id": "abc", "dataloader_num_workers": 2, "allow_network": True, "gradient_checkpointing": True,
-    "max_seconds": 60.0,
 }
 
 
@@ -344,9 +363,10 @@ def test_resume_key_covers_the_trajectory_and_nothing_else(tiny_base, data, tmp_
     assert resume_key(dataclasses.replace(config, base_model=str(base)), 1) == key
     (base / "scheduler" / "scheduler_config.json").write_text("{}")
     assert resume_key(dataclasses.replace(config, base_model=str(base)), 1)["base_model"] != key["base_model"]
-    # a run's folder name: the resume key and where it stops
+    # a run's folder name: a digest of the resume key (where it stops is max_steps, part of the key)
     assert run_digest(dataclasses.replace(config, log_every=1), 1) == run_digest(config, 1)
-    assert run_digest(dataclasses.replace(config, max_seconds=60.0), 1) != run_digest(config, 1)
+    assert run_digest(dataclasses.replace(config, max_steps=config.max_steps + 1), 1) != run_digest(config, 1)
+    assert not hasattr(config, "max_seconds")  # no wall-clock stop: a result never depends on the machine's load
 
 
 # ------------------------------------------------------------------------------------------------
@@ -389,11 +409,10 @@ def test_cached_latents_give_the_same_losses_and_the_cache_is_reused(tiny_base, 
     assert np.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)
     # A second run reuses the file, untouched; a task-filtered run reads the same (covering) cache.
     stamp = cache_file.stat().st_mtime_ns
-    # (max_seconds 0: the wall-clock budget stops the run after its first step, and says so.)
-    again = train(config_for(tiny_base, data, tmp_path / "again", max_steps=5, max_seconds=0.0, cache_latents=True,
+    again = train(config_for(tiny_base, data, tmp_path / "again", max_steps=1, cache_latents=True,
                                tasks=("segmentation",)))
     assert not again.extra["latent_cache_built"] and Path(again.extra["latent_cache"]) == cache_file
-    assert again.steps == 1 and again.stopped_by == "max_seconds" and (tmp_path / "again" / "pipeline").is_dir()
+    assert again.steps == 1 and (tmp_path / "again" / "pipeline").is_dir()
     assert cache_file.stat().st_mtime_ns == stamp
     import pandas as pd
 

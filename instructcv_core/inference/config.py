@@ -17,6 +17,8 @@ SCHEDULERS = {
     "ddim": "DDIMScheduler",
     "dpmsolver++": "DPMSolverMultistepScheduler",
 }
+#: Timestep spacings of diffusers' schedulers (``timestep_spacing``); "" keeps the model's scheduler config.
+TIMESTEP_SPACINGS = ("", "leading", "trailing", "linspace")
 #: Model precisions of the config (the sampler maps them to torch dtypes).
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
@@ -30,6 +32,10 @@ class SamplerConfig:
     image_guidance: float = field(default=1.5, metadata={"help": "Image guidance scale s_I (official 1.5)."})
     scheduler: str = field(default="euler_ancestral", metadata={
         "help": "euler_ancestral (official) | euler | ddim | dpmsolver++."})
+    timestep_spacing: str = field(default="", metadata={
+        "help": "Which training timesteps the steps visit: leading | trailing | linspace (diffusers' "
+                "`timestep_spacing`); empty: as the model's scheduler config (SD v1.5: leading). With few steps, "
+                "trailing starts at the last training timestep (pure noise), as the model was trained."})
     resolution: int = field(default=256, metadata={
         "help": "Square generation resolution, a multiple of 8 (aspect ratio ignored, as the official Resize)."})
     batch_size: int = field(default=16, metadata={
@@ -40,6 +46,9 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler {self.scheduler!r} unknown; choose one of {sorted(SCHEDULERS)}")
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing {self.timestep_spacing!r} unknown; choose one of {TIMESTEP_SPACINGS[1:]} "
+                             "(or empty: the model's own)")
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype {self.dtype!r} unknown; choose one of {sorted(DTYPE_NAMES)}")
         if self.steps < 1 or self.batch_size < 1:
@@ -69,4 +78,4 @@ class Request:
     seed: int
 
 
-__all__ = ["DTYPE_NAMES", "SCHEDULERS", "Request", "SamplerConfig"]
+__all__ = ["DTYPE_NAMES", "SCHEDULERS", "TIMESTEP_SPACINGS", "Request", "SamplerConfig"]

@@ -57,6 +57,8 @@ class InstructCVSampler:
         self.tokenizer = tokenizer
         self._scheduler_cls = getattr(diffusers, SCHEDULERS[config.scheduler])
         self._scheduler_config = dict(scheduler_config)
+        if config.timestep_spacing:
+            self._scheduler_config["timestep_spacing"] = config.timestep_spacing
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._image_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._null_text = self._encode_texts([""])[0]

@@ -54,28 +54,30 @@ def fit_autoencoder(
     vae: AutoencoderKL,
     images: np.ndarray | Sequence[np.ndarray],
     *,
-    seconds: float,
+    steps: int,
     batch_size: int = 16,
     lr: float = 1e-3,
     seed: int = 0,
     kl_weight: float = 1e-6,
-    max_steps: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Train the VAE (encoder and decoder) to reconstruct ``images`` for a bounded wall-clock time.
+    """Train the VAE (encoder and decoder) to reconstruct ``images`` for a fixed number of optimiser steps.
 
     images: uint8 ``(N, H, W, 3)`` at the model's image size (inputs and targets mixed), scaled to
-        [-1, 1]. seconds: training time budget (wall clock; the final statistics pass comes on top).
+        [-1, 1]. steps: AdamW steps of ``batch_size`` images (never a wall-clock budget: the same
+        config and seed give the same weights on the same machine type).
     Loss: pixel MSE of ``decode(z ~ posterior)`` + ``kl_weight`` x KL(posterior || N(0, I)) (mean
-    per sample). AdamW at ``lr``, cosine-decayed over the budget (time or ``max_steps``, whichever
-    runs out first). Data order and posterior noise come from ``seed``; with ``max_steps`` (and a
-    generous ``seconds``) the result is reproducible.
+    per sample). AdamW at ``lr``, cosine-decayed to 5 % over ``steps``. Data order (a seeded
+    permutation per epoch) and posterior noise come from ``seed``.
     Afterwards ``vae.config.scaling_factor`` = 1 / std of the latent posterior means over ``images``
     (registered in the config), so scaled latents have unit variance as SD's 0.18215 gives its VAE.
     Returns ``{"steps", "seconds", "final_mse", "scaling_factor"}``; ``final_mse`` is the mean
-    squared error in [0, 1] units of the posterior-mode round trip over ``images``. The VAE is left
-    in eval mode with gradients off: it is frozen from here on (InstructPix2Pix trains the UNet only).
+    squared error in [0, 1] units of the posterior-mode round trip over ``images``; ``seconds`` is
+    the measured training time (reported, never a stopping rule). The VAE is left in eval mode with
+    gradients off: it is frozen from here on (InstructPix2Pix trains the UNet only).
     """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
     x = images_to_tensor(images)
     n = len(x)
     if n == 0:
@@ -88,17 +90,11 @@ def fit_autoencoder(
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     batch_size = min(batch_size, n)
     start = time.monotonic()
-    steps = 0
     order = torch.randperm(n, generator=generator)
     cursor = 0
     loss_value = float("nan")
-    while True:
-        elapsed = time.monotonic() - start
-        progress = elapsed / seconds if seconds > 0 else 1.0
-        if max_steps is not None:
-            progress = max(progress, steps / max_steps)
-        if progress >= 1.0:
-            break
+    for step in range(steps):
+        progress = step / steps
         for group in optimizer.param_groups:
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
         if cursor + batch_size > n:  # a new epoch: a fresh seeded permutation
@@ -114,10 +110,9 @@ def fit_autoencoder(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        steps += 1
         loss_value = float(loss.detach())
-        if log is not None and steps % 50 == 0:
-            log(f"autoencoder step {steps}: loss {loss_value:.5f} ({time.monotonic() - start:.0f}s)")
+        if log is not None and (step + 1) % 50 == 0:
+            log(f"autoencoder step {step + 1}/{steps}: loss {loss_value:.5f} ({time.monotonic() - start:.0f}s)")
     train_seconds = time.monotonic() - start
     vae.eval()
     vae.requires_grad_(False)

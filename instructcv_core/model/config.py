@@ -31,8 +31,8 @@ class TinyModelConfig:
     vae_layers_per_block: int = knob(1, "ResNet blocks per VAE encoder level (the decoder has one more, as in diffusers).")
     latent_channels: int = knob(4, "Latent channels (4, as SD).")
     unet_block_out_channels: tuple[int, ...] = knob(
-        (64, 128), "UNet channels per level; every level but the lowest has cross-attention (SD's pattern), "
-        "plus the mid block.")
+        (32, 64), "UNet channels per level; every level but the lowest has cross-attention (SD's pattern), "
+        "plus the mid block. (32, 64): the mini recipe (docs/benchmarks.md).")
     layers_per_block: int = knob(1, "ResNet(+attention) layers per UNet level.")
     attention_head_dim: int = knob(
         8, "UNet2DConditionModel(attention_head_dim=...), which (a diffusers naming legacy SD v1.5 shares) is "
@@ -69,17 +69,18 @@ class TinyModelConfig:
 class BaseModelConfig(TinyModelConfig):
     """The base-model stage of the mini profile: the tiny model's shape and the fit of its autoencoder.
 
-    The fit is bounded by wall clock (``fit_seconds``), so two fits of the same config differ; the
-    stage records this config (:meth:`stamp`) and reuses a base built from the same one.
+    The fit is a fixed number of optimiser steps (``fit_steps``), so the same config and seed give
+    the same VAE on the same machine type; the stage records this config (:meth:`stamp`) and reuses
+    a base built from the same one.
     """
 
-    fit_seconds: float = knob(150.0, "Wall-clock budget in seconds for fitting the tiny autoencoder.")
+    fit_steps: int = knob(600, "Optimiser steps (batches of 16 images) of the tiny autoencoder's fit.")
     fit_images: int = knob(4000, "At most this many distinct training images (inputs and targets) to fit on.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.fit_seconds < 0:
-            raise ValueError(f"fit_seconds must be >= 0, got {self.fit_seconds}")
+        if self.fit_steps < 0:
+            raise ValueError(f"fit_steps must be >= 0, got {self.fit_steps}")
         if self.fit_images < 1:
             raise ValueError(f"fit_images must be >= 1, got {self.fit_images}")
 
@@ -95,4 +96,4 @@ class BaseModelConfig(TinyModelConfig):
         tiny = self.tiny()
         return {"tiny": tiny.__dict__ | {"vae_block_out_channels": list(tiny.vae_block_out_channels),
                                          "unet_block_out_channels": list(tiny.unet_block_out_channels)},
-                "fit_seconds": self.fit_seconds, "fit_images": self.fit_images, "manifest_digests": manifest_digests}
+                "fit_steps": self.fit_steps, "fit_images": self.fit_images, "manifest_digests": manifest_digests}

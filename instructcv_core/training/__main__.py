@@ -52,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
             "final_loss": result.final_loss,
             "checkpoint_path": {"raw_value": result.pipeline_dir, "type": "path"},
             "resumed_from": result.resumed_from,
-            "stopped_by": result.stopped_by,
         })
     return 0
 

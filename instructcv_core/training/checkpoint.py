@@ -24,12 +24,11 @@ STATE_FILE = "train_state.json"
 
 #: The TrainConfig fields that change the trajectory (the weights and losses of step n). Left out on
 #: purpose: paths, logging, sampling and checkpointing cadence, MLflow ids, data-loader workers,
-#: network access, gradient checkpointing (the same arithmetic, recomputed) and max_seconds (where a
-#: run stops, not what it computes; `run_digest` adds it).
+#: network access and gradient checkpointing (the same arithmetic, recomputed).
 TRAJECTORY_FIELDS = (
     "resolution", "train_batch_size", "gradient_accumulation_steps", "learning_rate", "adam_weight_decay",
     "lr_scheduler", "lr_warmup_steps", "max_grad_norm", "max_steps", "seed", "mixed_precision", "use_ema",
-    "ema_decay", "conditioning_dropout", "random_flip", "prediction_type", "cache_latents", "tasks",
+    "ema_decay", "conditioning_dropout", "random_flip", "train_timesteps", "prediction_type", "cache_latents", "tasks",
 )
 
 
@@ -58,12 +57,12 @@ def resume_key(config: TrainConfig, num_processes: int) -> dict:
 
 
 def run_digest(config: TrainConfig, num_processes: int) -> str:
-    """A short name for a run: its resume key and its time budget (``max_seconds``).
+    """A short name for a run: a digest of its resume key (:func:`resume_key`).
 
-    A finished run is reused by its name, so where it stops belongs to it; everything else that does
-    not change the trajectory (logging, cadence, paths) may change and still find the same run.
+    A finished run is reused by its name; everything that does not change the trajectory (logging,
+    cadence, paths) may change and still find the same run.
     """
-    key = {**resume_key(config, num_processes), "max_seconds": config.max_seconds}
+    key = resume_key(config, num_processes)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 

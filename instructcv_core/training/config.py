@@ -28,7 +28,7 @@ class TrainConfig:
     """Everything a training run needs (the InstructPix2Pix recipe's defaults, as the official code).
 
     A knob whose meaningful value is "none" also takes an explicit value, for run configs that cannot
-    say null: ``max_seconds=inf`` (no budget), ``max_grad_norm=inf`` (no clipping),
+    say null: ``max_grad_norm=inf`` (no clipping),
     ``checkpoints_total_limit=0`` (keep all); they are normalised to ``None``.
     """
 
@@ -44,9 +44,8 @@ class TrainConfig:
     lr_scheduler: LrScheduler = knob("constant", "Learning-rate schedule (a `diffusers.optimization.get_scheduler` name).")
     lr_warmup_steps: int = knob(0, "Warm-up steps of the learning-rate schedule.")
     max_grad_norm: float | None = knob(None, "Clip the gradient norm to this (.inf or unset: no clipping, as the official config).")
-    max_steps: int = knob(1000, "Optimizer steps to train for.")
-    max_seconds: float | None = knob(None, "Wall-clock budget of the training loop in seconds; stops at whichever of "
-                                           "max_steps and this comes first (.inf: no budget).")
+    max_steps: int = knob(1000, "Optimizer steps to train for (a fixed count, never a wall-clock budget: the "
+                                "same config and seed give the same checkpoint).")
     checkpointing_steps: int = knob(500, "Save a resumable checkpoint every N optimizer steps (and at the end).")
     checkpoints_total_limit: int | None = knob(2, "Keep this many newest checkpoints (0: keep all).")
     seed: int = knob(0, "Seeds the data order and every random draw of a micro-batch.")
@@ -57,6 +56,9 @@ class TrainConfig:
     conditioning_dropout: tuple[float, float, float] = knob(
         (0.05, 0.05, 0.05), "Classifier-free-guidance dropout per sample: (text only, both, image only).")
     random_flip: bool = knob(True, "Joint horizontal flip of input and target with p = 0.5.")
+    train_timesteps: tuple[int, int] = knob(
+        (0, 1000), "Training timesteps are drawn uniformly from [low, high) (official: every timestep). A "
+        "narrower high-noise range matches a few-step sampler that starts at pure noise (the mini profile).")
     prediction_type: Literal["epsilon", "v_prediction"] | None = knob(
         None, "Override the base scheduler's prediction type (unset: the base's).")
     cache_latents: bool = knob(False, "Encode every input and target once with the frozen VAE (VAE encoding "
@@ -73,10 +75,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.conditioning_dropout = tuple(float(p) for p in self.conditioning_dropout)
+        self.train_timesteps = tuple(int(t) for t in self.train_timesteps)
+        if len(self.train_timesteps) != 2 or not 0 <= self.train_timesteps[0] < self.train_timesteps[1]:
+            raise ValueError(f"train_timesteps must be [low, high) with 0 <= low < high, got {self.train_timesteps}")
         if self.tasks is not None:
             self.tasks = (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks)
-        if self.max_seconds is not None and math.isinf(self.max_seconds):
-            self.max_seconds = None
         if self.max_grad_norm is not None and math.isinf(self.max_grad_norm):
             self.max_grad_norm = None
         if self.checkpoints_total_limit == 0:
@@ -95,8 +98,6 @@ class TrainConfig:
         for name in ("max_steps", "lr_warmup_steps", "sample_every", "dataloader_num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_seconds is not None and self.max_seconds < 0:
-            raise ValueError(f"max_seconds must be >= 0 (or .inf for no budget), got {self.max_seconds}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be > 0 (or .inf for no clipping), got {self.max_grad_norm}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 0:
@@ -111,6 +112,7 @@ class TrainConfig:
         """Plain values (lists for tuples): what YAML/JSON and :func:`load_config` round-trip."""
         out = dataclasses.asdict(self)
         out["conditioning_dropout"] = list(self.conditioning_dropout)
+        out["train_timesteps"] = list(self.train_timesteps)
         out["tasks"] = None if self.tasks is None else list(self.tasks)
         return out
 

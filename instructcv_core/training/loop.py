@@ -33,7 +33,6 @@ class TrainResult:
     output_dir: str
     pipeline_dir: str
     resumed_from: int | None  # the checkpoint step this invocation resumed from
-    stopped_by: str = "max_steps"  # "max_steps" | "max_seconds"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -42,10 +41,9 @@ class TrainResult:
 
 @dataclass
 class LoopOutcome:
-    """What the loop leaves: where it stopped, why, and its throughput."""
+    """What the loop leaves: where it stopped and its throughput."""
 
     position: Position
-    stopped_by: str
     last_loss: float | None
     samples_seen: int
     seconds: float
@@ -104,7 +102,8 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
     objective = DiffusionObjective(unet=unet, vae=frozen.vae, noise_scheduler=base.noise_scheduler, texts=texts,
                                    null_text=null_text, scaling_factor=base.vae.config.scaling_factor,
                                    weight_dtype=frozen.weight_dtype, device=device,
-                                   conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip)
+                                   conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip,
+                                   train_timesteps=config.train_timesteps)
 
     # --- Resume: the last complete checkpoint, if any, must belong to the same trajectory.
     key = resume_key(config, accelerator.num_processes)
@@ -147,7 +146,6 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
     result = TrainResult(
         steps=outcome.position.global_step, final_loss=final_loss, samples_per_second=samples_per_second,
         seconds=outcome.seconds, output_dir=str(output_dir), pipeline_dir=str(pipeline_dir), resumed_from=resumed_from,
-        stopped_by=outcome.stopped_by,
         extra={"samples_this_run": outcome.samples_seen, "setup_seconds": setup_seconds, "cache_latents": config.cache_latents,
                "latent_cache": str(latent_cache.path) if latent_cache is not None else None, "latent_cache_built": cache_built,
                "latent_cache_seconds": cache_seconds, "num_processes": accelerator.num_processes, "device": str(device),
@@ -173,7 +171,7 @@ def run_loop(config: TrainConfig, accelerator, objective: DiffusionObjective, op
              position: Position, *, losses_path: Path, metrics, log: Callable[[str], None],
              on_log: Callable[[dict], None] | None, checkpoint: Callable[[Position], None],
              preview: Callable[[int], None]) -> LoopOutcome:
-    """Train from ``position`` until ``max_steps`` or ``max_seconds``, whichever comes first.
+    """Train from ``position`` until ``max_steps``.
 
     Per micro-batch: a generator seeded by (seed, global step, micro-batch, process) and one
     :func:`~.step.train_micro_batch`. Per optimizer step: the EMA update, ``losses.jsonl`` (rank 0), MLflow
@@ -183,10 +181,10 @@ def run_loop(config: TrainConfig, accelerator, objective: DiffusionObjective, op
     main = accelerator.is_main_process
     global_step, epoch, pos = position.global_step, position.epoch, position.position
     loop_start = time.monotonic()
-    samples_seen, step_losses, stopped_by, last_loss = 0, [], "max_steps", None
+    samples_seen, step_losses, last_loss = 0, [], None
     losses_file = open(losses_path, "a") if main else None
     try:
-        while global_step < config.max_steps and stopped_by == "max_steps":
+        while global_step < config.max_steps:
             if pos >= len(loader):  # a checkpoint taken at the end of an epoch
                 epoch, pos = epoch + 1, 0
             loader.set_epoch(epoch)  # the sampler's permutation for this epoch
@@ -215,8 +213,7 @@ def run_loop(config: TrainConfig, accelerator, objective: DiffusionObjective, op
                     losses_file.flush()
                     if metrics is not None:
                         metrics.log({"loss": last_loss, "lr": lr}, global_step)
-                out_of_time = config.max_seconds is not None and elapsed >= config.max_seconds
-                done = global_step >= config.max_steps or out_of_time
+                done = global_step >= config.max_steps
                 if main and (global_step % config.log_every == 0 or done):
                     record = {"step": global_step, "max_steps": config.max_steps, "epoch": epoch, "loss": last_loss,
                               "lr": lr, "seconds": elapsed, "samples_per_second": samples_seen / max(elapsed, 1e-9)}
@@ -230,8 +227,6 @@ def run_loop(config: TrainConfig, accelerator, objective: DiffusionObjective, op
                     checkpoint(Position(global_step, epoch, pos))
                 if config.sample_every and global_step % config.sample_every == 0:
                     preview(global_step)
-                if out_of_time and global_step < config.max_steps:
-                    stopped_by = "max_seconds"
                 if done:
                     break
             else:
@@ -239,7 +234,7 @@ def run_loop(config: TrainConfig, accelerator, objective: DiffusionObjective, op
     finally:
         if losses_file is not None:
             losses_file.close()
-    return LoopOutcome(Position(global_step, epoch, pos), stopped_by, last_loss, samples_seen, time.monotonic() - loop_start)
+    return LoopOutcome(Position(global_step, epoch, pos), last_loss, samples_seen, time.monotonic() - loop_start)
 
 
 def _latent_cache(config: TrainConfig, frame, store, frozen, accelerator, log):

@@ -1,7 +1,7 @@
 """One training step of the InstructPix2Pix recipe: the loss of a micro-batch and the update it feeds.
 
 - Loss: L2 between the UNet output and the scheduler's target (noise for epsilon, velocity for
-  v-prediction) at uniformly drawn timesteps, on ``scaling_factor * z`` with ``z`` drawn from the VAE
+  v-prediction) at timesteps drawn uniformly (from ``train_timesteps``; every one by default), on ``scaling_factor * z`` with ``z`` drawn from the VAE
   posterior of the target; the UNet input is ``cat(noisy latent, unscaled posterior mode of the input)``.
 - Conditioning dropout per sample (5% text only, 5% both, 5% image only); null text = encoder(""),
   null image = zero latent (:func:`apply_conditioning_dropout`).
@@ -75,6 +75,7 @@ class DiffusionObjective:
     device: torch.device
     conditioning_dropout: tuple[float, float, float]
     random_flip: bool
+    train_timesteps: tuple[int, int] | None = None  # [low, high); None: every training timestep
 
     def micro_batch_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """The loss of one micro-batch; draws flip, posterior eps, noise, timesteps and dropout from ``generator``."""
@@ -102,7 +103,10 @@ class DiffusionObjective:
         # Image condition: the posterior mode, unscaled (the official code's encode_first_stage(...).mode()).
         image_latents = image_latents.float()
         noise = torch.randn(latents.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=generator).to(device)
+        low, high = self.train_timesteps or (0, self.noise_scheduler.config.num_train_timesteps)
+        if high > self.noise_scheduler.config.num_train_timesteps:
+            raise ValueError(f"train_timesteps {low, high} exceed the scheduler's {self.noise_scheduler.config.num_train_timesteps}")
+        timesteps = torch.randint(low, high, (n,), generator=generator).to(device)
         text_emb, image_latents = apply_conditioning_dropout(self.texts(batch["instruction"]), image_latents, self.null_text,
                                                              self.conditioning_dropout, generator)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
