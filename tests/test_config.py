@@ -35,9 +35,11 @@ def test_presets_hold_the_profile_defaults():
     assert preset("mini", "train") == {"max_steps": 100_000, "max_seconds": 180.0, "train_batch_size": 32,
                                        "learning_rate": 5e-4, "checkpointing_steps": 12, "mixed_precision": "no",
                                        "gradient_checkpointing": False, "cache_latents": True}
-    assert preset("paper", "train") == {"max_steps": 20_000, "max_seconds": None, "train_batch_size": 128,
-                                        "learning_rate": 1e-4, "checkpointing_steps": 1000, "mixed_precision": "bf16",
-                                        "gradient_checkpointing": True, "cache_latents": True}
+    assert preset("paper", "train") == {"num_train_epochs": 20, "max_steps": None, "effective_batch_size": 4096,
+                                        "train_batch_size": 128, "learning_rate": 1e-4, "lr_scheduler": "constant",
+                                        "lr_warmup_steps": 0, "adam_weight_decay": 1e-2, "checkpointing_steps": 1000,
+                                        "mixed_precision": "no", "gradient_checkpointing": True, "use_ema": True,
+                                        "ema_decay": 0.9999, "cache_latents": True}
     assert preset("mini", "base_model") == {"text_encoder": "minilm", "prediction_type": "v_prediction",
                                             "fit_seconds": 150.0, "fit_images": 4000}
     preset("mini", "train")["max_steps"] = 1  # a copy: the table is not changed through it
