@@ -10,6 +10,7 @@ from assets.datasets import encoded_pairs, fp_manifest, manifest_checks, rp_mani
 from assets.evaluate import EVAL_ASSETS, results_tables
 from assets.instructions import heldout_instructions, paraphrase_bank, paraphrase_bank_variety
 from assets.model import base_model
+from assets.plan import cost_plan
 from assets.raw import raw_assets, raw_catalog, raw_checks
 from assets.train import instructcv_fp_checkpoint, instructcv_rp_checkpoint
 from pipelines.jobs import full_reproduction, raw_data
@@ -23,7 +24,7 @@ defs = dg.Definitions(
     assets=[
         *raw_assets, raw_catalog,
         paraphrase_bank, heldout_instructions,
-        encoded_pairs, fp_manifest, rp_manifest, test_manifests,
+        encoded_pairs, fp_manifest, rp_manifest, test_manifests, cost_plan,
         base_model, instructcv_fp_checkpoint, instructcv_rp_checkpoint,
         *EVAL_ASSETS, results_tables,
     ],

@@ -184,3 +184,15 @@ def test_standard_depth_streams_to_the_batch_result(eigen_crop):
         (first if n < 3 else second).update(image_id, pred, gt)  # the cut splits img1's two outputs
     first.merge(second)
     _same(first.compute(), expected)
+
+
+def test_the_task_scorer_streams_to_the_batch_reducers_end_to_end():
+    """`ClosedSetSegmentation.score` on a synthetic ADE20K split (benchmarks/scoring_memory.py --check)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "scoring_memory.py"
+    spec = importlib.util.spec_from_file_location("scoring_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--images", "3", "--classes", "10", "--height", "40", "--width", "52", "--check"]) == 0
