@@ -28,6 +28,7 @@ from instructcv_core.evaluation.generation import generate_outputs
 from instructcv_core.evaluation.planning import plan_queries
 from instructcv_core.evaluation.reporting import file_digest, jsonable, metrics_table, sample_grid
 from instructcv_core.evaluation.scoring import score
+from instructcv_core.evaluation.subset import subset_protocols
 from instructcv_core.tasks.arrays import as_rgb
 
 
@@ -91,7 +92,7 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
     write_table_frame(table, outputs_path)
     if not reused:
         atomic_write_text(identity_path, json.dumps(identity, indent=1, sort_keys=True))
-    metrics_frame = metrics_table(name, scores.metrics)
+    metrics_frame = metrics_table(name, scores.metrics, subset_protocols(bench.image_ids, config, name))
     write_table_frame(metrics_frame, out_dir / "metrics.parquet")
     atomic_write_text(out_dir / "metrics.md", metrics_frame.to_markdown(index=False, floatfmt=".4g") + "\n")
     atomic_write_text(out_dir / "details.json", json.dumps(jsonable(scores.details), indent=1, sort_keys=True))
@@ -99,6 +100,7 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
     atomic_write(out_dir / "samples.png", lambda tmp: grid.save(tmp, format="PNG"))
     counts = {"images": len(bench.image_ids), "queries": len(queries),
               "paper_queries": int(queries["paper"].sum()), "standard_queries": int(queries["standard"].sum()),
+              "standard_images": int(queries.loc[queries["standard"], "image_id"].nunique()),
               "unet_evaluations": 0 if reused else config.sampler.unet_evaluations(len(queries)),
               "generation_seconds": round(seconds, 2), "reused": reused}
     paths = {"dir": str(out_dir), "queries": str(outputs_path), "metrics": str(out_dir / "metrics.parquet"),

@@ -65,18 +65,35 @@ def _lookup(results: pd.DataFrame, variant: str, benchmark: str, protocol: str, 
     return float(hit["value"].iloc[0]) if len(hit) else math.nan
 
 
+def _from_subset(results: pd.DataFrame, variant: str, benchmark: str, protocol: str, metric: str) -> bool:
+    """Whether that number was computed on a seeded subset of the images (subset mode, `evaluation.subset`)."""
+    if "subset" not in results.columns:
+        return False
+    hit = results[(results["variant"] == variant) & (results["benchmark"] == benchmark)
+                  & (results["protocol"] == protocol) & (results["metric"] == metric)]
+    return bool(len(hit)) and bool(hit["subset"].fillna(False).iloc[0])
+
+
+def _mark_subset(frame: pd.DataFrame, cells: list[tuple[int, str]]) -> pd.DataFrame:
+    """Remember which cells come from a subset (``frame.attrs["subset_cells"]``); :func:`to_markdown` labels them."""
+    frame.attrs["subset_cells"] = cells
+    return frame
+
+
 def table1(results: pd.DataFrame) -> pd.DataFrame:
     """Table 1: the eight benchmarks, published FP/RP beside ours under both protocols."""
-    rows = []
+    rows, subset_cells = [], []
     for benchmark, spec in in_table("table1"):
         row = {"benchmark": benchmark.name, "metric": spec.label}
         for variant, published in (("fp", spec.published_fp), ("rp", spec.published_rp)):
             row[f"{variant.upper()} published"] = published
             for protocol in PROTOCOLS:
-                row[f"{variant.upper()} ours ({protocol})"] = _lookup(results, variant, benchmark.name, protocol,
-                                                                      spec.metric(protocol))
+                column = f"{variant.upper()} ours ({protocol})"
+                row[column] = _lookup(results, variant, benchmark.name, protocol, spec.metric(protocol))
+                if _from_subset(results, variant, benchmark.name, protocol, spec.metric(protocol)):
+                    subset_cells.append((len(rows), column))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _mark_subset(pd.DataFrame(rows), subset_cells)
 
 
 def table1_baselines() -> pd.DataFrame:
@@ -92,12 +109,15 @@ def table2(results: pd.DataFrame) -> pd.DataFrame:
     for benchmark, spec in entries:
         published[spec.label] = spec.published_rp  # the paper reports the RP model only
     rows = [{"model": name, "source": "published", "protocol": "paper", "mIoU": value} for name, value in published.items()]
+    subset_cells = []
     for benchmark, spec in entries:
         for variant in VARIANTS:
             for protocol in PROTOCOLS:
+                if _from_subset(results, variant, benchmark.name, protocol, spec.metric(protocol)):
+                    subset_cells.append((len(rows), "mIoU"))
                 rows.append({"model": f"InstructCV-{variant.upper()} (ours)", "source": "ours", "protocol": protocol,
                              "mIoU": _lookup(results, variant, benchmark.name, protocol, spec.metric(protocol))})
-    return pd.DataFrame(rows)
+    return _mark_subset(pd.DataFrame(rows), subset_cells)
 
 
 def table3(heldout: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
@@ -114,12 +134,23 @@ def table3(heldout: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
-    """A table as Markdown, numbers to 3 decimals, missing values blank."""
+    """A table as Markdown, numbers to 3 decimals, missing values blank; cells computed on a seeded
+    subset of the images (subset mode) carry a ``†`` and a note under the table."""
+    from instructcv_core.evaluation.subset import SUBSET_MARK
+
     shown = frame.copy()
     for column in shown.columns:
         if pd.api.types.is_numeric_dtype(shown[column]) or shown[column].dtype == object:
             shown[column] = shown[column].map(_cell)
-    return shown.to_markdown(index=False)
+    cells = frame.attrs.get("subset_cells", [])
+    for row, column in cells:
+        if shown.at[row, column]:
+            shown.at[row, column] = f"{shown.at[row, column]} {SUBSET_MARK}"
+    text = shown.to_markdown(index=False)
+    if cells:
+        text += (f"\n\n{SUBSET_MARK} standard protocol on a seeded subset of the test images "
+                 "(`standard_subset`; see the `subset` column of each metrics.parquet).")
+    return text
 
 
 def _cell(value) -> str:

@@ -165,7 +165,8 @@ class ClassificationEvaluation:
         for row in outputs.itertuples():
             output = output_image(row.output_digest)
             margin = classification_margin(output, row.colour, row.colour2)
-            margins.setdefault(row.image_id, {})[row.category] = margin
+            if row.standard:  # False outside the standard subset (evaluation/subset.py)
+                margins.setdefault(row.image_id, {})[row.category] = margin
             if row.paper:
                 paper_outputs.setdefault(row.image_id, {})[row.category] = output
             predictions.append({"query_id": row.query_id, "margin": margin})

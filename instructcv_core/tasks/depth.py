@@ -159,7 +159,7 @@ class DepthEvaluation:
             if "paper" in config.protocols:
                 paper_scores.update(target_image(targets[row.image_id]), output)
             pred = depth_metres(output, size=record_size(record))
-            if "standard" in config.protocols:
+            if row.standard:  # False outside the standard subset (evaluation/subset.py)
                 standard_scores.update(row.image_id, pred, load_depth_m(record, bench.root, dense=False))
             predictions.append({"query_id": row.query_id, "mean_depth_m": float(pred.mean())})
         out = {"predictions": pd.DataFrame(predictions)}

@@ -217,7 +217,8 @@ class OpenVocabularySegmentation:
             output = output_image(row.output_digest)
             paper_scores.update(row.image_id, row.category, segmentation_mask(output, config.paper_threshold, 2), gt)
             mask = segmentation_mask(output, config.standard_threshold, "mean", size=record_size(record))
-            standard_scores.update(row.image_id, row.category, mask, gt)
+            if row.standard:  # False outside the standard subset (evaluation/subset.py)
+                standard_scores.update(row.image_id, row.category, mask, gt)
             predictions.append({"query_id": row.query_id, "foreground_fraction": float(mask.mean())})
         out = {"predictions": pd.DataFrame(predictions)}
         if "paper" in config.protocols:
@@ -260,7 +261,8 @@ class HeldoutPhrasingSegmentation:
             per_phrasing[row.phrasing]["paper"].update(
                 row.image_id, row.category, segmentation_mask(output, config.paper_threshold, 2), gt)
             mask = segmentation_mask(output, config.standard_threshold, "mean", size=record_size(record))
-            per_phrasing[row.phrasing]["standard"].update(row.image_id, row.category, mask, gt)
+            if row.standard:
+                per_phrasing[row.phrasing]["standard"].update(row.image_id, row.category, mask, gt)
             predictions.append({"query_id": row.query_id, "foreground_fraction": float(mask.mean())})
         out = {"predictions": pd.DataFrame(predictions)}
         for protocol in config.protocols:
