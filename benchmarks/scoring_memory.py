@@ -79,11 +79,19 @@ def plan(records: dict, rects: dict, categories: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def synthetic_outputs(rects: dict, seed: int = 0):
-    """``output_image(digest)``: the class's rectangle in white (or nothing) on a noisy dark background."""
+def synthetic_outputs(rects: dict, seed: int = 0, report_every: int = 0):
+    """``output_image(digest)``: the class's rectangle in white (or nothing) on a noisy dark background.
+
+    Every ``report_every`` outputs it prints how many were read, the time and the peak RSS so far
+    (a flat RSS while the count grows is the point of streaming)."""
     noise = np.random.default_rng(seed).integers(0, 60, (OUTPUT_SIZE, OUTPUT_SIZE, 3), dtype=np.uint8)
+    start, count = time.monotonic(), [0]
 
     def output_image(digest: str) -> np.ndarray:
+        count[0] += 1
+        if report_every and count[0] % report_every == 0:
+            print(f"  {count[0]} outputs scored, {time.monotonic() - start:.0f} s, peak RSS {peak_rss_mib():.0f} MiB",
+                  flush=True)
         image_id, category = digest.split("|", 1)
         out = noise.copy()
         box = rects[image_id].get(category)
@@ -102,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=683)
     parser.add_argument("--check", action="store_true", help="also compute the batch reducers (small runs only)")
+    parser.add_argument("--report-every", type=int, default=0, help="print progress and peak RSS every N outputs")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         outputs = plan(records, rects, categories)
         print(f"split: {args.images} images x {args.classes} classes = {len(outputs)} outputs "
               f"({int(outputs['paper'].sum())} paper), labels {args.width}x{args.height}; "
-              f"written in {time.monotonic() - start:.0f} s; peak RSS so far {peak_rss_mib():.0f} MiB")
+              f"written in {time.monotonic() - start:.0f} s; peak RSS so far {peak_rss_mib():.0f} MiB", flush=True)
         bench = SimpleNamespace(categories=categories, spec=SimpleNamespace(background_class=False),
                                 records=records, root=root)
         config = EvalConfig()
-        output_image = synthetic_outputs(rects)
+        output_image = synthetic_outputs(rects, report_every=args.report_every)
         start = time.monotonic()
         result = ClosedSetSegmentation().score(bench, outputs, output_image, None, config)
         seconds = time.monotonic() - start
