@@ -196,3 +196,15 @@ def test_the_task_scorer_streams_to_the_batch_reducers_end_to_end():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--images", "3", "--classes", "10", "--height", "40", "--width", "52", "--check"]) == 0
+
+
+def test_channel_mean_fast_path_equals_numpy_mean():
+    """`channel_values(x, "mean")` on uint8 RGB: the same float32 numbers as ``x.astype(float32).mean(axis=2)``."""
+    from instructcv_core.tasks.arrays import channel_values
+
+    rng = np.random.default_rng(6)
+    every_sum = np.array([[[r, g, b] for g in range(256) for b in (0, 1, 127, 128, 255)] for r in range(256)], np.uint8)
+    for x in [every_sum, *(rng.integers(0, 256, (int(rng.integers(1, 90)), int(rng.integers(1, 90)), 3), dtype=np.uint8)
+                           for _ in range(20))]:
+        got = channel_values(x, "mean")
+        assert got.dtype == np.float32 and np.array_equal(got, x.astype(np.float32).mean(axis=2))

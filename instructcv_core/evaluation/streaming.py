@@ -105,14 +105,17 @@ class ClassScoreArgmax:
         s = np.asarray(scores, dtype=np.float32)
         if s.shape != self.shape:
             raise ValueError(f"score maps {s.shape} must have the GT shape {self.shape}")
-        self.classes.append(class_index)
         if self.best_score is None:
+            self.classes.append(class_index)
             self.best_score = s.copy()
             self.best_class = np.full(self.shape, class_index, dtype=np.int64)
             return
-        wins = (s > self.best_score) | ((s == self.best_score) & (class_index < self.best_class))
+        wins = s > self.best_score
+        if class_index < max(self.classes):  # a tie goes to the smaller class: only then can it win one
+            wins |= (s == self.best_score) & (class_index < self.best_class)
+        self.classes.append(class_index)
         np.copyto(self.best_score, s, where=wins)
-        self.best_class[wins] = class_index
+        np.copyto(self.best_class, class_index, where=wins)
 
     def labels(self) -> np.ndarray:
         """The combined label map (int64; -1 or ``background`` where no class exceeds the threshold)."""

@@ -178,8 +178,8 @@ class ClosedSetSegmentation:
                 if row.standard:
                     combined = combined or standard_scores.new_image(labels.shape)
                     combined.add(from_names[row.category] + offset, s)
-                predictions.append({"query_id": row.query_id,
-                                    "foreground_fraction": float((s > config.standard_threshold).mean())})
+                predictions.append({"query_id": row.query_id,  # count / size: the bool mean, faster
+                                    "foreground_fraction": np.count_nonzero(s > config.standard_threshold) / s.size})
             if combined is not None:
                 standard_scores.update(image_id, combined, labels)
         out = {"predictions": pd.DataFrame(predictions)}
