@@ -69,3 +69,69 @@ def test_sharded_evaluation_merges_to_the_unsharded_one_bit_for_bit(tiny_pipelin
     assert a["output_digest"].tolist() == b["output_digest"].tolist()  # the same PNG bytes
     assert pd.read_parquet(tmp_path / "whole" / "metrics.parquet").equals(pd.read_parquet(tmp_path / "sharded" / "metrics.parquet"))
     assert whole.metrics == merged.metrics
+
+
+def _run_sharded(job_fn, executor_config: dict, data_root: Path, instance):
+    import dagster as dg
+
+    import sharded_job
+
+    run_config = {"resources": {"settings": {"config": {"data_root": str(data_root), "progress_bars": False}}},
+                  "ops": {"eval_shards_fp": {"ops": {"plan_shards": {"config": {
+                      "shards": 2, "steps": 12, "resolution": 32, "batch_size": 2, "max_images": 0}}}}},
+                  "execution": {"config": executor_config}}
+    result = dg.execute_job(dg.reconstructable(getattr(sharded_job, job_fn)), instance=instance, run_config=run_config,
+                            tags={"dagster/partition": "nyuv2"})
+    assert result.success
+    windows = {}
+    for event in instance.all_logs(result.run_id):
+        step = event.step_key or ""
+        if "generate_shard_fp" in step and event.dagster_event is not None:
+            kind = event.dagster_event.event_type_value
+            if kind in ("STEP_START", "STEP_SUCCESS"):
+                windows.setdefault(step, {})[kind] = event.timestamp
+    return result, windows
+
+
+@pytest.mark.slow  # two executors, each starting step processes that import torch and load a model
+@pytest.mark.parametrize("job_fn,executor_config", [
+    ("multiprocess_job", {"max_concurrent": 2}),
+    ("dask_job", {"cluster": {"local": {"n_workers": 2, "threads_per_worker": 1, "processes": True}}}),
+])
+def test_dagster_runs_two_shards_at_once_and_merges_them_exactly(job_fn, executor_config, tiny_pipeline_dir, tmp_path,
+                                                                  monkeypatch):
+    import dagster as dg
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.setenv("PYTHONPATH", f"{PROJECT_ROOT}:{Path(__file__).parent}")
+    # the step processes compute with one thread as this one does (one_torch_thread): the same float sums
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data_root = tmp_path / "data"
+    profile = data_root / "mini"
+    write_depth_benchmark(profile)
+    point_checkpoint(profile, "fp", tiny_pipeline_dir)
+    with dg.DagsterInstance.get() as instance:  # the test's own DAGSTER_HOME (conftest), the project's dagster.yaml
+        _, windows = _run_sharded(job_fn, executor_config, data_root, instance)
+    assert len(windows) == 2, windows
+    (a, b) = windows.values()
+    assert a["STEP_START"] < b["STEP_SUCCESS"] and b["STEP_START"] < a["STEP_SUCCESS"], windows  # overlapping
+    assert len(shard_journals(profile / "eval" / "fp" / "nyuv2")) == 2
+
+    # the unsharded evaluation of the same checkpoint and config: the same outputs and metrics, bit for bit
+    from instructcv_core.inference.sampler import InstructCVSampler
+
+    from assets.evaluate import eval_config
+    from assets.evaluate_shards import ShardedEvalConfig
+    from pipelines.resources import InstructCVSettings
+
+    config = eval_config(ShardedEvalConfig(steps=12, resolution=32, batch_size=2, max_images=0),
+                         InstructCVSettings(data_root=str(data_root)))  # as the shard steps resolved it
+    sharded_dir = profile / "eval" / "fp" / "nyuv2"
+    identity = __import__("json").loads((sharded_dir / "identity.json").read_text())["checkpoint"]
+    evaluate_benchmark("nyuv2", lambda: InstructCVSampler.from_pretrained(tiny_pipeline_dir, config.sampler), identity,
+                       config, profile / "datasets", profile / "raw", tmp_path / "whole",
+                       ImageStore(tmp_path / "whole_outputs"), log=lambda _: None)
+    a = pd.read_parquet(tmp_path / "whole" / "queries.parquet")
+    b = pd.read_parquet(sharded_dir / "queries.parquet")
+    assert a["output_digest"].tolist() == b["output_digest"].tolist()
+    assert pd.read_parquet(tmp_path / "whole" / "metrics.parquet").equals(pd.read_parquet(sharded_dir / "metrics.parquet"))
