@@ -4,8 +4,12 @@
 import dagster as dg
 from dagster_dask import dask_executor
 
-from assets.evaluate_shards import eval_shards_fp
+from assets.evaluate_shards import sharded_eval_asset
+from assets.train import instructcv_fp_checkpoint
 from pipelines.resources import InstructCVSettings
+
+
+eval_shards_fp = sharded_eval_asset("fp", instructcv_fp_checkpoint, shards=2)
 
 
 def _job(name: str, executor):

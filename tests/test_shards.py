@@ -77,8 +77,8 @@ def _run_sharded(job_fn, executor_config: dict, data_root: Path, instance):
     import sharded_job
 
     run_config = {"resources": {"settings": {"config": {"data_root": str(data_root), "progress_bars": False}}},
-                  "ops": {"eval_shards_fp": {"ops": {"plan_shards": {"config": {
-                      "shards": 2, "steps": 12, "resolution": 32, "batch_size": 2, "max_images": 0}}}}},
+                  "ops": {"eval_shards_fp": {"ops": {"plan_2_shards": {"config": {
+                      "steps": 12, "resolution": 32, "batch_size": 2, "max_images": 0}}}}},
                   "execution": {"config": executor_config}}
     result = dg.execute_job(dg.reconstructable(getattr(sharded_job, job_fn)), instance=instance, run_config=run_config,
                             tags={"dagster/partition": "nyuv2"})
