@@ -34,6 +34,11 @@ BENCHMARK_PARTITIONS = dg.StaticPartitionsDefinition([b.name for b in BENCHMARKS
 EVAL_SHARDS = int(os.environ.get("INSTRUCTCV_EVAL_SHARDS", "8"))
 
 
+#: One GPU per shard step: the pod spec under the Kubernetes executor (dagster-k8s reads this tag;
+#: the other executors ignore it). Image, namespace and volumes are deployment: configs/k8s.yaml.
+GPU_STEP_TAGS = {"dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}}
+
+
 class ShardedEvalConfig(EvalAssetConfig):
     """The evaluation's knobs, as `evaluate_<variant>` (the shard count is the graph's: `EVAL_SHARDS`)."""
 
@@ -62,7 +67,7 @@ def _device_for(shard: int, device: str) -> str:
 
 
 def sharded_eval_asset(variant: str, upstream: dg.AssetsDefinition, shards: int = EVAL_SHARDS) -> dg.AssetsDefinition:
-    @dg.op(name=f"generate_shard_{variant}")
+    @dg.op(name=f"generate_shard_{variant}", tags=GPU_STEP_TAGS)
     def generate(context: dg.OpExecutionContext, shard: tuple, settings: InstructCVSettings) -> dict:
         import dataclasses
 

@@ -56,3 +56,13 @@ sharded_evaluation = dg.define_asset_job(
     "merged exactly (assets/evaluate_shards.py); the executor decides where the steps run (multiprocess, "
     "dagster-dask, dagster-k8s: docs/scaling.md).",
 )
+
+
+def sharded_evaluation_k8s_job():
+    """`sharded_evaluation` under the Kubernetes executor (`dagster-k8s`): every step its own pod, each
+    shard step with one GPU (`assets/evaluate_shards.py`); run config: `configs/k8s.yaml`."""
+    from dagster_k8s import k8s_job_executor
+
+    return dg.define_asset_job(
+        "sharded_evaluation_k8s", selection=dg.AssetSelection.groups("eval_shards"), executor_def=k8s_job_executor,
+        description="sharded_evaluation, one pod per step on Kubernetes (configs/k8s.yaml, docs/scaling.md).")

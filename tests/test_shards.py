@@ -135,3 +135,26 @@ def test_dagster_runs_two_shards_at_once_and_merges_them_exactly(job_fn, executo
     b = pd.read_parquet(sharded_dir / "queries.parquet")
     assert a["output_digest"].tolist() == b["output_digest"].tolist()
     assert pd.read_parquet(tmp_path / "whole" / "metrics.parquet").equals(pd.read_parquet(sharded_dir / "metrics.parquet"))
+
+
+def test_the_kubernetes_configuration_loads_and_asks_one_gpu_per_shard_step():
+    import dagster as dg
+    import yaml
+    from dagster_k8s.job import get_user_defined_k8s_config
+
+    from assets.evaluate_shards import EVAL_SHARDS
+    from pipelines.definitions import defs
+
+    assert EVAL_SHARDS == 8  # the default the configuration is written for
+    job = defs.resolve_job_def("sharded_evaluation_k8s")
+    assert job.executor_def.name == "k8s"
+    run_config = yaml.safe_load((PROJECT_ROOT / "configs" / "k8s.yaml").read_text())
+    validated = dg.validate_run_config(job, run_config)  # Dagster's own schema check of the whole run config
+    execution = validated["execution"]["k8s"]
+    assert execution["max_concurrent"] == 8 and execution["job_image"].endswith("instructcv:latest")
+    assert {v["mountPath"] for v in execution["volume_mounts"]} == {"/data"}
+    generate_steps = [op for graph in job.graph.node_defs for op in graph.node_defs if op.name.startswith("generate_shard_")]
+    assert len(generate_steps) == 2  # one op per variant, aliased once per shard
+    for op in generate_steps:
+        limits = get_user_defined_k8s_config(op.tags).container_config["resources"]["limits"]
+        assert limits == {"nvidia.com/gpu": "1"}
