@@ -59,3 +59,15 @@ def test_cost_plan_asset_carries_the_table(tmp_path):
     expected = make_plan("mini", tmp_path, unet_per_second=1000.0)  # the embedded profile
     assert metadata["total_gpu_hours"].value == pytest.approx(expected.total_gpu_hours)
     assert "| ade20k |" in metadata["plan"].value
+
+
+def test_plan_counts_the_test_manifests_that_exist(tmp_path):
+    from eval_fixture import write_depth_benchmark
+
+    write_depth_benchmark(tmp_path / "mini", images=10)
+    plan = make_plan("mini", tmp_path, unet_per_second=1000.0)
+    rows = {r["benchmark"]: r for r in plan.rows()}
+    # the mini preset evaluates 6 images per benchmark, 8 steps x 3 branches each
+    assert (rows["nyuv2"]["counts"], rows["nyuv2"]["images"], rows["nyuv2"]["both_outputs"]) == ("counted", 6, 6)
+    assert rows["nyuv2"]["both_gpu_hours"] == round(6 * 8 * 3 / 1000 / 3600, 2)
+    assert rows["ade20k"]["counts"] == "published sizes"
