@@ -50,6 +50,7 @@ def resolved_train_config(config: TrainAssetConfig, settings: InstructCVSettings
     continues) and a changed recipe, manifest or base model starts a fresh folder.
     """
     from instructcv_core.training.checkpoint import run_digest
+    from instructcv_core.training.recipe import resolve_for_manifest
 
     datasets = settings.profile_dir / "datasets"
     variant_dir = settings.profile_dir / "train" / variant
@@ -57,7 +58,10 @@ def resolved_train_config(config: TrainAssetConfig, settings: InstructCVSettings
                      base_model=resolve_base_model(settings), manifest=str(datasets / f"{variant}_manifest.parquet"),
                      image_store=str(datasets / "images"), output_dir=str(variant_dir),
                      resolution=settings.resolution_px, seed=settings.seed, allow_network=settings.allow_network)
-    digest = run_digest(recipe, config.num_processes * config.num_machines)
+    world_size = config.num_processes * config.num_machines
+    # Concrete accumulation and step count for this world size (effective batch, epochs: training/recipe.py).
+    recipe = resolve_for_manifest(recipe, world_size)
+    digest = run_digest(recipe, world_size)
     return dataclasses.replace(recipe, output_dir=str(variant_dir / digest))
 
 

@@ -45,14 +45,26 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                     "image_guidance": 1.0, "batch_size": 64, "dtype": "float32"},
         "eval": {"max_images": 6, "heldout_images": 4},
     },
-    # Paper: the official recipe (lr 1e-4 constant, batch 128 per device, EMA 0.9999; the rest of the
-    # recipe is `TrainConfig`'s defaults), bf16 and gradient checkpointing on GPU.
+    # Paper: the official recipe (AlaaLab/InstructCV configs/train_rp_model.yaml, scripts/slurm_train).
     "paper": {
         # SD v1.5 is loaded, not built: no knob of the tiny base applies (settings.base_model names it).
         "base_model": {},
-        "train": {"max_steps": 20_000, "train_batch_size": 128, "learning_rate": 1e-4,
-                  "checkpointing_steps": 1000, "mixed_precision": "bf16", "gradient_checkpointing": True,
-                  "cache_latents": True},
+        # As the official run: 4,096 samples per optimizer step (128 per GPU x 8 GPUs x 4 accumulated
+        # there; here the accumulation follows from the world size, training/recipe.py), AdamW lr 1e-4
+        # constant and not rescaled, weight decay 0.01, 20 epochs, fp32, gradient checkpointing, EMA
+        # 0.9999, dropout 5/5/5 %, flip. Deviations, each named:
+        # - cache_latents: the frozen VAE's posterior (mean, std) is computed once per image and a
+        #   latent drawn from it every step: the same distribution as encoding every step, less compute.
+        # - the EMA is updated per optimizer step (diffusers), not per micro-batch (Lightning): with 4
+        #   micro-batches per step the official horizon is 0.9999**4 per optimizer step.
+        # - a checkpoint every 1,000 steps and at the end (official: also every epoch); no validation
+        #   pass every 4 epochs; every manifest row is trained on (the official split keeps 10 % out).
+        # - an epoch's last, incomplete accumulation is an optimizer step, its loss scaled by 1/accumulation.
+        # Option: mixed_precision: bf16 (faster on GPUs with bf16 tensor cores; not the official arithmetic).
+        "train": {"num_train_epochs": 20, "max_steps": None, "effective_batch_size": 4096, "train_batch_size": 128,
+                  "learning_rate": 1e-4, "lr_scheduler": "constant", "lr_warmup_steps": 0, "adam_weight_decay": 1e-2,
+                  "checkpointing_steps": 1000, "mixed_precision": "no", "gradient_checkpointing": True,
+                  "use_ema": True, "ema_decay": 0.9999, "cache_latents": True},
 
         "build": {},
         # The official evaluation recipe (100 Euler-ancestral steps, float16 as the official autocast)

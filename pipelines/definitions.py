@@ -8,11 +8,13 @@ import dagster as dg
 
 from assets.datasets import encoded_pairs, fp_manifest, manifest_checks, rp_manifest, test_manifests
 from assets.evaluate import EVAL_ASSETS, results_tables
+from assets.evaluate_shards import eval_shards_fp, eval_shards_rp
 from assets.instructions import heldout_instructions, paraphrase_bank, paraphrase_bank_variety
 from assets.model import base_model
+from assets.plan import cost_plan
 from assets.raw import raw_assets, raw_catalog, raw_checks
 from assets.train import instructcv_fp_checkpoint, instructcv_rp_checkpoint
-from pipelines.jobs import full_reproduction, raw_data
+from pipelines.jobs import full_reproduction, raw_data, sharded_evaluation, sharded_evaluation_k8s_job
 from pipelines.project import ensure_dagster_home
 from pipelines.resources import InstructCVSettings, MlflowTracking
 from pipelines.run_recovery import recovering_executor, stale_run_sensor
@@ -23,12 +25,12 @@ defs = dg.Definitions(
     assets=[
         *raw_assets, raw_catalog,
         paraphrase_bank, heldout_instructions,
-        encoded_pairs, fp_manifest, rp_manifest, test_manifests,
+        encoded_pairs, fp_manifest, rp_manifest, test_manifests, cost_plan,
         base_model, instructcv_fp_checkpoint, instructcv_rp_checkpoint,
-        *EVAL_ASSETS, results_tables,
+        *EVAL_ASSETS, results_tables, eval_shards_fp, eval_shards_rp,
     ],
     asset_checks=[*raw_checks, paraphrase_bank_variety, *manifest_checks],
-    jobs=[full_reproduction, raw_data],
+    jobs=[full_reproduction, raw_data, sharded_evaluation, sharded_evaluation_k8s_job()],
     # A run killed outright (kill -9, OOM) keeps its `gpu` slot: every run releases such runs before
     # its first step, and the daemon of `dagster dev` does so every minute (pipelines/run_recovery.py).
     executor=recovering_executor,

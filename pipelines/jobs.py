@@ -33,7 +33,8 @@ ALL_SHARDS = {
 
 full_reproduction = dg.define_asset_job(
     "full_reproduction",
-    selection=dg.AssetSelection.all(),
+    # the sharded evaluation is another way to the same results (partitioned by benchmark): its own job
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("eval_shards"),
     config=load_run_config(EMBEDDED_PROFILE),
     run_tags=ALL_SHARDS,
     description="Rebuild every dataset and results table from scratch. Default config: the embedded "
@@ -47,3 +48,21 @@ raw_data = dg.define_asset_job(
     config={k: v for k, v in load_run_config(EMBEDDED_PROFILE).items() if k != "ops"},
     description="Only the raw-dataset stage: download, verify, extract and read every source dataset.",
 )
+
+sharded_evaluation = dg.define_asset_job(
+    "sharded_evaluation",
+    selection=dg.AssetSelection.groups("eval_shards"),
+    description="One benchmark (partition) of a checkpoint's evaluation fanned out to `shards` parallel steps and "
+    "merged exactly (assets/evaluate_shards.py); the executor decides where the steps run (multiprocess, "
+    "dagster-dask, dagster-k8s: docs/scaling.md).",
+)
+
+
+def sharded_evaluation_k8s_job():
+    """`sharded_evaluation` under the Kubernetes executor (`dagster-k8s`): every step its own pod, each
+    shard step with one GPU (`assets/evaluate_shards.py`); run config: `configs/k8s.yaml`."""
+    from dagster_k8s import k8s_job_executor
+
+    return dg.define_asset_job(
+        "sharded_evaluation_k8s", selection=dg.AssetSelection.groups("eval_shards"), executor_def=k8s_job_executor,
+        description="sharded_evaluation, one pod per step on Kubernetes (configs/k8s.yaml, docs/scaling.md).")

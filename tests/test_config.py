@@ -38,9 +38,11 @@ def _resolved_in_a_run(config_cls, run_config: dict, core_cls=TrainConfig, stage
 
 def test_presets_hold_the_profile_defaults():
     assert preset("mini", "train") == MINI_TRAIN
-    assert preset("paper", "train") == {"max_steps": 20_000, "train_batch_size": 128,
-                                        "learning_rate": 1e-4, "checkpointing_steps": 1000, "mixed_precision": "bf16",
-                                        "gradient_checkpointing": True, "cache_latents": True}
+    assert preset("paper", "train") == {"num_train_epochs": 20, "max_steps": None, "effective_batch_size": 4096,
+                                        "train_batch_size": 128, "learning_rate": 1e-4, "lr_scheduler": "constant",
+                                        "lr_warmup_steps": 0, "adam_weight_decay": 1e-2, "checkpointing_steps": 1000,
+                                        "mixed_precision": "no", "gradient_checkpointing": True, "use_ema": True,
+                                        "ema_decay": 0.9999, "cache_latents": True}
     assert preset("mini", "base_model") == MINI_BASE
     preset("mini", "train")["max_steps"] = 1  # a copy: the table is not changed through it
     assert PRESETS["mini"]["train"]["max_steps"] == MINI_TRAIN["max_steps"]

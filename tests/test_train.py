@@ -336,6 +336,9 @@ CADENCE_CHANGES = {
     "checkpointing_steps": 1, "checkpoints_total_limit": 5, "mlflow_tracking_uri": "sqlite:///x.db",
     "mlflow_run_id": "abc", "dataloader_num_workers": 2, "allow_network": True, "gradient_checkpointing": True,
 }
+#: Recipe knobs that count through what they resolve to (`training.recipe`): field -> (value, key field it changes).
+RECIPE_CHANGES = {"effective_batch_size": ({"effective_batch_size": 8}, "gradient_accumulation_steps"),
+                  "num_train_epochs": ({"num_train_epochs": 2, "max_steps": 0}, "max_steps")}
 
 
 def test_resume_key_covers_the_trajectory_and_nothing_else(tiny_base, data, tmp_path):
@@ -344,7 +347,7 @@ def test_resume_key_covers_the_trajectory_and_nothing_else(tiny_base, data, tmp_
     from instructcv_core.training.checkpoint import TRAJECTORY_FIELDS, resume_key, run_digest
 
     assert set(TRAJECTORY_CHANGES) == set(TRAJECTORY_FIELDS)
-    assert set(TRAJECTORY_CHANGES) | set(CADENCE_CHANGES) | {"base_model", "manifest", "image_store"} == \
+    assert set(TRAJECTORY_CHANGES) | set(CADENCE_CHANGES) | set(RECIPE_CHANGES) | {"base_model", "manifest", "image_store"} == \
         {f.name for f in dataclasses.fields(TrainConfig)}
     config = config_for(tiny_base, data, tmp_path / "out")
     key = resume_key(config, 1)
@@ -353,6 +356,9 @@ def test_resume_key_covers_the_trajectory_and_nothing_else(tiny_base, data, tmp_
         assert {k for k in key if key[k] != changed[k]} == {name}, name
     for name, value in CADENCE_CHANGES.items():
         assert resume_key(dataclasses.replace(config, **{name: value}), 1) == key, name
+    for name, (values, changes) in RECIPE_CHANGES.items():
+        changed = resume_key(dataclasses.replace(config, **values), 1)
+        assert {k for k in key if key[k] != changed[k]} == {changes}, name
     assert resume_key(config, 2)["num_processes"] == 2
     # the manifest by its bytes, the base model by its content (a base rebuilt at the same path differs)
     manifest = tmp_path / "manifest.parquet"

@@ -10,7 +10,9 @@ Commands (``instructcv COMMAND --help`` for each), one module each:
 * ``doctor`` (`instructcv_core.cli.doctor`): say what a paper run needs and what is missing on this
   machine;
 * ``compare`` (`instructcv_core.cli.compare`): export the MLflow comparison of FP vs RP (both
-  protocols) as Markdown / CSV.
+  protocols) as Markdown / CSV;
+* ``plan`` (`instructcv_core.cli.plan`): the planned cost of a profile (queries, UNet evaluations,
+  GPU-hours of evaluation and training) before anything runs.
 
 Shared helpers live in `instructcv_core.cli._io`. Heavy libraries (torch, diffusers, mlflow, cv2,
 numpy) are imported inside the commands, so that ``instructcv --help`` answers at once.
@@ -23,6 +25,7 @@ import click
 
 from instructcv_core.cli import compare as _compare
 from instructcv_core.cli import doctor as _doctor
+from instructcv_core.cli import plan as _plan
 from instructcv_core.cli import predict as _predict
 from instructcv_core.cli import reproduce as _reproduce
 from instructcv_core.cli._io import CONTEXT_SETTINGS
@@ -42,6 +45,7 @@ def cli() -> None:
       instructcv reproduce --profile mini
       instructcv doctor --profile paper
       instructcv compare --profile mini --out results/
+      instructcv plan --profile paper
     """
 
 
@@ -49,6 +53,7 @@ cli.add_command(_predict.predict)
 cli.add_command(_reproduce.reproduce)
 cli.add_command(_doctor.doctor)
 cli.add_command(_compare.compare)
+cli.add_command(_plan.plan)
 
 
 def main() -> None:

@@ -20,6 +20,9 @@ class EvalConfig:
     heldout_images: int | None = field(default=200, metadata={
         "help": "ADE20K images of the held-out-phrasing evaluation (Table 3; the paper used 200; 0 or None: all)."})
     seed: int = field(default=0, metadata={"help": "Seed of the image subset and of every output's noise."})
+    standard_subset: int | None = field(default=None, metadata={
+        "help": "Subset mode: the standard protocol asks and scores only this many images of each benchmark, a "
+                "seeded subset of the evaluated ones (the paper protocol keeps them all; 0 or None: every image)."})
     standard_classes: str = field(default="split", metadata={
         "help": "Categories the standard protocol asks: those of the test split (split) or the dataset's list (all)."})
     standard_threshold: float = field(default=127.0, metadata={
@@ -53,7 +56,7 @@ class EvalConfig:
             raise ValueError(f"instructions must be as_paper, fp or rp_pool, got {self.instructions!r}")
         if self.sample_rows < 0:
             raise ValueError(f"sample_rows must be >= 0, got {self.sample_rows}")
-        for name in ("max_images", "heldout_images"):
+        for name in ("max_images", "heldout_images", "standard_subset"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0 (0 or None: every image), got {value}")

@@ -15,6 +15,7 @@ import pandas as pd
 
 from instructcv_core.evaluation.config import EvalConfig
 from instructcv_core.evaluation.data import BenchmarkData
+from instructcv_core.evaluation.subset import apply_standard_subset
 from instructcv_core.tasks import evaluation
 
 
@@ -44,6 +45,7 @@ def plan_queries(bench: BenchmarkData, config: EvalConfig, heldout_phrasings: li
     frame = (frame.groupby(["image_id", "instruction"], sort=False, as_index=False)
              .agg({"input_digest": "first", "category": "first", "colour": "first", "colour2": "first",
                    "paper": "any", "standard": "any", "phrasing": "first"}))
+    frame = apply_standard_subset(frame, bench, config)  # subset mode: standard questions of some images only
     frame = frame[frame["paper"] | frame["standard"]].reset_index(drop=True)
     frame["seed"] = [query_seed(config.seed, bench.name, i, t) for i, t in zip(frame["image_id"], frame["instruction"])]
     frame["query_id"] = [hashlib.sha1(f"{bench.name}|{i}|{t}".encode()).hexdigest()[:16]

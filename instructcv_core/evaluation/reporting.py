@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,14 @@ from instructcv_core.tasks import task
 from instructcv_core.tasks.base import ImageReader
 
 
-def metrics_table(benchmark: str, metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """One row per (protocol, metric), with the MLflow key it is logged under."""
+def metrics_table(benchmark: str, metrics: dict[str, dict[str, float]], subset: Iterable[str] = ()) -> pd.DataFrame:
+    """One row per (protocol, metric), with the MLflow key it is logged under; ``subset``: the protocols
+    scored on a seeded subset of the images (subset mode, `evaluation.subset`), marked ``subset = True``."""
+    subset = set(subset)
     rows = [{"benchmark": benchmark, "protocol": protocol, "metric": metric, "value": value,
-             "mlflow_key": f"eval/{benchmark}/{protocol}/{metric}"}
+             "mlflow_key": f"eval/{benchmark}/{protocol}/{metric}", "subset": protocol in subset}
             for protocol, values in metrics.items() for metric, value in values.items()]
-    return pd.DataFrame(rows, columns=["benchmark", "protocol", "metric", "value", "mlflow_key"])
+    return pd.DataFrame(rows, columns=["benchmark", "protocol", "metric", "value", "mlflow_key", "subset"])
 
 
 def file_digest(path: Path) -> str:

@@ -24,10 +24,13 @@ from instructcv_core.data.imagestore import ImageStore
 from instructcv_core.data.records import atomic_write, atomic_write_text
 from instructcv_core.evaluation.config import EvalConfig
 from instructcv_core.evaluation.data import load_benchmark
-from instructcv_core.evaluation.generation import generate_outputs
+from instructcv_core.evaluation.generation import finished_outputs, generate_outputs
+from instructcv_core.evaluation.output_journal import OutputJournal
+from instructcv_core.evaluation.shards import shard_journals
 from instructcv_core.evaluation.planning import plan_queries
 from instructcv_core.evaluation.reporting import file_digest, jsonable, metrics_table, sample_grid
 from instructcv_core.evaluation.scoring import score
+from instructcv_core.evaluation.subset import subset_protocols
 from instructcv_core.tasks.arrays import as_rgb
 
 
@@ -64,22 +67,28 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
                 "sampler": config.sampler.to_dict(), "instructions": config.instruction_mode()}
     out_dir = Path(out_dir)
     outputs_path, identity_path = out_dir / "queries.parquet", out_dir / "identity.json"
-    reused = False
+    reused, generated = False, 0
     start = time.monotonic()
     if identity_path.exists() and outputs_path.exists() and json.loads(identity_path.read_text()) == identity:
         outputs = pd.read_parquet(outputs_path)[list(queries.columns) + ["output_digest"]]
         reused = all(output_store.path(d).exists() for d in outputs["output_digest"])
     if not reused:
-        log(f"{name}: generating {len(queries)} outputs for {len(bench.image_ids)} images")
-        sampler = sampler_factory()
-        done, step = [0], max(1, len(queries) // 10)
+        # Resume inside the evaluation: outputs recorded by an earlier, killed run are reused (output_journal.py).
+        journal = OutputJournal(out_dir / "outputs.jsonl", checkpoint_id, config.sampler.to_dict(),
+                                also_read=shard_journals(out_dir))  # outputs of finished shards (shards.py)
+        finished = sum(1 for d in finished_outputs(queries, output_store, journal) if d)
+        log(f"{name}: generating {len(queries) - finished} outputs for {len(bench.image_ids)} images"
+            + (f" ({finished} finished earlier, reused)" if finished else ""))
+        generated = len(queries) - finished
+        sampler = sampler_factory() if generated else None
+        done, step = [finished], max(1, len(queries) // 10)
 
         def on_batch(n: int) -> None:  # a progress line about every 10 % (paper-scale runs take hours)
             before, done[0] = done[0], done[0] + n
             if done[0] // step > before // step or done[0] == len(queries):
                 log(f"{name}: {done[0]}/{len(queries)} outputs ({time.monotonic() - start:.0f} s)")
 
-        outputs = generate_outputs(sampler, queries, input_store, output_store, on_batch)
+        outputs = generate_outputs(sampler, queries, input_store, output_store, on_batch, journal=journal)
     else:
         log(f"{name}: reusing {len(outputs)} outputs generated earlier with this checkpoint and config")
     seconds = time.monotonic() - start
@@ -91,7 +100,7 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
     write_table_frame(table, outputs_path)
     if not reused:
         atomic_write_text(identity_path, json.dumps(identity, indent=1, sort_keys=True))
-    metrics_frame = metrics_table(name, scores.metrics)
+    metrics_frame = metrics_table(name, scores.metrics, subset_protocols(bench.image_ids, config, name))
     write_table_frame(metrics_frame, out_dir / "metrics.parquet")
     atomic_write_text(out_dir / "metrics.md", metrics_frame.to_markdown(index=False, floatfmt=".4g") + "\n")
     atomic_write_text(out_dir / "details.json", json.dumps(jsonable(scores.details), indent=1, sort_keys=True))
@@ -99,7 +108,8 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
     atomic_write(out_dir / "samples.png", lambda tmp: grid.save(tmp, format="PNG"))
     counts = {"images": len(bench.image_ids), "queries": len(queries),
               "paper_queries": int(queries["paper"].sum()), "standard_queries": int(queries["standard"].sum()),
-              "unet_evaluations": 0 if reused else config.sampler.unet_evaluations(len(queries)),
+              "standard_images": int(queries.loc[queries["standard"], "image_id"].nunique()),
+              "unet_evaluations": config.sampler.unet_evaluations(generated),
               "generation_seconds": round(seconds, 2), "reused": reused}
     paths = {"dir": str(out_dir), "queries": str(outputs_path), "metrics": str(out_dir / "metrics.parquet"),
              "metrics_md": str(out_dir / "metrics.md"), "samples": str(out_dir / "samples.png")}

@@ -137,6 +137,18 @@ def _cell(results: pd.DataFrame, variant: str, benchmark: str, protocol: str, me
     return hit.iloc[0] if len(hit) else None
 
 
+def _is_subset(cell: pd.Series | None) -> bool:
+    """Whether a cell was computed on a seeded subset of the images (subset mode, `evaluation.subset`)."""
+    value = None if cell is None else cell.get("subset")
+    return value is not None and value == value and bool(value)  # NaN (results without the column): no
+
+
+def _mark_subset(frame: pd.DataFrame, cells: list[tuple[int, str]]) -> pd.DataFrame:
+    """Remember which cells come from a subset (``frame.attrs["subset_cells"]``); :func:`to_markdown` labels them."""
+    frame.attrs["subset_cells"] = cells
+    return frame
+
+
 def check_comparable(results: pd.DataFrame, benchmark: str) -> None:
     """Refuse to set FP and RP cells of one benchmark side by side unless they were computed on the
     same terms: the same sampler settings and the same evaluated images (test manifest and ids)."""
@@ -156,7 +168,7 @@ def table_rows(results: pd.DataFrame, table: str) -> pd.DataFrame:
     row ``note`` where a column cannot be read beside the published figure as is."""
     from instructcv_core.benchmarks import BENCHMARKS
 
-    rows = []
+    rows, subset_cells = [], []
     for benchmark, spec in in_table(table):
         check_comparable(results, benchmark.name)
         row = {"benchmark": benchmark.name, "metric": spec.label}
@@ -168,9 +180,11 @@ def table_rows(results: pd.DataFrame, table: str) -> pd.DataFrame:
                 row[column] = math.nan if cell is None else float(cell["value"])
                 row[f"{column} ci_low"] = math.nan if cell is None else float(cell["ci_low"])
                 row[f"{column} ci_high"] = math.nan if cell is None else float(cell["ci_high"])
+                if _is_subset(cell):
+                    subset_cells.append((len(rows), column))
         row["note"] = PAPER_NOTES.get(BENCHMARKS[benchmark.name].task, "")
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _mark_subset(pd.DataFrame(rows), subset_cells)
 
 
 def table1(results: pd.DataFrame) -> pd.DataFrame:
@@ -215,16 +229,19 @@ def table2(results: pd.DataFrame) -> pd.DataFrame:
         published[spec.label] = spec.published_rp  # the paper reports the RP model only
     rows = [{"model": name, "source": "published", "protocol": "paper", "mIoU": value, "mIoU ci_low": math.nan,
              "mIoU ci_high": math.nan} for name, value in published.items()]
+    subset_cells = []
     for benchmark, spec in entries:
         check_comparable(results, benchmark.name)
         for variant in VARIANTS:
             for protocol in PROTOCOLS:
                 cell = _cell(results, variant, benchmark.name, protocol, spec.metric(protocol))
+                if _is_subset(cell):
+                    subset_cells.append((len(rows), "mIoU"))
                 rows.append({"model": f"InstructCV-{variant.upper()} (ours)", "source": "ours", "protocol": protocol,
                              "mIoU": math.nan if cell is None else float(cell["value"]),
                              "mIoU ci_low": math.nan if cell is None else float(cell["ci_low"]),
                              "mIoU ci_high": math.nan if cell is None else float(cell["ci_high"])})
-    return pd.DataFrame(rows)
+    return _mark_subset(pd.DataFrame(rows), subset_cells)
 
 
 def table3(heldout: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
@@ -243,7 +260,10 @@ def table3(heldout: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
 def to_markdown(frame: pd.DataFrame) -> str:
     """A table as Markdown, numbers to 3 decimals, missing values blank; a column with ``ci_low`` /
     ``ci_high`` companions is shown as ``52.100 [48.000, 56.300]`` (the value alone where the
-    interval is missing)."""
+    interval is missing); cells computed on a seeded subset of the images (subset mode) carry a
+    ``†`` and a note under the table."""
+    from instructcv_core.evaluation.subset import SUBSET_MARK
+
     shown = frame.copy()
     companions = [c for c in shown.columns if c.endswith(" ci_low") or c.endswith(" ci_high")]
     for column in shown.columns:
@@ -254,7 +274,15 @@ def to_markdown(frame: pd.DataFrame) -> str:
             shown[column] = [_with_ci(v, lo, hi) for v, lo, hi in zip(shown[column], shown[low], shown[high])]
         elif pd.api.types.is_numeric_dtype(shown[column]) or shown[column].dtype == object:
             shown[column] = shown[column].map(_cell_text)
-    return shown.drop(columns=companions).to_markdown(index=False)
+    cells = frame.attrs.get("subset_cells", [])
+    for row, column in cells:
+        if shown.at[row, column]:
+            shown.at[row, column] = f"{shown.at[row, column]} {SUBSET_MARK}"
+    text = shown.drop(columns=companions).to_markdown(index=False)
+    if cells:
+        text += (f"\n\n{SUBSET_MARK} standard protocol on a seeded subset of the test images "
+                 "(`standard_subset`; see the `subset` column of each metrics.parquet).")
+    return text
 
 
 def _with_ci(value, low, high) -> str:

@@ -189,7 +189,7 @@ class ClassificationEvaluation:
         for row in outputs.itertuples():
             output = output_image(row.output_digest)
             margin = classification_margin(output, row.colour, row.colour2)
-            if row.standard:
+            if row.standard:  # False outside the standard subset (evaluation/subset.py)
                 margins.setdefault(row.image_id, {})[row.category] = margin
             if row.paper:
                 paper_outputs.setdefault(row.image_id, {})[row.category] = output

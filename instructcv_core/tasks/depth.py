@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from instructcv_core.evaluation.protocols import paper, standard
+from instructcv_core.evaluation import streaming
 from instructcv_core.instructions.templates import test_instruction
 from instructcv_core.tasks.arrays import Size, channel_values, resize_to
-from instructcv_core.tasks.base import MetricSpec, Prediction, Question, Target, expected_target, per_image, record_size
+from instructcv_core.tasks.base import MetricSpec, Prediction, Question, Target, expected_target, record_size
 
 #: Depth that maps to gray level 255 (official: 255 = 10 m).
 DEPTH_MAX_M = 10.0
@@ -150,23 +150,24 @@ class DepthEvaluation:
     def score(self, bench, outputs, output_image, target_image, config):
         from instructcv_core.data.labels import load_depth_m
 
-        predictions, paper_samples, standard_samples = [], [], []
+        predictions = []
+        # Streaming: each output is reduced to its error values as it arrives (evaluation/streaming.py).
+        paper_scores, standard_scores = streaming.PaperDepth(), streaming.StandardDepth(eigen_crop=bench.spec.eigen_crop)
         targets = bench.frame.groupby("image_id")["target_original_digest"].first().to_dict()
         for row in outputs.itertuples():
             record = bench.records[row.image_id]
             output = output_image(row.output_digest)
             if "paper" in config.protocols:
-                paper_samples.append((target_image(targets[row.image_id]), output))
+                paper_scores.update(target_image(targets[row.image_id]), output)
             pred = depth_metres(output, size=record_size(record))
-            standard_samples.append((pred, load_depth_m(record, bench.root, dense=False)))
+            if row.standard:  # False outside the standard subset (evaluation/subset.py)
+                standard_scores.update(row.image_id, pred, load_depth_m(record, bench.root, dense=False))
             predictions.append({"query_id": row.query_id, "mean_depth_m": float(pred.mean())})
         out = {"predictions": pd.DataFrame(predictions)}
         if "paper" in config.protocols:
-            out["paper"] = paper.depth_metrics(paper_samples)
+            out["paper"] = paper_scores.compute()  # = paper.depth_metrics
         if "standard" in config.protocols:
-            depth = lambda samples: standard.depth_metrics(samples, eigen_crop=bench.spec.eigen_crop)  # noqa: E731
-            out["standard"] = {**depth(standard_samples),
-                               "per_image": per_image(depth, list(outputs["image_id"]), standard_samples, "rmse")}
+            out["standard"] = standard_scores.compute()  # = standard.depth_metrics, with per_image RMSE
         return out
 
 

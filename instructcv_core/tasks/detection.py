@@ -190,8 +190,9 @@ class DetectionEvaluation:
                     detections += [(row.category, (d.x, d.y, d.w, d.h), d.score) for d in found]
                 predictions.append({"query_id": row.query_id,
                                     "boxes": json.dumps([[d.x, d.y, d.w, d.h, d.score] for d in found])})
-            gt_boxes = [(b.category, (b.x, b.y, b.w, b.h), bool(b.iscrowd), bool(b.difficult)) for b in record.boxes]
-            images.append((image_id, size[0], size[1], gt_boxes, detections))
+            if group["standard"].any():  # images outside the standard subset are not its images
+                gt_boxes = [(b.category, (b.x, b.y, b.w, b.h), bool(b.iscrowd), bool(b.difficult)) for b in record.boxes]
+                images.append((image_id, size[0], size[1], gt_boxes, detections))
         out = {"predictions": pd.DataFrame(predictions)}
         if "paper" in config.protocols:
             out["paper"] = paper.detection_map(folders)

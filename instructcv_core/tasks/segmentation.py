@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from instructcv_core.evaluation.data import present_categories, standard_categories
-from instructcv_core.evaluation.protocols import paper, standard
+from instructcv_core.evaluation import streaming
 from instructcv_core.instructions.templates import render, test_instruction
 from instructcv_core.tasks.arrays import Size, channel_values, resize_to
 from instructcv_core.tasks.base import (
@@ -28,7 +28,6 @@ from instructcv_core.tasks.base import (
     Question,
     Target,
     expected_target,
-    per_image,
     record_size,
 )
 from instructcv_core.tasks.category_names import prompt_name
@@ -157,7 +156,10 @@ class ClosedSetSegmentation:
         num_classes = len(bench.categories) + offset
         ignore = 255
         predictions = []
-        paper_samples, standard_images, standard_ids = [], [], []
+        # Streaming: each output is reduced as it arrives (evaluation/streaming.py), so memory does not
+        # grow with the split (the standard protocol asks every class of every image).
+        paper_scores = streaming.PaperSegmentation()
+        standard_scores = streaming.StandardSegmentation(num_classes, ignore, config.standard_threshold, background)
         for image_id, group in outputs.groupby("image_id", sort=False):
             record = bench.records[image_id]
             masks, void = _gt_masks(bench, image_id)
@@ -166,29 +168,26 @@ class ClosedSetSegmentation:
                 labels[mask] = from_names[name] + offset
             if void is not None:
                 labels[void] = ignore
-            scores = {}
+            combined = None
             for row in group.itertuples():
                 output = output_image(row.output_digest)
-                gt = masks.get(row.category, np.zeros((record.height, record.width), bool))
                 if row.paper:
+                    gt = masks.get(row.category, np.zeros((record.height, record.width), bool))
                     pred = segmentation_mask(output, threshold=config.paper_threshold, channel=2)
-                    paper_samples.append((image_id, row.category, pred, gt))
+                    paper_scores.update(image_id, row.category, pred, gt)
                 s = segmentation_scores(output, size=record_size(record))
                 if row.standard:
-                    scores[from_names[row.category] + offset] = s
-                predictions.append({"query_id": row.query_id,
-                                    "foreground_fraction": float((s > config.standard_threshold).mean())})
-            if scores:
-                standard_images.append((scores, labels))
-                standard_ids.append(image_id)
+                    combined = combined or standard_scores.new_image(labels.shape)
+                    combined.add(from_names[row.category] + offset, s)
+                predictions.append({"query_id": row.query_id,  # count / size: the bool mean, faster
+                                    "foreground_fraction": np.count_nonzero(s > config.standard_threshold) / s.size})
+            if combined is not None:
+                standard_scores.update(image_id, combined, labels)
         out = {"predictions": pd.DataFrame(predictions)}
         if "paper" in config.protocols:
-            out["paper"] = paper.segmentation_miou(paper_samples)
+            out["paper"] = paper_scores.compute()
         if "standard" in config.protocols:
-            seg = lambda images: standard.segmentation_miou(images, num_classes=num_classes, ignore_index=ignore,  # noqa: E731
-                                                            threshold=config.standard_threshold, background=background)
-            out["standard"] = {**seg(standard_images),
-                               "per_image": per_image(seg, standard_ids, standard_images, "miou")}
+            out["standard"] = standard_scores.compute()
         return out
 
 
@@ -211,22 +210,23 @@ class OpenVocabularySegmentation:
                 yield Question(image_id, text, category, True, True)
 
     def score(self, bench, outputs, output_image, target_image, config):
-        predictions, paper_samples, standard_samples = [], [], []
+        predictions = []
+        paper_scores, standard_scores = streaming.PaperSegmentation(), streaming.ClassIoUSums()
         for row in outputs.itertuples():
             record = bench.records[row.image_id]
             masks, _ = _gt_masks(bench, row.image_id)
             gt = masks.get(row.category, np.zeros((record.height, record.width), bool))
             output = output_image(row.output_digest)
-            paper_samples.append((row.image_id, row.category, segmentation_mask(output, config.paper_threshold, 2), gt))
+            paper_scores.update(row.image_id, row.category, segmentation_mask(output, config.paper_threshold, 2), gt)
             mask = segmentation_mask(output, config.standard_threshold, "mean", size=record_size(record))
-            standard_samples.append((row.category, mask, gt))
+            if row.standard:  # False outside the standard subset (evaluation/subset.py)
+                standard_scores.update(row.image_id, row.category, mask, gt)
             predictions.append({"query_id": row.query_id, "foreground_fraction": float(mask.mean())})
         out = {"predictions": pd.DataFrame(predictions)}
         if "paper" in config.protocols:
-            out["paper"] = paper.fss_miou(paper_samples)
+            out["paper"] = paper_scores.compute()  # = paper.fss_miou
         if "standard" in config.protocols:
-            out["standard"] = {**standard.fss_miou(standard_samples),
-                               "per_image": per_image(standard.fss_miou, list(outputs["image_id"]), standard_samples, "miou")}
+            out["standard"] = standard_scores.compute()  # = standard.fss_miou, with per_image
         return out
 
 
@@ -250,24 +250,27 @@ class HeldoutPhrasingSegmentation:
 
     def score(self, bench, outputs, output_image, target_image, config):
         """Both protocols per phrasing (standard: per-class accumulated IoU over the asked classes)."""
-        predictions, per_phrasing = [], {p: {"paper": [], "standard": []} for p in outputs["phrasing"].unique()}
+        predictions = []
+        per_phrasing = {p: {"paper": streaming.PaperSegmentation(), "standard": streaming.ClassIoUSums()}
+                        for p in outputs["phrasing"].unique()}
         masks_cache: dict[str, dict] = {}
         for row in outputs.itertuples():
             record = bench.records[row.image_id]
             if row.image_id not in masks_cache:
-                masks_cache[row.image_id] = _gt_masks(bench, row.image_id)[0]
+                masks_cache = {row.image_id: _gt_masks(bench, row.image_id)[0]}  # one image's masks at a time
             gt = masks_cache[row.image_id].get(row.category, np.zeros((record.height, record.width), bool))
             output = output_image(row.output_digest)
-            per_phrasing[row.phrasing]["paper"].append(
-                (row.image_id, row.category, segmentation_mask(output, config.paper_threshold, 2), gt))
+            per_phrasing[row.phrasing]["paper"].update(
+                row.image_id, row.category, segmentation_mask(output, config.paper_threshold, 2), gt)
             mask = segmentation_mask(output, config.standard_threshold, "mean", size=record_size(record))
-            per_phrasing[row.phrasing]["standard"].append((row.category, mask, gt))
+            if row.standard:
+                per_phrasing[row.phrasing]["standard"].update(row.image_id, row.category, mask, gt)
             predictions.append({"query_id": row.query_id, "foreground_fraction": float(mask.mean())})
         out = {"predictions": pd.DataFrame(predictions)}
         for protocol in config.protocols:
             by_phrasing = {}
-            for phrasing, samples in per_phrasing.items():
-                result = paper.segmentation_miou(samples["paper"]) if protocol == "paper" else standard.fss_miou(samples["standard"])
+            for phrasing, scores in per_phrasing.items():
+                result = scores["paper"].compute() if protocol == "paper" else scores["standard"].compute(with_per_image=False)
                 by_phrasing[phrasing] = float(result["miou"])
             values = [v for v in by_phrasing.values() if not math.isnan(v)]
             out[protocol] = {"miou": float(np.mean(values)) if values else math.nan, "by_phrasing": by_phrasing}

@@ -50,8 +50,10 @@ def resume_key(config: TrainConfig, num_processes: int) -> dict:
     global batch and the per-process random draws).
     """
     from instructcv_core.model.identity import base_identity
+    from instructcv_core.training.recipe import resolve_for_manifest
 
-    values = config.to_dict()
+    # effective_batch_size and num_train_epochs count through what they resolve to (accumulation, max_steps)
+    values = resolve_for_manifest(config, num_processes).to_dict()
     return {**{name: values[name] for name in TRAJECTORY_FIELDS}, "num_processes": int(num_processes),
             "manifest": file_digest(config.manifest), "base_model": base_identity(config.base_model)}
 

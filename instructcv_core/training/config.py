@@ -38,14 +38,22 @@ class TrainConfig:
     output_dir: str = knob(help="Folder of the run: checkpoints, losses, samples, the pipeline.")
     resolution: int = knob(256, "Square training resolution in pixels.")
     train_batch_size: int = knob(16, "Micro-batch size per process.")
-    gradient_accumulation_steps: int = knob(1, "Micro-batches per optimizer step.")
+    gradient_accumulation_steps: int | None = knob(
+        None, "Micro-batches per optimizer step (unset: derived from effective_batch_size and the world size, "
+              "or 1 without it; `training.recipe`).")
+    effective_batch_size: int | None = knob(
+        None, "Samples per optimizer step over all processes = train_batch_size x processes x accumulation "
+              "(unset: whatever the batch and accumulation give).")
     learning_rate: float = knob(1e-4, "AdamW learning rate (the peak, under a schedule with warm-up).")
     adam_weight_decay: float = knob(1e-2, "AdamW weight decay (torch's default, which the official code uses).")
     lr_scheduler: LrScheduler = knob("constant", "Learning-rate schedule (a `diffusers.optimization.get_scheduler` name).")
     lr_warmup_steps: int = knob(0, "Warm-up steps of the learning-rate schedule.")
     max_grad_norm: float | None = knob(None, "Clip the gradient norm to this (.inf or unset: no clipping, as the official config).")
-    max_steps: int = knob(1000, "Optimizer steps to train for (a fixed count, never a wall-clock budget: the "
-                                "same config and seed give the same checkpoint).")
+    max_steps: int | None = knob(1000, "Optimizer steps to train for (a fixed count, never a wall-clock budget: the "
+                                       "same config and seed give the same checkpoint; null or 0 with "
+                                       "num_train_epochs: derived).")
+    num_train_epochs: int | None = knob(None, "Length in epochs over the manifest; max_steps is then derived from "
+                                             "the manifest's rows and the effective batch (`training.recipe`).")
     checkpointing_steps: int = knob(500, "Save a resumable checkpoint every N optimizer steps (and at the end).")
     checkpoints_total_limit: int | None = knob(2, "Keep this many newest checkpoints (0: keep all).")
     seed: int = knob(0, "Seeds the data order and every random draw of a micro-batch.")
@@ -82,6 +90,8 @@ class TrainConfig:
             self.tasks = (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks)
         if self.max_grad_norm is not None and math.isinf(self.max_grad_norm):
             self.max_grad_norm = None
+        if self.max_steps is None and self.num_train_epochs is None:
+            raise ValueError("set max_steps or num_train_epochs (the run's length)")
         if self.checkpoints_total_limit == 0:
             self.checkpoints_total_limit = None
         if len(self.conditioning_dropout) != 3 or min(self.conditioning_dropout) < 0 or sum(self.conditioning_dropout) > 1:
@@ -92,11 +102,12 @@ class TrainConfig:
             raise ValueError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
-        for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "log_every"):
-            if getattr(self, name) < 1:
+        for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "log_every",
+                     "effective_batch_size", "num_train_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_steps", "lr_warmup_steps", "sample_every", "dataloader_num_workers"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be > 0 (or .inf for no clipping), got {self.max_grad_norm}")

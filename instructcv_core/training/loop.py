@@ -55,7 +55,7 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
 
     from instructcv_core.data.imagestore import ImageStore
     from instructcv_core.model.loading import check_base_source
-    from instructcv_core.training import data, setup
+    from instructcv_core.training import data, recipe, setup
     from instructcv_core.training.checkpoint import last_logged_loss
     from instructcv_core.training.export import save_pipeline
     from instructcv_core.training.mlflow_metrics import MlflowMetrics
@@ -70,6 +70,9 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
     data.check_images(frame, store, config.manifest)
 
     accelerator = setup.make_accelerator(config)
+    # Accumulation from the effective batch and the world size, length from the epochs (training/recipe.py).
+    config = recipe.resolve_schedule(config, accelerator.num_processes, len(frame))
+    accelerator.gradient_accumulation_steps = config.gradient_accumulation_steps
     set_seed(config.seed)  # global RNGs (nothing below draws from them; every draw has its own generator)
     main = accelerator.is_main_process
     if main:
@@ -96,6 +99,10 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
     if len(loader) == 0:
         raise ValueError(f"{len(dataset)} training rows give no full batch of {config.train_batch_size} per process "
                          f"x {accelerator.num_processes} processes")
+    expected_batches = recipe.batches_per_process(len(dataset), config.train_batch_size, accelerator.num_processes)
+    if len(loader) != expected_batches:  # the step arithmetic of the recipe must be the loader's
+        raise RuntimeError(f"the data loader gives {len(loader)} micro-batches per process and epoch; the recipe "
+                           f"counted {expected_batches} (training/recipe.py no longer matches accelerate's sharding)")
 
     texts = TextEmbeddings(base.tokenizer, frozen.text_encoder)
     null_text = texts([""])  # the null prompt of classifier-free guidance, CLIP("") in the official code
@@ -191,7 +198,11 @@ def run_loop(config: TrainConfig, accelerator, objective: DiffusionObjective, op
             batches = accelerator.skip_first_batches(loader, pos) if pos else loader
             micro = 0
             for batch in batches:
-                generator = seeded_generator(config.seed, global_step, micro, accelerator.process_index)
+                # Keyed by the micro-batch's index in the optimizer step over all processes (process p's
+                # j-th micro-batch is the step's (j x processes + p)-th batch, as accelerate deals them), so
+                # N processes draw what one process accumulating N times as many micro-batches draws.
+                generator = seeded_generator(config.seed, global_step,
+                                             micro * accelerator.num_processes + accelerator.process_index, 0)
                 loss = train_micro_batch(accelerator, objective, optimizer, lr_scheduler, batch, generator, config.max_grad_norm)
                 pos += 1
                 micro += 1

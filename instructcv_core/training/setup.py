@@ -27,7 +27,7 @@ def make_accelerator(config: TrainConfig):
 
     return Accelerator(
         mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_accumulation_steps=config.gradient_accumulation_steps or 1,  # derived ones are set after (loop.py)
         project_config=ProjectConfiguration(project_dir=str(Path(config.output_dir)), automatic_checkpoint_naming=False),
     )
 
