@@ -160,6 +160,12 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
 
 def _log_mlflow(mlflow, name: str, result) -> None:
     metrics = {f"eval/{name}/{p}/{m}": v for p, values in result.metrics.items() for m, v in values.items() if math.isfinite(v)}
+    for protocol, by_metric in result.intervals.items():  # each metric's images and 95 % bootstrap interval
+        for metric, interval in by_metric.items():
+            key = f"eval/{name}/{protocol}/{metric}"
+            metrics[f"{key}_n"] = float(interval.n)
+            metrics.update({f"{key}_{side}": v for side, v in (("ci_low", interval.low), ("ci_high", interval.high))
+                            if math.isfinite(v)})
     metrics.update({f"eval/{name}/cost/{k}": float(v) for k, v in result.counts.items() if k != "reused"})
     for protocol, detail in result.details.items():
         for phrasing, value in (detail.get("by_phrasing") or {}).items():

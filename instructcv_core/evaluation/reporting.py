@@ -14,12 +14,24 @@ from instructcv_core.tasks import task
 from instructcv_core.tasks.base import ImageReader
 
 
-def metrics_table(benchmark: str, metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """One row per (protocol, metric), with the MLflow key it is logged under."""
-    rows = [{"benchmark": benchmark, "protocol": protocol, "metric": metric, "value": value,
-             "mlflow_key": f"eval/{benchmark}/{protocol}/{metric}"}
-            for protocol, values in metrics.items() for metric, value in values.items()]
-    return pd.DataFrame(rows, columns=["benchmark", "protocol", "metric", "value", "mlflow_key"])
+#: The columns of ``metrics.parquet``: ``n`` is the number of images a metric is computed on,
+#: ``ci_low``/``ci_high`` its 95 % percentile-bootstrap interval over those images (NaN: none).
+METRICS_COLUMNS = ["benchmark", "protocol", "metric", "value", "n", "ci_low", "ci_high", "mlflow_key"]
+
+
+def metrics_table(benchmark: str, metrics: dict[str, dict[str, float]], intervals: dict | None = None) -> pd.DataFrame:
+    """One row per (protocol, metric): value, images, 95 % interval, and the MLflow key it is logged under."""
+    from instructcv_core.evaluation.intervals import Interval
+
+    none = Interval(0, math.nan, math.nan)
+    rows = []
+    for protocol, values in metrics.items():
+        for metric, value in values.items():
+            interval = (intervals or {}).get(protocol, {}).get(metric, none)
+            rows.append({"benchmark": benchmark, "protocol": protocol, "metric": metric, "value": value,
+                         "n": int(interval.n), "ci_low": interval.low, "ci_high": interval.high,
+                         "mlflow_key": f"eval/{benchmark}/{protocol}/{metric}"})
+    return pd.DataFrame(rows, columns=METRICS_COLUMNS).astype({"n": "int64", "ci_low": "float64", "ci_high": "float64"})
 
 
 def file_digest(path: Path) -> str:
@@ -75,4 +87,4 @@ def sample_grid(bench: BenchmarkData, table: pd.DataFrame, output_image: ImageRe
     return grid
 
 
-__all__ = ["file_digest", "jsonable", "metrics_table", "sample_grid"]
+__all__ = ["METRICS_COLUMNS", "file_digest", "jsonable", "metrics_table", "sample_grid"]

@@ -17,7 +17,7 @@ import pandas as pd
 from instructcv_core.evaluation.protocols import paper, standard
 from instructcv_core.instructions.templates import FP_TEMPLATES
 from instructcv_core.tasks.arrays import Size, channel_values, resize_to
-from instructcv_core.tasks.base import MetricSpec, Prediction, Question, Target, expected_target, per_image, record_size
+from instructcv_core.tasks.base import MetricSpec, Prediction, Question, Target, expected_target, per_image_means, per_image_results, record_size
 
 #: Depth that maps to gray level 255 (official: 255 = 10 m).
 DEPTH_MAX_M = 10.0
@@ -160,12 +160,16 @@ class DepthEvaluation:
             standard_samples.append((pred, load_depth_m(record, bench.root, dense=False)))
             predictions.append({"query_id": row.query_id, "mean_depth_m": float(pred.mean())})
         out = {"predictions": pd.DataFrame(predictions)}
+        ids = list(outputs["image_id"])
         if "paper" in config.protocols:
-            out["paper"] = paper.depth_metrics(paper_samples)
+            each = per_image_results(paper.depth_metrics, ids, paper_samples)
+            out["paper"] = {**paper.depth_metrics(paper_samples),
+                            "bootstrap": per_image_means(each, self.metrics.ranges["paper"])}
         if "standard" in config.protocols:
             depth = lambda samples: standard.depth_metrics(samples, eigen_crop=bench.spec.eigen_crop)  # noqa: E731
-            out["standard"] = {**depth(standard_samples),
-                               "per_image": per_image(depth, list(outputs["image_id"]), standard_samples, "rmse")}
+            each = per_image_results(depth, ids, standard_samples)
+            out["standard"] = {**depth(standard_samples), "per_image": {i: float(r["rmse"]) for i, r in each.items()},
+                               "bootstrap": per_image_means(each, self.metrics.ranges["standard"])}
         return out
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from instructcv_core.evaluation.data import present_categories, standard_categories
+from instructcv_core.evaluation.intervals import MeanOf, PerImageMean, PooledIoU
 from instructcv_core.evaluation.protocols import paper, standard
 from instructcv_core.instructions.templates import FP_TEMPLATES, render
 from instructcv_core.tasks.arrays import Size, channel_values, resize_to
@@ -28,7 +29,7 @@ from instructcv_core.tasks.base import (
     Question,
     Target,
     expected_target,
-    per_image,
+    per_image_results,
     record_size,
 )
 from instructcv_core.tasks.category_names import prompt_name
@@ -182,12 +183,18 @@ class ClosedSetSegmentation:
                 standard_ids.append(image_id)
         out = {"predictions": pd.DataFrame(predictions)}
         if "paper" in config.protocols:
-            out["paper"] = paper.segmentation_miou(paper_samples)
+            result = paper.segmentation_miou(paper_samples)
+            out["paper"] = {**result, "bootstrap": {"miou": PerImageMean(result["per_image"])}}
         if "standard" in config.protocols:
             seg = lambda images: standard.segmentation_miou(images, num_classes=num_classes, ignore_index=ignore,  # noqa: E731
                                                             threshold=config.standard_threshold, background=background)
-            out["standard"] = {**seg(standard_images),
-                               "per_image": per_image(seg, standard_ids, standard_images, "miou")}
+            each = per_image_results(seg, standard_ids, standard_images)
+            out["standard"] = {
+                **seg(standard_images), "per_image": {i: float(r["miou"]) for i, r in each.items()},
+                "bootstrap": {"miou": PooledIoU({i: r["intersection"] for i, r in each.items()},
+                                                {i: r["union"] for i, r in each.items()}),
+                              "pixel_acc": PooledIoU({i: {0: r["pixels_correct"]} for i, r in each.items()},
+                                                     {i: {0: r["pixels"]} for i, r in each.items()})}}
         return out
 
 
@@ -221,10 +228,13 @@ class OpenVocabularySegmentation:
             predictions.append({"query_id": row.query_id, "foreground_fraction": float(mask.mean())})
         out = {"predictions": pd.DataFrame(predictions)}
         if "paper" in config.protocols:
-            out["paper"] = paper.fss_miou(paper_samples)
+            result = paper.fss_miou(paper_samples)
+            out["paper"] = {**result, "bootstrap": {"miou": PerImageMean(result["per_image"])}}
         if "standard" in config.protocols:
+            each = per_image_results(standard.fss_miou, list(outputs["image_id"]), standard_samples)
             out["standard"] = {**standard.fss_miou(standard_samples),
-                               "per_image": per_image(standard.fss_miou, list(outputs["image_id"]), standard_samples, "miou")}
+                               "per_image": {i: float(r["miou"]) for i, r in each.items()},
+                               "bootstrap": {"miou": pooled_mask_iou(list(outputs["image_id"]), standard_samples)}}
         return out
 
 
@@ -248,7 +258,8 @@ class HeldoutPhrasingSegmentation:
 
     def score(self, bench, outputs, output_image, target_image, config):
         """Both protocols per phrasing (standard: per-class accumulated IoU over the asked classes)."""
-        predictions, per_phrasing = [], {p: {"paper": [], "standard": []} for p in outputs["phrasing"].unique()}
+        predictions = []
+        per_phrasing = {p: {"paper": [], "standard": [], "ids": []} for p in outputs["phrasing"].unique()}
         masks_cache: dict[str, dict] = {}
         for row in outputs.itertuples():
             record = bench.records[row.image_id]
@@ -260,16 +271,35 @@ class HeldoutPhrasingSegmentation:
                 (row.image_id, row.category, segmentation_mask(output, config.paper_threshold, 2), gt))
             mask = segmentation_mask(output, config.standard_threshold, "mean", size=record_size(record))
             per_phrasing[row.phrasing]["standard"].append((row.category, mask, gt))
+            per_phrasing[row.phrasing]["ids"].append(row.image_id)
             predictions.append({"query_id": row.query_id, "foreground_fraction": float(mask.mean())})
         out = {"predictions": pd.DataFrame(predictions)}
         for protocol in config.protocols:
-            by_phrasing = {}
+            by_phrasing, statistics = {}, []
             for phrasing, samples in per_phrasing.items():
-                result = paper.segmentation_miou(samples["paper"]) if protocol == "paper" else standard.fss_miou(samples["standard"])
+                if protocol == "paper":
+                    result = paper.segmentation_miou(samples["paper"])
+                    statistics.append(PerImageMean(result["per_image"]))
+                else:
+                    result = standard.fss_miou(samples["standard"])
+                    statistics.append(pooled_mask_iou(samples["ids"], samples["standard"]))
                 by_phrasing[phrasing] = float(result["miou"])
             values = [v for v in by_phrasing.values() if not math.isnan(v)]
-            out[protocol] = {"miou": float(np.mean(values)) if values else math.nan, "by_phrasing": by_phrasing}
+            out[protocol] = {"miou": float(np.mean(values)) if values else math.nan, "by_phrasing": by_phrasing,
+                             "bootstrap": {"miou": MeanOf(statistics)}}
         return out
+
+
+def pooled_mask_iou(image_ids: list[str], samples: list) -> PooledIoU:
+    """The resampling statistic of a per-class pooled IoU (FSS-1000's convention) from
+    ``(class, pred_mask, gt_mask)`` samples and their images."""
+    inter: dict[str, dict[str, int]] = {}
+    union: dict[str, dict[str, int]] = {}
+    for image_id, (category, pred, gt) in zip(image_ids, samples):
+        i, u = inter.setdefault(image_id, {}), union.setdefault(image_id, {})
+        i[category] = i.get(category, 0) + int(np.count_nonzero(pred & gt))
+        u[category] = u.get(category, 0) + int(np.count_nonzero(pred | gt))
+    return PooledIoU(inter, union)
 
 
 # --------------------------------------------------------------------------------------------
