@@ -111,8 +111,8 @@ def test_eval_assets_and_tables_are_generated_from_the_table():
     assert {k.path[0] for k in evaluate_untrained.keys} == {f"eval_{b.name}_untrained" for b in BENCHMARKS.values()
                                                             if b.untrained_reference}
     checks = {(c.asset_key.path[0], c.name) for c in evaluate_fp.check_specs}
-    assert ("eval_coco_fp", "not_beaten_by_untrained") in checks
-    assert ("eval_ade20k_heldout_fp", "not_beaten_by_untrained") not in checks
+    assert ("eval_coco_fp", "beats_untrained") in checks
+    assert ("eval_ade20k_heldout_fp", "beats_untrained") not in checks
     assert {name: benchmarks for name, (_, benchmarks) in TABLE_SPECS.items()} == {
         "table1": ("nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub"),
         "table2": ("fss1000",), "table3": ("ade20k_heldout",)}
