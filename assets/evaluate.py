@@ -116,6 +116,13 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
                             "(one-sided paired t-test over images, 95 %); no per-image evidence fails. "
                             + ("Blocking: an in-domain benchmark." if bench.in_domain else
                                "External benchmark: a failure is reported as a warning (distribution shift is a finding, not a bug).")))
+            checks.append(dg.AssetCheckSpec(
+                "follows_instructions", asset=asset_key(name, variant), blocking=True,
+                description="The output follows the instruction: swapping the category asked changes the answer "
+                            "to that category on >= 90 % of seeded pairs, and switching the task word switches the "
+                            "output kind (mask, boxes, depth, colour block) on >= 90 % of outputs. "
+                            + ("Blocking: an in-domain benchmark." if bench.in_domain else
+                               "External benchmark: a failure is reported as a warning.")))
 
     @dg.multi_asset(name=f"evaluate_{variant}", specs=specs, check_specs=checks, can_subset=True, pool="gpu")
     def _evaluate(context: dg.AssetExecutionContext, config: EvalAssetConfig, settings: InstructCVSettings,
@@ -153,7 +160,9 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
                 _log_mlflow(mlflow, name, result)
                 key = asset_key(name, variant)
                 yield dg.MaterializeResult(asset_key=key, metadata=_metadata(result, url))
-                for check in _checks(context, settings, variant, name, result):
+                following = lambda n=name: _instruction_following(  # noqa: E731  (runs only when its check is selected)
+                    n, settings, variant, core, sampler_factory, identity, store, context.log.info)
+                for check in _checks(context, settings, variant, name, result, following):
                     yield check
 
     return _evaluate
@@ -205,7 +214,7 @@ def _metadata(result, url: str) -> dict:
     return meta
 
 
-def _checks(context, settings: InstructCVSettings, variant: str, name: str, result):
+def _checks(context, settings: InstructCVSettings, variant: str, name: str, result, following=None):
     from instructcv_core.evaluation.scoring import invalid_metrics
 
     key = asset_key(name, variant)
@@ -219,6 +228,37 @@ def _checks(context, settings: InstructCVSettings, variant: str, name: str, resu
     if beat_key in selected:
         reference = eval_dir(settings, "untrained") / name / "details.json"
         yield beats_untrained_check(key, name, result.details, reference, _severity(name))
+    follow_key = dg.AssetCheckKey(key, "follows_instructions")
+    if follow_key in selected and following is not None:
+        yield instruction_following_check(key, following(), _severity(name))
+
+
+def _instruction_following(name: str, settings: InstructCVSettings, variant: str, core, sampler_factory, identity: str,
+                           store, log) -> dict:
+    """Generate (or reuse) and judge the instruction-following probes of one benchmark."""
+    from instructcv_core.data.imagestore import ImageStore
+    from instructcv_core.evaluation.data import load_benchmark
+    from instructcv_core.evaluation.instruction_following import check_instruction_following
+
+    datasets = settings.profile_dir / "datasets"
+    bench = load_benchmark(name, datasets, settings.profile_dir / "raw", None, core.seed)
+    return check_instruction_following(bench, sampler_factory, identity, core, ImageStore(datasets / "images"), store,
+                                       eval_dir(settings, variant) / name, log=log)
+
+
+def instruction_following_check(key: dg.AssetKey, summary: dict,
+                                severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
+    """The `follows_instructions` check from a judged probe set
+    (`instructcv_core.evaluation.instruction_following.check_instruction_following`)."""
+    rate = lambda v: float(v) if isinstance(v, (int, float)) and math.isfinite(v) else float("nan")  # noqa: E731
+    return dg.AssetCheckResult(
+        asset_key=key, check_name="follows_instructions", passed=bool(summary["passed"]), severity=severity,
+        description=summary["reason"],
+        metadata={"category_swaps": int(summary["pairs"]), "swaps_followed": int(summary["pairs_followed"]),
+                  "swap_rate": rate(summary["swap_rate"]), "task_switch_outputs": int(summary["switch_outputs"]),
+                  "task_switches_matched": int(summary["switch_matched"]), "switch_rate": rate(summary["switch_rate"]),
+                  "output_kinds": dg.MetadataValue.json(summary["kinds"]), "required_rate": float(summary["follow_rate"]),
+                  "probes": dg.MetadataValue.path(summary["path"])})
 
 
 def _severity(name: str) -> dg.AssetCheckSeverity:

@@ -181,7 +181,7 @@ def test_eval_config_takes_the_profile_preset_then_the_run_config():
 
     mini = eval_config(EvalAssetConfig(), InstructCVSettings(profile="mini", seed=3))
     assert mini == EvalConfig(sampler=SamplerConfig(steps=8, batch_size=32, dtype="float32", resolution=64),
-                              max_images=6, heldout_images=4, seed=3)
+                              max_images=None, heldout_images=50, seed=3)
     paper = eval_config(EvalAssetConfig(), InstructCVSettings(profile="paper"))
     assert (paper.sampler.steps, paper.sampler.batch_size, paper.sampler.dtype, paper.sampler.resolution) == (100, 64, "float16", 256)
     assert (paper.max_images, paper.heldout_images) == (None, 200)
