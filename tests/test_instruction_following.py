@@ -142,9 +142,12 @@ class OracleSampler:
                 mask = (np.any(list(masks.values()), axis=0) if self.blind and masks else
                         masks.get(probe.category, np.zeros((h, w), bool)))
                 out = encode_segmentation(mask)
-            elif probe.task == "detection":
-                out = encode_detection(image, [(b.x, b.y, b.w, b.h) for b in record.boxes if b.category == probe.category]
-                                       if self.bench.task == "detection" else [])
+            elif probe.task == "detection":  # drawn at the output's resolution, as the model's training targets
+                sx, sy = RES / w, RES / h
+                boxes = [(b.x * sx, b.y * sy, b.w * sx, b.h * sy) for b in record.boxes if b.category == probe.category]
+                small = np.asarray(Image.fromarray(image).resize((RES, RES), Image.Resampling.BILINEAR))
+                yield index, encode_detection(small, boxes if self.bench.task == "detection" else [], width=1)
+                continue
             elif probe.task == "depth":
                 out = encode_depth(np.tile(np.linspace(1, 6, w), (h, 1)))
             else:
