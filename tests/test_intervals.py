@@ -9,6 +9,7 @@ import pytest
 
 from instructcv_core.evaluation.intervals import (
     CocoAP,
+    CocoPrecision,
     Interval,
     MeanOf,
     PerImageMean,
@@ -100,10 +101,57 @@ def test_coco_ap_of_a_resample_matches_a_fresh_cocoeval_on_the_drawn_images():
     assert values.tolist() == pytest.approx([100.0, result["ap50"], result["ap50"], 0.0])
 
 
-def test_coco_ap_rejects_an_unevaluated_max_dets():
-    result = standard.detection_ap(_detection_images(), ["dog"])
+def test_coco_precision_rejects_an_unevaluated_max_dets():
+    from instructcv_core.evaluation.metrics import coco_detection_ap
+
+    evaluator = coco_detection_ap([(1, 10, 10)], [], [], [1])["evaluator"]
     with pytest.raises(ValueError, match="maxDets"):
-        CocoAP(result["bootstrap"]["ap"].evaluator, {"1": 1}, None, 7)
+        CocoPrecision(evaluator, {"1": 1}, 7)
+
+
+def _pycocotools_precision(evaluator, images, max_det):
+    """pycocotools' own ``accumulate`` on a list of COCO image ids (duplicates allowed), area "all"."""
+    import contextlib
+    import copy
+    import io
+
+    p = evaluator._paramsEval
+    n_area, n_img = len(p.areaRng), len(p.imgIds)
+    position = {img: i for i, img in enumerate(p.imgIds)}
+    chosen = [position[i] for i in images]
+    sub = copy.copy(evaluator)
+    sub.params = params = copy.deepcopy(p)
+    params.imgIds = [p.imgIds[i] for i in chosen]
+    params.areaRng, params.areaRngLbl, params.maxDets = [p.areaRng[0]], [p.areaRngLbl[0]], [max_det]
+    sub.evalImgs = [evaluator.evalImgs[k * n_area * n_img + i] for k in range(len(p.catIds)) for i in chosen]
+    sub._paramsEval = copy.deepcopy(params)
+    with contextlib.redirect_stdout(io.StringIO()):
+        sub.accumulate(params)
+    return sub.eval["precision"][:, :, :, 0, 0]
+
+
+@pytest.mark.parametrize("scores", ["random", "tied"])
+def test_coco_precision_equals_pycocotools_accumulate_on_resamples(scores):
+    from instructcv_core.evaluation.metrics import coco_detection_ap
+
+    rng = np.random.default_rng(1)
+    images, gt, dets = [], [], []
+    for i in range(1, 13):
+        images.append((i, 100, 100))
+        for _ in range(int(rng.integers(0, 4))):
+            box = [float(v) for v in rng.uniform(0, 70, 2)] + [20.0, 20.0]
+            gt.append({"image_id": i, "category_id": int(rng.integers(1, 4)), "bbox": box, "iscrowd": int(rng.uniform() < 0.1)})
+            dets.append((i, gt[-1]["category_id"], [box[0] + rng.normal(0, 4), box[1] + rng.normal(0, 4), 20, 20],
+                         1.0 if scores == "tied" else float(rng.uniform())))
+        for _ in range(int(rng.integers(0, 3))):
+            dets.append((i, int(rng.integers(1, 4)), [float(v) for v in rng.uniform(0, 80, 2)] + [15.0, 15.0],
+                         1.0 if scores == "tied" else float(rng.uniform())))
+    evaluator = coco_detection_ap(images, gt, dets, [1, 2, 3])["evaluator"]
+    source = CocoPrecision(evaluator, {str(i): i for i, _, _ in images}, max_det=100)
+    for row in resample_indices(12, 25, seed=2):
+        drawn = [images[j][0] for j in row]
+        ours = source.precision([str(i) for i in drawn])
+        assert np.array_equal(ours, _pycocotools_precision(evaluator, drawn, 100))
 
 
 def test_paper_detection_map_resamples_its_own_image_keys():

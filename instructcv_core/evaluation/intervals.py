@@ -8,9 +8,9 @@ with replacement and recomputes the metric *the way the protocol computes it on 
 * :class:`PooledIoU`: metrics pooled over images, then averaged over classes (the `standard`
   segmentation mIoU from per-image class intersections and unions, FSS-1000 per-class IoU; with
   one class, a pooled ratio such as pixel accuracy);
-* :class:`CocoAP`: COCO AP, AP50, AP75: pycocotools evaluates every (image, category) once; a
-  resample re-runs only ``accumulate`` on the per-image match records of the drawn images
-  (``COCOeval.evalImgs``, duplicates included);
+* :class:`CocoAP`: COCO AP, AP50, AP75: pycocotools evaluates (matches) every (image, category)
+  once; a resample accumulates the per-image match records of the drawn images
+  (``COCOeval.evalImgs``, duplicates included) into precision (:class:`CocoPrecision`);
 * :class:`MeanOf`: a mean of metrics computed on the same images (Table 3: the mean over phrasings).
 
 Resampling is seeded and the number of resamples fixed (:data:`RESAMPLES`, :data:`SEED`), so the
@@ -22,8 +22,6 @@ a non-empty union) is left out of the percentiles.
 from __future__ import annotations
 
 import contextlib
-import copy
-import io
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -112,46 +110,108 @@ class PooledIoU:
             return self.scale * iou.sum(axis=1) / defined.sum(axis=1)  # NaN where no class is defined
 
 
-class CocoAP:
-    """COCO AP (``iou`` None: AP@[.50:.95]; 0.5: AP50; 0.75: AP75) at ``max_det`` detections per
-    image, area "all", from an evaluated ``COCOeval``; ``image_keys`` maps an image's name to its
-    COCO image id. Percent."""
+class CocoPrecision:
+    """The COCO precision array (pycocotools ``accumulate``, area "all", ``max_det`` detections per
+    image) of any list of images, from one evaluated ``COCOeval``: its per-image match records
+    (``evalImgs``) are concatenated in the list's order (an image drawn twice counts twice), sorted
+    by score (stable, as pycocotools) and turned into interpolated precision at the 101 recall
+    thresholds. This is pycocotools' ``accumulate`` with its loops vectorised (the test suite checks
+    it against ``accumulate`` itself); ``image_keys`` maps an image's name to its COCO image id."""
 
-    def __init__(self, evaluator, image_keys: Mapping[str, int], iou: float | None = None, max_det: int = 100):
+    def __init__(self, evaluator, image_keys: Mapping[str, int], max_det: int = 100):
+        p = evaluator._paramsEval  # the parameters ``evaluate`` ran with: evalImgs is [category][area][image]
         if max_det not in evaluator.params.maxDets:
             raise ValueError(f"max_det {max_det} is not one of the evaluated maxDets {evaluator.params.maxDets}")
-        self.evaluator, self.iou, self.max_det = evaluator, iou, int(max_det)
-        self.image_keys = {str(k): int(v) for k, v in image_keys.items()}
+        self.iou_thresholds = np.asarray(p.iouThrs, dtype=np.float64)
+        self.recall_thresholds = np.asarray(p.recThrs, dtype=np.float64)
+        self.max_det = int(max_det)
+        position = {img: i for i, img in enumerate(p.imgIds)}
+        self.image_keys = {str(k): int(v) for k, v in image_keys.items() if int(v) in position}
+        n_cats = len(p.catIds) if p.useCats else 1
+        n_area, n_img = len(p.areaRng), len(p.imgIds)
+        t = len(self.iou_thresholds)
+        # per image name: per category (scores, true positives, false positives, GT not ignored) or None
+        self.records: dict[str, list] = {}
+        for name, img in self.image_keys.items():
+            per_cat = []
+            for k in range(n_cats):
+                e = evaluator.evalImgs[k * n_area * n_img + position[img]]
+                if e is None:
+                    per_cat.append(None)
+                    continue
+                scores = np.asarray(e["dtScores"][: self.max_det], dtype=np.float64)
+                matches = np.asarray(e["dtMatches"], dtype=np.float64).reshape(t, -1)[:, : self.max_det]
+                ignored = np.asarray(e["dtIgnore"], dtype=bool).reshape(t, -1)[:, : self.max_det]
+                gt_kept = int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
+                per_cat.append((scores, (matches != 0) & ~ignored, (matches == 0) & ~ignored, gt_kept))
+            self.records[name] = per_cat
+        self.n_cats = n_cats
+        self._cache: tuple[bytes, np.ndarray] | None = None
 
     @property
     def images(self) -> set[str]:
         return set(self.image_keys)
 
+    def precision(self, images: Sequence[str]) -> np.ndarray:
+        """``[T, R, K]`` precision of ``images`` (-1 where a category has no GT), as pycocotools."""
+        t, r = len(self.iou_thresholds), len(self.recall_thresholds)
+        out = -np.ones((t, r, self.n_cats))
+        drawn = [self.records[name] for name in images if name in self.records]
+        for k in range(self.n_cats):
+            parts = [rec[k] for rec in drawn if rec[k] is not None]
+            if not parts:
+                continue
+            npig = sum(part[3] for part in parts)
+            if npig == 0:
+                continue
+            scores = np.concatenate([part[0] for part in parts])
+            order = np.argsort(-scores, kind="mergesort")
+            tps = np.concatenate([part[1] for part in parts], axis=1)[:, order]
+            fps = np.concatenate([part[2] for part in parts], axis=1)[:, order]
+            q = np.zeros((t, r))
+            if tps.shape[1]:
+                tp, fp = np.cumsum(tps, axis=1, dtype=np.float64), np.cumsum(fps, axis=1, dtype=np.float64)
+                recall = tp / npig
+                precision = tp / (fp + tp + np.spacing(1))
+                precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # the envelope
+                for ti in range(t):
+                    inds = np.searchsorted(recall[ti], self.recall_thresholds, side="left")
+                    valid = inds < recall.shape[1]
+                    q[ti, valid] = precision[ti, inds[valid]]
+            out[:, :, k] = q
+        return out
+
     def resampled(self, images: Sequence[str], indices: np.ndarray) -> np.ndarray:
-        return np.array([self.value([images[i] for i in row]) for row in indices])
+        """``[B, T, R, K]``: the precision of every resample (cached for the metrics sharing it)."""
+        key = np.asarray(indices).tobytes() + "|".join(images).encode()
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, np.stack([self.precision([images[i] for i in row]) for row in indices]))
+        return self._cache[1]
+
+
+class CocoAP:
+    """COCO AP (``iou`` None: AP@[.50:.95]; 0.5: AP50; 0.75: AP75) from a :class:`CocoPrecision`,
+    in percent: the mean of the precision entries that are not -1, as pycocotools' ``summarize``."""
+
+    def __init__(self, source: CocoPrecision, iou: float | None = None):
+        self.source, self.iou = source, iou
+
+    @property
+    def images(self) -> set[str]:
+        return self.source.images
+
+    def _reduce(self, precision: np.ndarray) -> float:
+        if self.iou is not None:
+            precision = precision[np.where(np.isclose(self.source.iou_thresholds, self.iou))[0]]
+        kept = precision[precision > -1]
+        return 100.0 * float(kept.mean()) if kept.size else math.nan
 
     def value(self, images: Sequence[str]) -> float:
         """The metric on ``images`` (a list that may repeat an image: each copy counts)."""
-        ev = self.evaluator
-        p = ev._paramsEval  # the parameters ``evaluate`` ran with: evalImgs is [category][area][image]
-        n_area, n_img = len(p.areaRng), len(p.imgIds)
-        position = {img: i for i, img in enumerate(p.imgIds)}
-        chosen = [position[self.image_keys[name]] for name in images if self.image_keys[name] in position]
-        cats = p.catIds if p.useCats else [-1]
-        sub = copy.copy(ev)
-        sub.params = params = copy.deepcopy(p)
-        params.imgIds = [p.imgIds[i] for i in chosen]
-        params.areaRng, params.areaRngLbl = [p.areaRng[0]], [p.areaRngLbl[0]]  # "all"
-        params.maxDets = [self.max_det]
-        sub.evalImgs = [ev.evalImgs[k * n_area * n_img + i] for k in range(len(cats)) for i in chosen]
-        sub._paramsEval = copy.deepcopy(params)
-        with contextlib.redirect_stdout(io.StringIO()):
-            sub.accumulate(params)
-        precision = sub.eval["precision"][:, :, :, 0, 0]  # [T, R, K]
-        if self.iou is not None:
-            precision = precision[np.where(np.isclose(params.iouThrs, self.iou))[0]]
-        kept = precision[precision > -1]
-        return 100.0 * float(kept.mean()) if kept.size else math.nan
+        return self._reduce(self.source.precision(images))
+
+    def resampled(self, images: Sequence[str], indices: np.ndarray) -> np.ndarray:
+        return np.array([self._reduce(p) for p in self.source.resampled(images, indices)])
 
 
 class MeanOf:
@@ -201,5 +261,5 @@ def _quiet_nan():
         yield
 
 
-__all__ = ["CONFIDENCE", "RESAMPLES", "SEED", "CocoAP", "Interval", "MeanOf", "PerImageMean", "PooledIoU",
+__all__ = ["CONFIDENCE", "RESAMPLES", "SEED", "CocoAP", "CocoPrecision", "Interval", "MeanOf", "PerImageMean", "PooledIoU",
            "bootstrap_interval", "intervals", "resample_counts", "resample_indices"]

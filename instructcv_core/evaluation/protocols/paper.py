@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from instructcv_core.evaluation.intervals import CocoAP
+from instructcv_core.evaluation.intervals import CocoAP, CocoPrecision
 from instructcv_core.evaluation.metrics import per_category_ap, run_coco_bbox_eval
 
 # --------------------------------------------------------------------------------------------
@@ -350,7 +350,8 @@ def detection_map(
     names = {c: n for n, c in category_ids.items()}
     per_category = {names[c]: ap for c, ap in per_category_ap(evaluator, max_det=100).items()}
     return {
-        "bootstrap": {"map": CocoAP(evaluator, image_ids, None, 100), "map50": CocoAP(evaluator, image_ids, 0.5, DET_MAX_DETS[-1])},
+        "bootstrap": {"map": CocoAP(CocoPrecision(evaluator, image_ids, 100)),
+                      "map50": CocoAP(CocoPrecision(evaluator, image_ids, DET_MAX_DETS[-1]), 0.5)},
         "map": _percent(evaluator.stats[0]),
         "map50": _percent(evaluator.stats[1]),
         "per_category": per_category,

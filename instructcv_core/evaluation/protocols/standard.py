@@ -24,7 +24,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from instructcv_core.evaluation.intervals import CocoAP
+from instructcv_core.evaluation.intervals import CocoAP, CocoPrecision
 from instructcv_core.evaluation.metrics import ConfusionMatrix, coco_detection_ap, depth_errors
 from instructcv_core.evaluation.metrics import eigen_crop as eigen_crop_mask  # depth_metrics has an eigen_crop flag
 
@@ -208,9 +208,9 @@ def detection_ap(
             dets.append((int(image_id), _cat(cat_ids, category), list(bbox), float(score)))
     result = coco_detection_ap(image_rows, ground_truth, dets, list(cat_ids.values()))
     labels = {v: k for k, v in cat_ids.items()}
-    keys = {str(i): int(i) for i, _, _ in image_rows}
+    precision = CocoPrecision(result["evaluator"], {str(i): int(i) for i, _, _ in image_rows}, max_det=100)
     return {
-        "bootstrap": {m: CocoAP(result["evaluator"], keys, iou, 100) for m, iou in (("ap", None), ("ap50", 0.5), ("ap75", 0.75))},
+        "bootstrap": {m: CocoAP(precision, iou) for m, iou in (("ap", None), ("ap50", 0.5), ("ap75", 0.75))},
         "ap": result["AP"], "ap50": result["AP50"], "ap75": result["AP75"],
         "aps": result["APs"], "apm": result["APm"], "apl": result["APl"], "ar100": result["AR100"],
         "per_category": {labels[c]: v for c, v in result["per_category"].items()},
