@@ -17,8 +17,6 @@ from instructcv_core.data.records import read_records
 from instructcv_core.evaluation.config import EvalConfig
 from instructcv_core.evaluation.data import load_benchmark
 from instructcv_core.evaluation.instruction_following import (
-    MAX_PAIRS,
-    SWITCH_IMAGES,
     TASK_KINDS,
     check_instruction_following,
     output_kind,
@@ -106,10 +104,12 @@ def test_probes_are_seeded_bounded_and_cover_both_kinds(profile_dir):
     probes = plan_probes(bench, CONFIG)
     assert probes.equals(plan_probes(bench, CONFIG))
     swaps, switches = probes[probes["probe"] == "swap"], probes[probes["probe"] == "switch"]
-    assert 0 < len(swaps) <= MAX_PAIRS and (swaps["category"] != swaps["other"]).all()
+    assert 0 < len(swaps) <= CONFIG.following_pairs and (swaps["category"] != swaps["other"]).all()
     held = bench.frame.groupby("image_id")["category"].apply(set).to_dict()
     assert all({r.category, r.other} <= held[r.image_id] for r in swaps.itertuples())
-    assert len(switches) == 4 * min(SWITCH_IMAGES, len(bench.image_ids))
+    assert len(switches) == 4 * min(CONFIG.following_images, len(bench.image_ids))
+    fewer = plan_probes(bench, EvalConfig(sampler=CONFIG.sampler, following_pairs=1, following_images=0))
+    assert list(fewer["probe"]) == ["swap"]
     assert set(switches["expected_kind"]) == set(TASK_KINDS.values())
     pets = plan_probes(_bench(profile_dir, "pets"), CONFIG)
     assert set(pets[pets["probe"] == "swap"]["role"]) == {"asked", "other"}  # classification asks both classes

@@ -30,6 +30,10 @@ class EvalConfig:
         "help": "Classification questions: the colour meaning 'present' (Show red if ..., otherwise show green)."})
     negative_colour: str = field(default="green", metadata={"help": "Classification questions: the colour meaning 'absent'."})
     sample_rows: int = field(default=6, metadata={"help": "Rows of the sample grid (input | output | prediction | truth)."})
+    following_pairs: int = field(default=20, metadata={
+        "help": "Instruction-following check: category-swap pairs per benchmark (seeded, on images with two or more categories)."})
+    following_images: int = field(default=5, metadata={
+        "help": "Instruction-following check: images per benchmark asked all four task words."})
 
     def __post_init__(self) -> None:
         from instructcv_core.tasks.colours import PALETTE  # the palette, not the tasks: no heavy imports here
@@ -45,8 +49,9 @@ class EvalConfig:
                 raise ValueError(f"unknown colour {colour!r}; choose from {list(PALETTE)}")
         if self.positive_colour == self.negative_colour:
             raise ValueError("positive_colour and negative_colour must differ")
-        if self.sample_rows < 0:
-            raise ValueError(f"sample_rows must be >= 0, got {self.sample_rows}")
+        for name in ("sample_rows", "following_pairs", "following_images"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_images", "heldout_images"):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -14,7 +14,8 @@ to change the way the instruction changed:
   classify; each output's kind (:func:`output_kind`) must be the kind the task draws.
 
 It passes when both rates reach :data:`FOLLOW_RATE` (90 %); with nothing to ask it fails. The
-probes are a fixed, seeded, bounded set per benchmark (:func:`plan_probes`), generated with the
+probes are a fixed, seeded, bounded set per benchmark (:func:`plan_probes`; at most 20 pairs and 5
+images x 4 task words by default, ``EvalConfig.following_pairs`` / ``following_images``), generated with the
 checkpoint's sampler and kept beside the benchmark's results (``instruction_following.parquet``,
 ``instruction_following.json``); a rerun with the same checkpoint and sampler reuses them.
 """
@@ -36,9 +37,6 @@ from instructcv_core.evaluation.planning import query_seed
 
 #: The share of category swaps and of task switches a model must follow.
 FOLLOW_RATE = 0.9
-#: At most this many category-swap pairs and task-switch images per benchmark (4 outputs each).
-MAX_PAIRS = 20
-SWITCH_IMAGES = 5
 
 #: What each task draws (the output kinds :func:`output_kind` tells apart).
 TASK_KINDS = {"segmentation": "mask", "detection": "boxes", "depth": "depth", "classification": "colour"}
@@ -111,9 +109,10 @@ def _image_category(bench: BenchmarkData, image_id: str, present: dict[str, list
     return getattr(bench.records[image_id], "label_name", None) or None
 
 
-def plan_probes(bench: BenchmarkData, config: EvalConfig, max_pairs: int = MAX_PAIRS,
-                switch_images: int = SWITCH_IMAGES) -> pd.DataFrame:
-    """The fixed, seeded probes of a benchmark, one row per output to generate.
+def plan_probes(bench: BenchmarkData, config: EvalConfig) -> pd.DataFrame:
+    """The fixed, seeded probes of a benchmark, one row per output to generate: at most
+    ``config.following_pairs`` category-swap pairs (one output each; classification two) and
+    ``config.following_images`` task-switch images (four outputs each).
 
     Columns: probe (``swap`` | ``switch``), pair (the probe's group: a swap pair or a switch
     image), image_id, input_digest, task, category, other (the swapped-away category), role
@@ -136,13 +135,13 @@ def plan_probes(bench: BenchmarkData, config: EvalConfig, max_pairs: int = MAX_P
                 held = present.get(image_id, [])
                 candidates += [(image_id, a, b) for a in held for b in held if a != b]
         candidates.sort(key=lambda c: _rank(config.seed, bench.name, "|".join(c)))
-        for n, (image_id, a, b) in enumerate(candidates[:max_pairs]):
+        for n, (image_id, a, b) in enumerate(candidates[:config.following_pairs]):
             asked = [(a, "asked")] + ([(b, "other")] if task == "classification" else [])
             for category, role in asked:
                 rows.append({"probe": "swap", "pair": f"swap-{n:03d}", "image_id": image_id, "task": task,
                              "category": category, "other": b if role == "asked" else a, "role": role,
                              "expected_kind": None, "instruction": _instruction(task, bench, category, config)})
-    chosen = sorted(bench.image_ids, key=lambda i: _rank(config.seed, bench.name, f"switch|{i}"))[:switch_images]
+    chosen = sorted(bench.image_ids, key=lambda i: _rank(config.seed, bench.name, f"switch|{i}"))[:config.following_images]
     for n, image_id in enumerate(chosen):
         category = _image_category(bench, image_id, present)
         for asked_task, expected in TASK_KINDS.items():
@@ -291,5 +290,5 @@ def check_instruction_following(bench: BenchmarkData, sampler_factory: Callable[
     return {**summary, "judged": judged, "path": str(summary_path)}
 
 
-__all__ = ["FOLLOW_RATE", "MAX_PAIRS", "OUTPUT_KINDS", "SWITCH_IMAGES", "TASK_KINDS", "check_instruction_following",
+__all__ = ["FOLLOW_RATE", "OUTPUT_KINDS", "TASK_KINDS", "check_instruction_following",
            "judge_probes", "output_kind", "plan_probes"]
