@@ -229,8 +229,8 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipelin
     (before,) = [m for m in result.asset_materializations_for_node("evaluate_fp") if m.asset_key.to_user_string() == "eval_nyuv2_fp"]
     again = dg.materialize([evaluate_fp], selection=["eval_nyuv2_fp"], resources={
         "settings": settings, "mlflow_tracking": MlflowTracking()},
-        run_config={"ops": {"evaluate_fp": TINY_TRAINING["evaluate_fp"]}})
-    assert again.success
+        run_config={"ops": {"evaluate_fp": TINY_TRAINING["evaluate_fp"]}}, raise_on_error=False)
+    assert not again.success  # the 3-step model fails its blocking checks again; the asset is recorded first
     (mat,) = again.asset_materializations_for_node("evaluate_fp")
     assert mat.asset_key.to_user_string() == "eval_nyuv2_fp" and mat.metadata["reused_outputs"].value is True
     assert mat.metadata["unet_evaluations"].value == 0
