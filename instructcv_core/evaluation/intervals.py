@@ -169,15 +169,15 @@ class CocoPrecision:
             tps = np.concatenate([part[1] for part in parts], axis=1)[:, order]
             fps = np.concatenate([part[2] for part in parts], axis=1)[:, order]
             q = np.zeros((t, r))
-            if tps.shape[1]:
+            nd = tps.shape[1]
+            if nd:
                 tp, fp = np.cumsum(tps, axis=1, dtype=np.float64), np.cumsum(fps, axis=1, dtype=np.float64)
                 recall = tp / npig
                 precision = tp / (fp + tp + np.spacing(1))
                 precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # the envelope
-                for ti in range(t):
-                    inds = np.searchsorted(recall[ti], self.recall_thresholds, side="left")
-                    valid = inds < recall.shape[1]
-                    q[ti, valid] = precision[ti, inds[valid]]
+                # searchsorted(recall[t], thresholds, "left") for every t at once (recall is non-decreasing)
+                inds = (recall[:, :, None] < self.recall_thresholds[None, None, :]).sum(axis=1)
+                q = np.where(inds < nd, np.take_along_axis(precision, np.minimum(inds, nd - 1), axis=1), 0.0)
             out[:, :, k] = q
         return out
 
