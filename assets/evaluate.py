@@ -200,7 +200,7 @@ def _metadata(result, url: str) -> dict:
     with Image.open(result.paths["samples"]) as grid:
         grid_md = png_markdown(grid.copy(), f"{result.benchmark} samples", max_width=384)
     meta = {
-        "metrics": dg.MetadataValue.md(frame.drop(columns=["mlflow_key"]).to_markdown(index=False, floatfmt=".4g")),
+        "metrics": dg.MetadataValue.md(metrics_markdown(frame)),
         "samples": dg.MetadataValue.md(grid_md),
         "images": int(result.counts["images"]), "queries": int(result.counts["queries"]),
         "unet_evaluations": int(result.counts["unet_evaluations"]),
@@ -212,6 +212,17 @@ def _metadata(result, url: str) -> dict:
         for metric, value in values.items():
             meta[f"{protocol}/{metric}"] = float(value) if math.isfinite(value) else float("nan")
     return meta
+
+
+def metrics_markdown(frame) -> str:
+    """The metrics table as compact Markdown: value, 95 % interval and images per row (short enough
+    for the Dagster UI to show it inline)."""
+    number = lambda v: "–" if v != v else f"{v:.4g}"  # noqa: E731  (NaN: no value)
+    lines = ["| protocol | metric | value [95 % CI] | n |", "|---|---|---|---:|"]
+    for row in frame.itertuples():
+        interval = "" if row.ci_low != row.ci_low else f" [{number(row.ci_low)}, {number(row.ci_high)}]"
+        lines.append(f"| {row.protocol} | {row.metric} | {number(row.value)}{interval} | {int(row.n)} |")
+    return "\n".join(lines)
 
 
 def _checks(context, settings: InstructCVSettings, variant: str, name: str, result, following=None):
