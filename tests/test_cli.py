@@ -343,6 +343,23 @@ def test_compare_tables(mlflow_store, tmp_path):
     assert (out / "compare-mini.md").read_text().splitlines()[2:] == table
 
 
+def test_compare_shows_each_metrics_interval_not_as_rows():
+    from instructcv_core.cli.compare import comparison_csv, comparison_markdown, comparison_rows
+
+    key = "eval/ade20k/standard/miou"
+    metrics = {"FP": {key: 50.0, f"{key}_n": 60.0, f"{key}_ci_low": 45.0, f"{key}_ci_high": 55.5},
+               "RP": {key: 52.0, f"{key}_n": 60.0}}  # an interval without bounds (NaN is not logged)
+    columns, rows = comparison_rows(metrics)
+    assert [r["metric"] for r in rows] == ["miou"]
+    assert rows[0]["FP interval"] == (60.0, 45.0, 55.5) and rows[0]["RP interval"] == (60.0, None, None)
+    assert comparison_markdown(columns, rows).splitlines()[2] == (
+        "| ade20k | standard | miou | 50.0000 [45.0000, 55.5000] (n=60) | 52.0000 (n=60) | +2.0000 |")
+    assert list(csv.reader(io.StringIO(comparison_csv(columns, rows)))) == [
+        ["benchmark", "protocol", "metric", "FP", "RP", "RP-FP", "FP n", "FP ci_low", "FP ci_high", "RP n", "RP ci_low",
+         "RP ci_high"],
+        ["ade20k", "standard", "miou", "50.0", "52.0", "2.0", "60.0", "45.0", "55.5", "60.0", "", ""]]
+
+
 @pytest.mark.slow
 def test_compare_over_http_against_a_real_mlflow_server(mlflow_server):
     from mlflow.tracking import MlflowClient

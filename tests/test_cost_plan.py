@@ -67,7 +67,7 @@ def test_plan_counts_the_test_manifests_that_exist(tmp_path):
     write_depth_benchmark(tmp_path / "mini", images=10)
     plan = make_plan("mini", tmp_path, unet_per_second=1000.0)
     rows = {r["benchmark"]: r for r in plan.rows()}
-    # the mini preset evaluates 6 images per benchmark, 8 steps x 3 branches each
-    assert (rows["nyuv2"]["counts"], rows["nyuv2"]["images"], rows["nyuv2"]["both_outputs"]) == ("counted", 6, 6)
-    assert rows["nyuv2"]["both_gpu_hours"] == round(6 * 8 * 3 / 1000 / 3600, 2)
+    # the mini preset evaluates every test image with one unguided step (one UNet evaluation per output)
+    assert (rows["nyuv2"]["counts"], rows["nyuv2"]["images"], rows["nyuv2"]["both_outputs"]) == ("counted", 10, 10)
+    assert rows["nyuv2"]["both_gpu_hours"] == round(10 * 1 * 1 / 1000 / 3600, 2)
     assert rows["ade20k"]["counts"] == "published sizes"

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from instructcv_core.benchmarks import BENCHMARKS as BENCHMARK_TABLE
 from instructcv_core.data.mini.build import build_mirror
 from instructcv_core.data.mirror_server import serve_directory
 from pipelines.definitions import defs
@@ -55,8 +56,9 @@ TINY_TRAINING = {
     "base_model": {"config": {"fit_steps": 4, "fit_images": 64}},
     **{f"instructcv_{v}_checkpoint": {"config": {"max_steps": 3, "train_batch_size": 4,
                                                  "checkpointing_steps": 2}} for v in ("fp", "rp")},
-    # two images per benchmark, one for Table 3, two denoising steps
-    **{f"evaluate_{v}": {"config": {"steps": 2, "max_images": 2, "heldout_images": 1}} for v in ("fp", "rp", "untrained")},
+    # two images per benchmark, one for Table 3, two denoising steps, two category swaps and one image's task switches
+    **{f"evaluate_{v}": {"config": {"steps": 2, "max_images": 2, "heldout_images": 1, "following_pairs": 2,
+                                    "following_images": 1}} for v in ("fp", "rp", "untrained")},
 }
 BENCHMARKS = ("nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub", "fss1000")
 
@@ -71,22 +73,33 @@ def _run_config(data_root, mirror_url=None):
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, mirror_url):
-    """`full_reproduction` once, recorded in a real instance (the one the UI test serves)."""
+    """`full_reproduction` once, recorded in a real instance (the one the UI test serves).
+
+    Three training steps teach the model nothing, so the job stops at the blocking evaluation checks
+    (its tables are skipped); the tables are then built on purpose in a second run, as a person
+    inspecting a failed model would (``tables``)."""
+    from assets.evaluate import results_tables
+    from pipelines.resources import InstructCVSettings, MlflowTracking
+
     root = tmp_path_factory.mktemp("pipeline")
     home = root / "dagster_home"
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     instance = dg.DagsterInstance.from_config(str(home))
     job = defs.resolve_job_def("full_reproduction")
-    result = job.execute_in_process(run_config=_run_config(root / "data", mirror_url), instance=instance)
-    yield result, root, home
+    result = job.execute_in_process(run_config=_run_config(root / "data", mirror_url), instance=instance,
+                                    raise_on_error=False)
+    settings = InstructCVSettings(data_root=str(root / "data"), mini_sizes=SMALL, mini_mirror_url=mirror_url,
+                                  progress_bars=False)
+    tables = dg.materialize([results_tables], instance=instance,
+                            resources={"settings": settings, "mlflow_tracking": MlflowTracking()})
+    yield result, root, home, tables
     instance.dispose()
 
 
 @pytest.mark.slow
 def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipeline_run, mirror_url):
-    result, tmp_path, home = pipeline_run
-    assert result.success
+    result, tmp_path, home, tables = pipeline_run
 
     for name, splits in EXPECTED_SPLITS.items():
         (mat,) = result.asset_materializations_for_node(f"raw_{name}")
@@ -101,12 +114,31 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipelin
         assert summary["split_counts"] == splits, name
 
     checks = result.get_asset_check_evaluations()
-    failed = [(c.asset_key.to_user_string(), c.check_name) for c in checks
-              if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR]
-    assert failed == []
-    eval_checks = 3 * 9 + 2 * (1 + 9)  # metrics_valid (untrained, FP, RP; FP/RP also Table 3), not_beaten (FP, RP)
+    # metrics_valid (untrained, FP, RP; FP/RP also Table 3), beats_untrained and follows_instructions (FP, RP)
+    eval_checks = 3 * 9 + 2 * (1 + 9 + 9)
     assert len(checks) == len(EXPECTED_SPLITS) + 1 + 2 * 4 + 1 + eval_checks  # raw, bank variety, manifests, rp diversity
     assert all(c.passed for c in checks if c.check_name == "metrics_valid")
+    # three training steps teach nothing: the model follows no instruction, and the blocking checks say so
+    by_key = {(c.asset_key.to_user_string(), c.check_name): c for c in checks}
+    for variant in ("fp", "rp"):
+        for name in BENCHMARKS:
+            severity = dg.AssetCheckSeverity.ERROR if BENCHMARK_TABLE[name].in_domain else dg.AssetCheckSeverity.WARN
+            following = by_key[(f"eval_{name}_{variant}", "follows_instructions")]
+            assert not following.passed and following.severity == severity, (name, variant)
+            assert by_key[(f"eval_{name}_{variant}", "beats_untrained")].severity == severity
+    failed = {(k, n) for (k, n), c in by_key.items() if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR}
+    assert {n for _, n in failed} <= {"beats_untrained", "follows_instructions"}
+    in_domain = [b for b in BENCHMARKS if BENCHMARK_TABLE[b].in_domain]
+    assert {(f"eval_{b}_{v}", "follows_instructions") for b in in_domain for v in ("fp", "rp")} <= failed
+    # the job fails at those steps, naming the checks, and skips the tables
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert sorted(e.step_key for e in failures) == ["evaluate_fp", "evaluate_rp"]
+    for event in failures:
+        message = event.step_failure_data.error.message
+        assert "blocking asset check" in message and "follows_instructions" in message
+    assert not [e for e in result.all_events if e.step_key == "results_tables" and e.event_type_value == "ASSET_MATERIALIZATION"]
+    assert not [e for e in result.all_events if e.step_key == "results_tables" and e.event_type_value == "STEP_START"]
 
     (catalog,) = result.asset_materializations_for_node("raw_catalog")
     run_id = catalog.metadata["mlflow_run_id"].value
@@ -179,12 +211,19 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipelin
             meta = mat.metadata
             assert meta["images"].value >= 1 and meta["queries"].value >= meta["images"].value, key
             assert meta["unet_evaluations"].value == meta["queries"].value * 2 * 3, key  # 2 steps x 3 branches
-            assert "| protocol" in meta["metrics"].value and meta["samples"].value.startswith("![")
+            assert meta["samples"].value.startswith("![")
             results_dir = Path(meta["results_dir"].value)
             assert {p.name for p in results_dir.iterdir()} >= {"queries.parquet", "metrics.parquet", "metrics.md", "samples.png"}
+            frame = pd.read_parquet(results_dir / "metrics.parquet")  # every metric with its images and 95 % interval
+            assert {"n", "ci_low", "ci_high"} <= set(frame.columns) and (frame["n"] >= 1).all(), key
+            assert meta["metrics"].value.startswith("| protocol | metric | value [95 % CI] | n |"), key
+            assert len(meta["metrics"].value) < 1000, key  # the UI shows shorter Markdown inline
+            if variant != "untrained" and "heldout" not in key:  # the instruction-following probes, kept
+                assert {"instruction_following.parquet", "instruction_following.json"} <= {p.name for p in results_dir.iterdir()}
         run = client.get_run(next(iter(mats.values())).metadata["mlflow_run"].value.rsplit("/", 1)[-1])
         assert run.info.run_name == f"eval-{variant}-mini" and run.data.tags["variant"] == variant
         keys[variant] = {k for k in run.data.metrics if not k.startswith("eval/ade20k_heldout")}
+        assert {"eval/nyuv2/standard/rmse_n", "eval/nyuv2/standard/rmse_ci_low", "eval/nyuv2/standard/rmse_ci_high"} <= keys[variant]
         for benchmark in BENCHMARKS:
             assert f"eval/{benchmark}/paper/" in " ".join(keys[variant]) and f"eval/{benchmark}/standard/" in " ".join(keys[variant])
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval/nyuv2")}
@@ -198,18 +237,20 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipelin
     instance = dg.DagsterInstance.from_config(str(home))
     again = dg.materialize([evaluate_fp], selection=["eval_nyuv2_fp"], resources={
         "settings": settings, "mlflow_tracking": MlflowTracking()},
-        run_config={"ops": {"evaluate_fp": TINY_TRAINING["evaluate_fp"]}}, instance=instance)
-    assert again.success
+        run_config={"ops": {"evaluate_fp": TINY_TRAINING["evaluate_fp"]}}, instance=instance, raise_on_error=False)
+    assert not again.success  # the 3-step model fails its blocking checks again; the asset is recorded first
     (mat,) = again.asset_materializations_for_node("evaluate_fp")
     assert mat.asset_key.to_user_string() == "eval_nyuv2_fp" and mat.metadata["reused_outputs"].value is True
     assert mat.metadata["unet_evaluations"].value == 0
     for metric in ("paper/rmse", "standard/rmse", "standard/delta1"):
         assert mat.metadata[metric].value == before.metadata[metric].value
 
-    # Tables 1-3: files, Dagster metadata and MLflow artifacts, published numbers beside ours
+    # Tables 1-3 (built on purpose after the failed checks): files, Dagster metadata and MLflow
+    # artifacts, published numbers beside ours
+    assert tables.success
     tables_dir = tmp_path / "data" / "mini" / "tables"
     for name in ("table1", "table2", "table3"):
-        (mat,) = [m for m in result.asset_materializations_for_node("results_tables") if m.asset_key.to_user_string() == name]
+        (mat,) = [m for m in tables.asset_materializations_for_node("results_tables") if m.asset_key.to_user_string() == name]
         assert mat.metadata["table"].value.startswith("|")
         assert (tables_dir / f"{name}.md").exists() and (tables_dir / f"{name}.csv").exists()
     # provenance: each cell's checkpoint and how it was asked (FP: the fixed templates, RP: the pool)
@@ -254,24 +295,32 @@ def test_graph_shape():
 
 @pytest.mark.slow
 def test_readme_cli_command_runs_the_job(tmp_path):
-    """`dagster job execute -m pipelines.definitions -j full_reproduction` from the project root."""
+    """`dagster job execute -m pipelines.definitions -j full_reproduction` from the project root, with the
+    real embedded default (configs/mini.yaml; only the data folder moved): the mini model must learn,
+    so every check passes, `beats_untrained` and `follows_instructions` included."""
+    from pipelines.jobs import EMBEDDED_PROFILE, load_run_config
+
     config = tmp_path / "run.yaml"
-    cfg = _run_config(tmp_path / "data")
-    cfg["execution"] = {"config": {"multiprocess": {"max_concurrent": 2}}}
+    cfg = load_run_config(EMBEDDED_PROFILE)
+    cfg["resources"]["settings"]["config"]["data_root"] = str(tmp_path / "data")
     config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "DAGSTER_HOME": os.environ["DAGSTER_HOME"]}
     dagster = Path(sys.executable).parent / "dagster"
     proc = subprocess.run(
         [str(dagster), "job", "execute", "-m", "pipelines.definitions", "-j", "full_reproduction", "-c", str(config)],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RUN_SUCCESS" in proc.stderr + proc.stdout
-    catalog = json.loads((tmp_path / "data" / "mini" / "raw" / "catalog.json").read_text())
-    assert {name: c["split_counts"] for name, c in catalog.items()} == EXPECTED_SPLITS
     # the run is recorded in the instance the UI reads (DAGSTER_HOME), not in a temporary one
     instance = dg.DagsterInstance.get()
-    assert [r.job_name for r in instance.get_runs()] == ["full_reproduction"]
+    (run,) = instance.get_runs()
+    assert run.job_name == "full_reproduction"
+    records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in records]
+    names = {e.check_name for e in evaluations}
+    assert {"metrics_valid", "beats_untrained", "follows_instructions"} <= names
+    assert all(e.passed for e in evaluations), [(e.asset_key.to_user_string(), e.check_name) for e in evaluations if not e.passed]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -309,7 +358,7 @@ def dagster_ui(pipeline_run):
     import socket
     import urllib.request
 
-    _, root, home = pipeline_run
+    _, root, home, _ = pipeline_run
     with socket.socket() as sock:  # a free loopback port
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -374,7 +423,7 @@ def test_dagster_ui_in_a_headless_browser(dagster_ui, browser):
     _page_text(browser, f"{url}/asset-groups", ["raw", "instructions", "datasets", "model", "train", "eval"], "asset_graph")
     # an evaluation asset: its metrics table rendered from the Markdown metadata, its checks
     text = _page_text(browser, f"{url}/assets/eval_nyuv2_fp",
-                      ["eval_nyuv2_fp", "benchmark", "protocol", "metric", "standard", "rmse", "delta1"], "eval_nyuv2_fp")
+                      ["eval_nyuv2_fp", "protocol", "metric", "95 % CI", "standard", "rmse", "delta1"], "eval_nyuv2_fp")
     assert "paper" in text and "unet_evaluations" in text
     _page_text(browser, f"{url}/assets/table1", ["table1", "Table 1", "Show Markdown"], "table1")
     # the long Markdown table opens in a dialog: published numbers beside ours under both protocols

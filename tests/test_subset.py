@@ -53,7 +53,7 @@ def test_the_standard_classification_score_uses_only_the_subset_images():
 
 
 def test_metrics_table_marks_and_tables_label_subset_cells():
-    frame = metrics_table("ade20k", {"paper": {"miou": 40.0}, "standard": {"miou": 20.0, "pixel_acc": 60.0}}, {"standard"})
+    frame = metrics_table("ade20k", {"paper": {"miou": 40.0}, "standard": {"miou": 20.0, "pixel_acc": 60.0}}, subset={"standard"})
     assert frame.set_index("protocol")["subset"].to_dict() == {"paper": False, "standard": True}
     same_terms = {"sampler": "s", "image_set": "i", "source": "x"}  # provenance of comparable FP/RP cells
     if "ci_low" not in frame:

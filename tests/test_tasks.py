@@ -111,8 +111,8 @@ def test_eval_assets_and_tables_are_generated_from_the_table():
     assert {k.path[0] for k in evaluate_untrained.keys} == {f"eval_{b.name}_untrained" for b in BENCHMARKS.values()
                                                             if b.untrained_reference}
     checks = {(c.asset_key.path[0], c.name) for c in evaluate_fp.check_specs}
-    assert ("eval_coco_fp", "not_beaten_by_untrained") in checks
-    assert ("eval_ade20k_heldout_fp", "not_beaten_by_untrained") not in checks
+    assert ("eval_coco_fp", "beats_untrained") in checks
+    assert ("eval_ade20k_heldout_fp", "beats_untrained") not in checks
     assert {name: benchmarks for name, (_, benchmarks) in TABLE_SPECS.items()} == {
         "table1": ("nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub"),
         "table2": ("fss1000",), "table3": ("ade20k_heldout",)}
@@ -184,7 +184,7 @@ def test_eval_config_takes_the_profile_preset_then_the_run_config():
                                  image_guidance=1.0, batch_size=64, dtype="float32", resolution=64)
     assert not mini_sampler.guided and mini_sampler.unet_evaluations(10) == 10
     assert mini == EvalConfig(sampler=mini_sampler,
-                              max_images=6, heldout_images=4, seed=3)
+                              max_images=None, heldout_images=50, seed=3)
     paper = eval_config(EvalAssetConfig(), InstructCVSettings(profile="paper"))
     assert (paper.sampler.steps, paper.sampler.batch_size, paper.sampler.dtype, paper.sampler.resolution) == (100, 64, "float16", 256)
     assert (paper.max_images, paper.heldout_images) == (None, 200)

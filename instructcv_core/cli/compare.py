@@ -22,22 +22,35 @@ def latest_run(client, experiment_id: str, run_name: str):
     return runs[0] if runs else None
 
 
+#: Suffixes of the keys logged beside a metric: its number of images and 95 % interval.
+INTERVAL_SUFFIXES = ("_n", "_ci_low", "_ci_high")
+
+
+def _is_interval(key: str, values: dict[str, float]) -> bool:
+    return any(key.endswith(s) and key[: -len(s)] in values for s in INTERVAL_SUFFIXES)
+
+
 def comparison_rows(metrics: dict[str, dict[str, float]]) -> tuple[list[str], list[dict]]:
     """(value columns, rows) of the comparison: one row per (benchmark, protocol, metric) of the
-    ``eval/<benchmark>/<protocol>/<metric>`` keys (cost keys left out), sorted."""
+    ``eval/<benchmark>/<protocol>/<metric>`` keys (cost keys left out), sorted. A metric's interval
+    keys (``_n``, ``_ci_low``, ``_ci_high``) are not rows of their own: they go into the row's
+    ``<variant> interval`` field, ``(n, low, high)`` (None when not logged)."""
     columns = [label for _, label in VARIANTS if label in metrics]
     keys: set[tuple[str, str, str]] = set()
     for values in metrics.values():
         for key in values:
             parts = key.split("/", 3)
-            if len(parts) == 4 and parts[0] == "eval" and parts[2] != "cost":
+            if len(parts) == 4 and parts[0] == "eval" and parts[2] != "cost" and not _is_interval(key, values):
                 keys.add((parts[1], parts[2], parts[3]))
     rows = []
     for benchmark, protocol, metric in sorted(keys):
         key = f"eval/{benchmark}/{protocol}/{metric}"
         row = {"benchmark": benchmark, "protocol": protocol, "metric": metric}
         for label in columns:
-            row[label] = metrics[label].get(key)
+            values = metrics[label]
+            row[label] = values.get(key)
+            bounds = (values.get(f"{key}_n"), values.get(f"{key}_ci_low"), values.get(f"{key}_ci_high"))
+            row[f"{label} interval"] = bounds if bounds[0] is not None else None
         fp, rp = row.get("FP"), row.get("RP")
         row["RP-FP"] = rp - fp if fp is not None and rp is not None else None
         rows.append(row)
@@ -45,28 +58,39 @@ def comparison_rows(metrics: dict[str, dict[str, float]]) -> tuple[list[str], li
 
 
 def comparison_markdown(columns: Sequence[str], rows: Sequence[dict], caption: str = "") -> str:
-    def fmt(value, signed: bool = False) -> str:
+    """The comparison as a Markdown table; a value with an interval reads ``52.1000 [48.0000, 56.3000] (n=60)``."""
+    def fmt(value, signed: bool = False, interval=None) -> str:
         if value is None:
             return "–"
-        return f"{value:+.4f}" if signed else f"{value:.4f}"
+        text = f"{value:+.4f}" if signed else f"{value:.4f}"
+        if interval is not None:
+            n, low, high = interval
+            bounds = f"[{low:.4f}, {high:.4f}] " if low is not None and high is not None else ""
+            text += f" {bounds}(n={int(n)})"
+        return text
 
     header = ["benchmark", "protocol", "metric", *columns]
     lines = [caption, ""] if caption else []
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|"]
     for row in rows:
         cells = [row["benchmark"], row["protocol"], row["metric"]]
-        cells += [fmt(row[c], signed=c == "RP-FP") for c in columns]
+        cells += [fmt(row[c], signed=c == "RP-FP", interval=row.get(f"{c} interval")) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def comparison_csv(columns: Sequence[str], rows: Sequence[dict]) -> str:
+    """The comparison as CSV; when intervals were logged, ``<variant> n``, ``<variant> ci_low`` and
+    ``<variant> ci_high`` columns follow the values."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["benchmark", "protocol", "metric", *columns])
+    with_intervals = [c for c in columns if any(row.get(f"{c} interval") for row in rows)]
+    writer.writerow(["benchmark", "protocol", "metric", *columns,
+                     *(f"{c} {part}" for c in with_intervals for part in ("n", "ci_low", "ci_high"))])
+    number = lambda v: "" if v is None else repr(float(v))  # noqa: E731
     for row in rows:
-        writer.writerow([row["benchmark"], row["protocol"], row["metric"],
-                         *("" if row[c] is None else repr(float(row[c])) for c in columns)])
+        extra = [number(v) for c in with_intervals for v in (row.get(f"{c} interval") or (None, None, None))]
+        writer.writerow([row["benchmark"], row["protocol"], row["metric"], *(number(row[c]) for c in columns), *extra])
     return buffer.getvalue()
 
 

@@ -1,4 +1,10 @@
-"""Is one model significantly better than another on the same images? (the trained-vs-untrained check)"""
+"""Is a trained model significantly better than the untrained base on the same images? (the
+`beats_untrained` check)
+
+The answer must be *earned*: no evidence (no image scored by both, one image only) is "not shown
+better", and so is a model identical to the base (every difference zero). There is no
+minimum-effect tolerance either way.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +12,20 @@ import math
 
 import numpy as np
 
-#: The smallest difference in a headline metric that counts as one model beating another (percent
-#: points for mIoU/AP/accuracy, metres for RMSE): below it a difference is immaterial however consistent.
-MIN_EFFECT = {"miou": 1.0, "ap": 1.0, "map": 1.0, "accuracy": 1.0, "rmse": 0.05}
+#: Fewest images scored by both models for the test to say anything (the t-test needs two).
+MIN_IMAGES = 2
 
 
 def paired_comparison(trained: dict[str, float], untrained: dict[str, float], higher_is_better: bool,
-                      confidence: float = 0.95, min_effect: float = 0.0) -> dict:
-    """Is ``untrained`` significantly better than ``trained`` on the images both were scored on?
+                      confidence: float = 0.95) -> dict:
+    """Is ``trained`` significantly better than ``untrained`` on the images both were scored on?
 
-    A one-sided paired t-test on per-image values: ``d_i = trained_i - untrained_i`` (negated when
-    lower is better, so ``d > 0`` favours the trained model). The untrained model *beats* the
-    trained one when ``mean(d) < 0`` and ``t = mean(d) / (sd(d) / sqrt(n)) < -t_{confidence, n-1}``;
-    with identical differences (``sd = 0``) any negative mean counts; with one image, any loss.
-    Images with a non-finite value on either side are left out.
+    A one-sided paired t-test on per-image values (``scipy.stats.ttest_rel``, alternative
+    "greater"): ``d_i = trained_i - untrained_i``, negated when lower is better, so ``d > 0``
+    favours the trained model. ``trained_better`` is true when ``p < 1 - confidence``; when every
+    difference is the same (``sd = 0``) the test is undefined and only a positive mean counts.
+    Fewer than :data:`MIN_IMAGES` common images (non-finite values left out) is never better.
+    Returns ``images``, ``mean_difference``, ``t``, ``p_value``, ``trained_better`` and ``reason``.
     """
     from scipy import stats
 
@@ -28,17 +34,24 @@ def paired_comparison(trained: dict[str, float], untrained: dict[str, float], hi
     sign = 1.0 if higher_is_better else -1.0
     d = np.array([sign * (trained[k] - untrained[k]) for k in common], dtype=np.float64)
     n = len(d)
-    if n == 0:
-        return {"images": 0, "mean_difference": math.nan, "t": math.nan, "critical_t": math.nan, "untrained_better": False}
+    if n < MIN_IMAGES:
+        return {"images": n, "mean_difference": float(d.mean()) if n else math.nan, "t": math.nan, "p_value": math.nan,
+                "trained_better": False,
+                "reason": f"no per-image evidence: {n} image(s) scored by both models (at least {MIN_IMAGES} needed)"}
     mean = float(d.mean())
-    sd = float(d.std(ddof=1)) if n > 1 else 0.0
-    critical = float(stats.t.ppf(confidence, n - 1)) if n > 1 else math.nan
-    if sd == 0.0:
-        t, beaten = (math.inf if mean > 0 else -math.inf if mean < 0 else 0.0), mean < -min_effect
+    if float(d.std(ddof=1)) == 0.0:  # identical differences: a t-test is undefined
+        better = mean > 0
+        t, p = (math.inf, 0.0) if better else (-math.inf if mean < 0 else math.nan, 1.0)
+        reason = ("every image improves by the same amount" if better else
+                  "identical to the untrained model on every image" if mean == 0 else "worse on every image")
     else:
-        t = mean / (sd / math.sqrt(n))
-        beaten = mean < -min_effect and t < -critical
-    return {"images": n, "mean_difference": mean, "t": float(t), "critical_t": critical, "untrained_better": bool(beaten)}
+        test = stats.ttest_rel(d, np.zeros_like(d), alternative="greater")
+        t, p = float(test.statistic), float(test.pvalue)
+        better = p < 1.0 - confidence
+        reason = (f"significantly better (one-sided paired t-test, p = {p:.3g} < {1 - confidence:.2g})" if better else
+                  f"not significantly better (one-sided paired t-test, p = {p:.3g} >= {1 - confidence:.2g})")
+    return {"images": n, "mean_difference": mean, "t": float(t), "p_value": float(p), "trained_better": bool(better),
+            "reason": reason}
 
 
-__all__ = ["MIN_EFFECT", "paired_comparison"]
+__all__ = ["MIN_IMAGES", "paired_comparison"]

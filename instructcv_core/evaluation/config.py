@@ -37,6 +37,10 @@ class EvalConfig:
         "help": "How the checkpoints are asked: as_paper (FP and the untrained base: the fixed templates; RP: the "
                 "official --rephrase test pool where the task has one, as the paper's Table 1), fp (every checkpoint "
                 "the fixed templates) or rp_pool (every checkpoint the pool). Recorded per result and table cell."})
+    following_pairs: int = field(default=20, metadata={
+        "help": "Instruction-following check: category-swap pairs per benchmark (seeded, on images with two or more categories)."})
+    following_images: int = field(default=5, metadata={
+        "help": "Instruction-following check: images per benchmark asked all four task words."})
 
     def __post_init__(self) -> None:
         from instructcv_core.tasks.colours import PALETTE  # the palette, not the tasks: no heavy imports here
@@ -54,8 +58,9 @@ class EvalConfig:
             raise ValueError("positive_colour and negative_colour must differ")
         if self.instructions not in ("as_paper", "fp", "rp_pool"):
             raise ValueError(f"instructions must be as_paper, fp or rp_pool, got {self.instructions!r}")
-        if self.sample_rows < 0:
-            raise ValueError(f"sample_rows must be >= 0, got {self.sample_rows}")
+        for name in ("sample_rows", "following_pairs", "following_images"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_images", "heldout_images", "standard_subset"):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -255,7 +255,7 @@ def coco_detection_ap(
 
     Returns ``AP`` (AP@[.50:.05:.95]), ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl`` (all at 100
     detections per image) and ``AR100``, each in percent; ``per_category`` maps category id to
-    its AP. Categories without any non-crowd GT get COCOeval's -1 and are excluded from the
+    its AP; ``evaluator`` is the ``COCOeval`` itself. Categories without any non-crowd GT get COCOeval's -1 and are excluded from the
     means; a value is NaN when no category has GT. No detections at all gives AP 0 (not a crash).
     Settings are pycocotools' defaults (maxDets 1/10/100, COCO area ranges).
     """
@@ -313,6 +313,7 @@ def coco_detection_ap(
         "AR100": _percent(stats[8]),
     }
     out["per_category"] = per_category_ap(evaluator)
+    out["evaluator"] = evaluator  # evaluated and accumulated: per-image match records for resampling
     return out
 
 

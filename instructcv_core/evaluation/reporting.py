@@ -15,14 +15,29 @@ from instructcv_core.tasks import task
 from instructcv_core.tasks.base import ImageReader
 
 
-def metrics_table(benchmark: str, metrics: dict[str, dict[str, float]], subset: Iterable[str] = ()) -> pd.DataFrame:
-    """One row per (protocol, metric), with the MLflow key it is logged under; ``subset``: the protocols
-    scored on a seeded subset of the images (subset mode, `evaluation.subset`), marked ``subset = True``."""
+#: The columns of ``metrics.parquet``: ``n`` is the number of images a metric is computed on,
+#: ``ci_low``/``ci_high`` its 95 % percentile-bootstrap interval over those images (NaN: none),
+#: ``subset`` whether it was scored on a seeded subset of the images (subset mode, `evaluation.subset`).
+METRICS_COLUMNS = ["benchmark", "protocol", "metric", "value", "n", "ci_low", "ci_high", "mlflow_key", "subset"]
+
+
+def metrics_table(benchmark: str, metrics: dict[str, dict[str, float]], intervals: dict | None = None,
+                  subset: Iterable[str] = ()) -> pd.DataFrame:
+    """One row per (protocol, metric): value, images, 95 % interval, the MLflow key it is logged under,
+    and ``subset = True`` for the protocols in ``subset`` (scored on a seeded subset of the images)."""
+    from instructcv_core.evaluation.intervals import Interval
+
+    none = Interval(0, math.nan, math.nan)
     subset = set(subset)
-    rows = [{"benchmark": benchmark, "protocol": protocol, "metric": metric, "value": value,
-             "mlflow_key": f"eval/{benchmark}/{protocol}/{metric}", "subset": protocol in subset}
-            for protocol, values in metrics.items() for metric, value in values.items()]
-    return pd.DataFrame(rows, columns=["benchmark", "protocol", "metric", "value", "mlflow_key", "subset"])
+    rows = []
+    for protocol, values in metrics.items():
+        for metric, value in values.items():
+            interval = (intervals or {}).get(protocol, {}).get(metric, none)
+            rows.append({"benchmark": benchmark, "protocol": protocol, "metric": metric, "value": value,
+                         "n": int(interval.n), "ci_low": interval.low, "ci_high": interval.high,
+                         "mlflow_key": f"eval/{benchmark}/{protocol}/{metric}", "subset": protocol in subset})
+    return pd.DataFrame(rows, columns=METRICS_COLUMNS).astype({"n": "int64", "ci_low": "float64", "ci_high": "float64",
+                                                               "subset": "bool"})
 
 
 def file_digest(path: Path) -> str:
@@ -78,4 +93,4 @@ def sample_grid(bench: BenchmarkData, table: pd.DataFrame, output_image: ImageRe
     return grid
 
 
-__all__ = ["file_digest", "jsonable", "metrics_table", "sample_grid"]
+__all__ = ["METRICS_COLUMNS", "file_digest", "jsonable", "metrics_table", "sample_grid"]

@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +42,7 @@ class BenchmarkResult:
     counts: dict[str, float]  # images, queries, unet_evaluations, generation_seconds, reused
     paths: dict[str, str]
     identity: dict  # checkpoint, test-manifest digest, queries digest, sampler config
+    intervals: dict = field(default_factory=dict)  # protocol -> metric -> Interval (n, 95 % bootstrap CI)
 
 
 def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpoint_id: str, config: EvalConfig,
@@ -50,7 +51,8 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
     """Plan, generate (or reuse), score and write one benchmark's results under ``out_dir``.
 
     Files: ``queries.parquet`` (every output with its digest and decoded prediction),
-    ``metrics.parquet`` / ``metrics.md`` (one row per protocol and metric), ``details.json``,
+    ``metrics.parquet`` / ``metrics.md`` (one row per protocol and metric, with its image count
+    and 95 % bootstrap interval), ``details.json``,
     ``samples.png`` (input | output | prediction | ground truth). The sampler is only built when
     something has to be generated: a rerun with the same checkpoint, data and config reuses the
     outputs (``identity.json``) and only re-scores them.
@@ -100,7 +102,7 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
     write_table_frame(table, outputs_path)
     if not reused:
         atomic_write_text(identity_path, json.dumps(identity, indent=1, sort_keys=True))
-    metrics_frame = metrics_table(name, scores.metrics, subset_protocols(bench.image_ids, config, name))
+    metrics_frame = metrics_table(name, scores.metrics, scores.intervals, subset_protocols(bench.image_ids, config, name))
     write_table_frame(metrics_frame, out_dir / "metrics.parquet")
     atomic_write_text(out_dir / "metrics.md", metrics_frame.to_markdown(index=False, floatfmt=".4g") + "\n")
     atomic_write_text(out_dir / "details.json", json.dumps(jsonable(scores.details), indent=1, sort_keys=True))
@@ -113,7 +115,7 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
               "generation_seconds": round(seconds, 2), "reused": reused}
     paths = {"dir": str(out_dir), "queries": str(outputs_path), "metrics": str(out_dir / "metrics.parquet"),
              "metrics_md": str(out_dir / "metrics.md"), "samples": str(out_dir / "samples.png")}
-    return BenchmarkResult(name, scores.metrics, scores.details, counts, paths, identity)
+    return BenchmarkResult(name, scores.metrics, scores.details, counts, paths, identity, scores.intervals)
 
 
 __all__ = ["BenchmarkResult", "evaluate_benchmark"]

@@ -1,16 +1,18 @@
-"""Scoring generated outputs: the task's reducers under each protocol, and what a valid result is."""
+"""Scoring generated outputs: the task's reducers under each protocol, each metric's 95 % interval over
+images, and what a valid result is."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from instructcv_core.benchmarks import benchmark
 from instructcv_core.evaluation.config import EvalConfig
 from instructcv_core.evaluation.data import BenchmarkData
+from instructcv_core.evaluation.intervals import Interval, intervals
 from instructcv_core.tasks import evaluation
 from instructcv_core.tasks.base import ImageReader, MetricRange
 
@@ -20,6 +22,8 @@ class Scores:
     metrics: dict[str, dict[str, float]]  # protocol -> metric -> value
     details: dict[str, dict]  # protocol -> counts, warnings, per-class values
     predictions: pd.DataFrame  # one row per query: what it was decoded to
+    #: protocol -> metric -> images and 95 % bootstrap interval (`instructcv_core.evaluation.intervals`)
+    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict)
 
 
 def metric_ranges(name: str) -> Mapping[str, Mapping[str, MetricRange]]:
@@ -39,11 +43,17 @@ def score(bench: BenchmarkData, outputs: pd.DataFrame, output_image: ImageReader
     raw = scorer.score(bench, outputs, output_image, target_image, config)
     ranges = scorer.metrics.ranges
     metrics, details = {}, {}
+    statistics = {}
     for protocol in config.protocols:
         result = dict(raw[protocol])
         metrics[protocol] = {k: float(result.pop(k)) for k in ranges[protocol] if k in result}
+        statistics[protocol] = {k: v for k, v in result.pop("bootstrap", {}).items() if k in metrics[protocol]}
         details[protocol] = result
-    return Scores(metrics, details, raw["predictions"])
+    found = intervals(statistics)
+    for protocol, values in metrics.items():  # a metric without a resampling statistic has no interval
+        for metric in values:
+            found[protocol].setdefault(metric, Interval(int(details[protocol].get("images", 0) or 0), math.nan, math.nan))
+    return Scores(metrics, details, raw["predictions"], found)
 
 
 def primary_metric(name: str, protocol: str) -> tuple[str, bool]:

@@ -139,6 +139,9 @@ class StandardSegmentation:
         self.expected = set(range(num_classes)) - ({background} if background is not None else set())
         self.images = self.incomplete = 0
         self.per_image: dict[str, float] = {}
+        # per image: (class -> intersection, class -> union, pixels right, pixels): the resampling units of
+        # the pooled mIoU and pixel accuracy (`bootstrap`); a few hundred integers per image
+        self.counts: dict[str, tuple[dict[int, int], dict[int, int], int, int]] = {}
 
     def new_image(self, shape: tuple[int, int]) -> ClassScoreArgmax:
         """The per-pixel combiner to add one image's class score maps to."""
@@ -160,6 +163,12 @@ class StandardSegmentation:
         own.update(gt, labels)
         self.matrix.matrix += own.matrix
         self.per_image[str(image_id)] = 100.0 * own.miou()
+        k = self.num_classes
+        tp = np.diag(own.matrix[:, :k])
+        union = own.matrix.sum(axis=1) + own.matrix[:, :k].sum(axis=0) - tp
+        self.counts[str(image_id)] = ({c: int(tp[c]) for c in np.flatnonzero(union)},
+                                      {c: int(union[c]) for c in np.flatnonzero(union)},
+                                      int(np.trace(own.matrix[:, :k])), int(own.matrix.sum()))
         self.images += 1
 
     def merge(self, other: StandardSegmentation) -> None:
@@ -167,13 +176,29 @@ class StandardSegmentation:
         self.images += other.images
         self.incomplete += other.incomplete
         self.per_image.update(other.per_image)
+        self.counts.update(other.counts)
+
+    def bootstrap(self) -> dict:
+        """The resampling statistics of ``miou`` and ``pixel_acc`` over the images (`evaluation.intervals`)."""
+        from instructcv_core.evaluation.intervals import PooledIoU
+
+        return {"miou": PooledIoU({i: c[0] for i, c in self.counts.items()}, {i: c[1] for i, c in self.counts.items()}),
+                "pixel_acc": PooledIoU({i: {0: c[2]} for i, c in self.counts.items()},
+                                       {i: {0: c[3]} for i, c in self.counts.items()})}
 
     def compute(self) -> dict:
         ious = self.matrix.iou()
         warnings = [f"{self.incomplete} image(s) were not queried for every class"] if self.incomplete else []
+        k = self.num_classes
+        tp = np.diag(self.matrix.matrix[:, :k])
+        union = self.matrix.matrix.sum(axis=1) + self.matrix.matrix[:, :k].sum(axis=0) - tp
         return {"miou": 100.0 * self.matrix.miou(), "pixel_acc": 100.0 * self.matrix.pixel_accuracy(),
                 "per_class_iou": {c: 100.0 * float(v) for c, v in enumerate(ious)},
                 "classes_evaluated": int(np.count_nonzero(~np.isnan(ious))), "images": self.images,
+                # the pooled counts behind miou and pixel_acc (classes with an empty union left out)
+                "intersection": {c: int(tp[c]) for c in range(k) if union[c]},
+                "union": {c: int(union[c]) for c in range(k) if union[c]},
+                "pixels_correct": int(np.trace(self.matrix.matrix[:, :k])), "pixels": int(self.matrix.matrix.sum()),
                 "warnings": warnings, "per_image": dict(self.per_image)}
 
 
@@ -211,6 +236,13 @@ class ClassIoUSums:
                 counts[1] += u
         self.images += other.images
 
+    def bootstrap(self) -> dict:
+        """The resampling statistic of the per-class pooled ``miou`` over the images (`evaluation.intervals`)."""
+        from instructcv_core.evaluation.intervals import PooledIoU
+
+        return {"miou": PooledIoU({i: {c: v[0] for c, v in classes.items()} for i, classes in self.by_image.items()},
+                                  {i: {c: v[1] for c, v in classes.items()} for i, classes in self.by_image.items()})}
+
     @staticmethod
     def _miou(inter: Mapping[str, int], union: Mapping[str, int]) -> tuple[float, dict[str, float]]:
         per_class = {c: (100.0 * inter[c] / union[c] if union[c] else math.nan) for c in inter}
@@ -239,13 +271,22 @@ class PaperDepth:
 
     def __init__(self):
         self.values: list[dict[str, float]] = []
+        self.image_ids: list[str] = []
 
-    def update(self, gt_image: np.ndarray, output: np.ndarray) -> None:
+    def update(self, gt_image: np.ndarray, output: np.ndarray, image_id: str | None = None) -> None:
         result = paper.depth_metrics([(gt_image, output)])  # one image: its own values (the mean of one)
         self.values.append({k: result[k] for k in self.KEYS})
+        self.image_ids.append(str(len(self.image_ids)) if image_id is None else str(image_id))
 
     def merge(self, other: PaperDepth) -> None:
         self.values += other.values
+        self.image_ids += other.image_ids
+
+    def bootstrap(self, metrics) -> dict:
+        """The resampling statistics (per-image means) of ``metrics`` over the images (`evaluation.intervals`)."""
+        from instructcv_core.evaluation.intervals import PerImageMean
+
+        return {m: PerImageMean(dict(zip(self.image_ids, (r[m] for r in self.values)))) for m in metrics}
 
     def compute(self) -> dict:
         if not self.values:
@@ -262,6 +303,7 @@ class StandardDepth:
         self.values: list[dict[str, float]] = []
         self.skipped = 0
         self.by_image: dict[str, list[float]] = {}
+        self.image_ids: list[str] = []  # the image of each entry of `values`
 
     def update(self, image_id: str, pred_m: np.ndarray, gt_m: np.ndarray) -> None:
         result = standard.depth_metrics([(pred_m, gt_m)], eigen_crop=self.eigen_crop, **self.limits)
@@ -270,10 +312,12 @@ class StandardDepth:
             self.skipped += 1
             return
         self.values.append({k: result[k] for k in standard.DEPTH_METRICS})
+        self.image_ids.append(str(image_id))
         values.append(result[self.per_image_metric])
 
     def merge(self, other: StandardDepth) -> None:
         self.values += other.values
+        self.image_ids += other.image_ids
         self.skipped += other.skipped
         for image_id, values in other.by_image.items():
             self.by_image.setdefault(image_id, []).extend(values)
@@ -288,6 +332,16 @@ class StandardDepth:
         return {**{k: float(np.mean([r[k] for r in self.values])) for k in standard.DEPTH_METRICS},
                 "images": len(self.values), "skipped_images": self.skipped, "eigen_crop": self.eigen_crop,
                 "warnings": warnings, "per_image": per_image}
+
+    def bootstrap(self, metrics) -> dict:
+        """The resampling statistics (per-image means) of ``metrics`` over the images (`evaluation.intervals`)."""
+        from instructcv_core.evaluation.intervals import PerImageMean
+
+        by_image: dict[str, dict[str, list[float]]] = {}
+        for image_id, r in zip(self.image_ids, self.values):
+            for m in metrics:
+                by_image.setdefault(image_id, {}).setdefault(m, []).append(r[m])
+        return {m: PerImageMean({i: float(np.mean(v[m])) for i, v in by_image.items()}) for m in metrics}
 
 
 __all__ = ["ClassIoUSums", "ClassScoreArgmax", "PaperDepth", "PaperSegmentation", "StandardDepth",

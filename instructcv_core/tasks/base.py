@@ -99,7 +99,9 @@ class Evaluation(Protocol):
 
         Returns ``{"predictions": DataFrame (query_id + what each output decoded to), <protocol>:
         {metric: value, ..., details}}``; ``per_image`` in the standard details holds the headline
-        metric of each image alone (the unit of the trained-vs-untrained comparison).
+        metric of each image alone (the unit of the trained-vs-untrained comparison); ``bootstrap``
+        in each protocol's result maps every metric to its resampling statistic
+        (`instructcv_core.evaluation.intervals`), from which its 95 % interval over images comes.
         """
 
 
@@ -162,12 +164,25 @@ def expected_target(bench: BenchmarkData, row: Any, target_image: ImageReader) -
     return target_image(match.iloc[0]["target_original_digest"])
 
 
-def per_image(metric_fn, image_ids: list[str], samples: list, metric: str) -> dict[str, float]:
-    """The headline metric of each image alone (the unit of the paired trained-vs-untrained check)."""
+def per_image_results(metric_fn, image_ids: list[str], samples: list) -> dict[str, dict]:
+    """``metric_fn``'s whole result on each image alone (samples grouped by image, in first-seen order)."""
     values: dict[str, list] = {}
     for image_id, sample in zip(image_ids, samples):
         values.setdefault(image_id, []).append(sample)
-    return {image_id: float(metric_fn(group)[metric]) for image_id, group in values.items()}
+    return {image_id: metric_fn(group) for image_id, group in values.items()}
+
+
+def per_image(metric_fn, image_ids: list[str], samples: list, metric: str) -> dict[str, float]:
+    """The headline metric of each image alone (the unit of the paired trained-vs-untrained check)."""
+    return {image_id: float(result[metric]) for image_id, result in per_image_results(metric_fn, image_ids, samples).items()}
+
+
+def per_image_means(results: Mapping[str, Mapping], metrics) -> dict:
+    """Bootstrap statistics (:class:`~instructcv_core.evaluation.intervals.PerImageMean`) of metrics that
+    are a mean over images, from :func:`per_image_results`."""
+    from instructcv_core.evaluation.intervals import PerImageMean
+
+    return {m: PerImageMean({i: float(r[m]) for i, r in results.items()}) for m in metrics}
 
 
 def record_size(record: ImageRecord) -> tuple[int, int]:
@@ -176,4 +191,4 @@ def record_size(record: ImageRecord) -> tuple[int, int]:
 
 
 __all__ = ["OVERLAY_ALPHA", "OVERLAY_RGB", "Evaluation", "ImageReader", "MetricRange", "MetricSpec", "Prediction", "Question", "Target", "Task",
-           "expected_target", "per_image", "record_size"]
+           "expected_target", "per_image", "per_image_means", "per_image_results", "record_size"]

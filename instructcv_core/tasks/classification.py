@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from instructcv_core.evaluation.intervals import PerImageMean
 from instructcv_core.evaluation.protocols import paper, standard
 from instructcv_core.instructions.templates import test_instruction
-from instructcv_core.tasks.base import MetricSpec, Prediction, Question, Target, per_image
+from instructcv_core.tasks.base import MetricSpec, Prediction, Question, Target, per_image, per_image_means, per_image_results
 from instructcv_core.tasks.category_names import prompt_name
 from instructcv_core.tasks.colours import PALETTE, Colour, draw_colour_pair, mean_rgb, rgb
 
@@ -206,15 +207,19 @@ class ClassificationEvaluation:
                 else:  # the same rule on (true class, one other class): the true class plays "cat"
                     other = next(c for c in sorted(asked) if c != record.label_name)
                     samples.append((image_id, "cat", asked[record.label_name], asked[other]))
-            out["paper"] = paper.classification_accuracy(samples)
+            each = per_image_results(paper.classification_accuracy, [s[0] for s in samples], samples)
+            out["paper"] = {**paper.classification_accuracy(samples), "bootstrap": per_image_means(each, ["accuracy"])}
         if "standard" in config.protocols:
             names = set(bench.categories)
             multi = [(bench.records[i].label_name, {c: m for c, m in asked.items() if c in names}) for i, asked in margins.items()]
             result = dict(standard.classification_accuracy(multi))
             result["per_image"] = per_image(standard.classification_accuracy, list(margins), multi, "accuracy")
+            result["bootstrap"] = {"accuracy": PerImageMean(result["per_image"])}
             if bench.spec.binary_species:
                 binary = [(bench.records[i].species, {c: asked[c] for c in SPECIES}) for i, asked in margins.items()]
                 result["binary_accuracy"] = standard.classification_accuracy(binary)["accuracy"]
+                result["bootstrap"]["binary_accuracy"] = PerImageMean(
+                    per_image(standard.classification_accuracy, list(margins), binary, "accuracy"))
             out["standard"] = result
         return out
 

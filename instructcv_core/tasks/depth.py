@@ -165,9 +165,11 @@ class DepthEvaluation:
             predictions.append({"query_id": row.query_id, "mean_depth_m": float(pred.mean())})
         out = {"predictions": pd.DataFrame(predictions)}
         if "paper" in config.protocols:
-            out["paper"] = paper_scores.compute()  # = paper.depth_metrics
+            out["paper"] = {**paper_scores.compute(),  # = paper.depth_metrics
+                            "bootstrap": paper_scores.bootstrap(self.metrics.ranges["paper"])}
         if "standard" in config.protocols:
-            out["standard"] = standard_scores.compute()  # = standard.depth_metrics, with per_image RMSE
+            out["standard"] = {**standard_scores.compute(),  # = standard.depth_metrics, with per_image RMSE
+                               "bootstrap": standard_scores.bootstrap(self.metrics.ranges["standard"])}
         return out
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from instructcv_core.evaluation.data import present_categories, standard_categories
 from instructcv_core.evaluation import streaming
+from instructcv_core.evaluation.intervals import MeanOf, PerImageMean
 from instructcv_core.instructions.templates import render, test_instruction
 from instructcv_core.tasks.arrays import Size, channel_values, resize_to
 from instructcv_core.tasks.base import (
@@ -185,9 +186,10 @@ class ClosedSetSegmentation:
                 standard_scores.update(image_id, combined, labels)
         out = {"predictions": pd.DataFrame(predictions)}
         if "paper" in config.protocols:
-            out["paper"] = paper_scores.compute()
+            result = paper_scores.compute()
+            out["paper"] = {**result, "bootstrap": {"miou": PerImageMean(result["per_image"])}}
         if "standard" in config.protocols:
-            out["standard"] = standard_scores.compute()
+            out["standard"] = {**standard_scores.compute(), "bootstrap": standard_scores.bootstrap()}
         return out
 
 
@@ -224,9 +226,10 @@ class OpenVocabularySegmentation:
             predictions.append({"query_id": row.query_id, "foreground_fraction": float(mask.mean())})
         out = {"predictions": pd.DataFrame(predictions)}
         if "paper" in config.protocols:
-            out["paper"] = paper_scores.compute()  # = paper.fss_miou
+            result = paper_scores.compute()  # = paper.fss_miou
+            out["paper"] = {**result, "bootstrap": {"miou": PerImageMean(result["per_image"])}}
         if "standard" in config.protocols:
-            out["standard"] = standard_scores.compute()  # = standard.fss_miou, with per_image
+            out["standard"] = {**standard_scores.compute(), "bootstrap": standard_scores.bootstrap()}  # = standard.fss_miou
         return out
 
 
@@ -268,12 +271,18 @@ class HeldoutPhrasingSegmentation:
             predictions.append({"query_id": row.query_id, "foreground_fraction": float(mask.mean())})
         out = {"predictions": pd.DataFrame(predictions)}
         for protocol in config.protocols:
-            by_phrasing = {}
+            by_phrasing, statistics = {}, []
             for phrasing, scores in per_phrasing.items():
-                result = scores["paper"].compute() if protocol == "paper" else scores["standard"].compute(with_per_image=False)
+                if protocol == "paper":
+                    result = scores["paper"].compute()
+                    statistics.append(PerImageMean(result["per_image"]))
+                else:
+                    result = scores["standard"].compute(with_per_image=False)
+                    statistics.append(scores["standard"].bootstrap()["miou"])
                 by_phrasing[phrasing] = float(result["miou"])
             values = [v for v in by_phrasing.values() if not math.isnan(v)]
-            out[protocol] = {"miou": float(np.mean(values)) if values else math.nan, "by_phrasing": by_phrasing}
+            out[protocol] = {"miou": float(np.mean(values)) if values else math.nan, "by_phrasing": by_phrasing,
+                             "bootstrap": {"miou": MeanOf(statistics)}}
         return out
 
 

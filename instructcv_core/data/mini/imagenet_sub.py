@@ -20,7 +20,7 @@ from instructcv_core.data.mini.pack import pack_tar
 from instructcv_core.data.mini.scenes import INDOOR, OUTDOOR, ObjectKind, Scene, render_single_object
 
 ARCHIVES = ("imagenette2-160.tgz",)
-DEFAULT_SIZES = {"train_per_class": 20, "val_per_class": 8}
+DEFAULT_SIZES = {"train_per_class": 20, "val_per_class": 10}  # 5 classes: 50 test images
 ROOT_FOLDER = "imagenette2-160"
 
 # wnid -> (object kind, probability of an outdoor background). Heights are only what keeps the

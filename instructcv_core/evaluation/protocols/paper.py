@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from instructcv_core.evaluation.intervals import CocoAP, CocoPrecision
 from instructcv_core.evaluation.metrics import per_category_ap, run_coco_bbox_eval
 
 # --------------------------------------------------------------------------------------------
@@ -300,7 +301,8 @@ def detection_map(
 
     Returns ``map``, ``map50`` (percent), ``per_category`` (AP@[.50:.95] by name, percent),
     ``folders``, ``images``, ``categories``, ``gt_boxes``, ``pred_boxes``, ``kept_boxes``,
-    ``empty_gt_folders``, ``dropped_categories``, ``warnings``.
+    ``empty_gt_folders``, ``dropped_categories``, ``warnings``, and ``bootstrap``: the resampling
+    statistics of ``map`` and ``map50`` over the images (:class:`~instructcv_core.evaluation.intervals.CocoAP`).
     """
     rows = []
     seen: set[str] = set()
@@ -385,6 +387,8 @@ def detection_map(
     names = {c: n for n, c in category_ids.items()}
     per_category = {names[c]: ap for c, ap in per_category_ap(evaluator, max_det=100).items()}
     return {
+        "bootstrap": {"map": CocoAP(CocoPrecision(evaluator, image_ids, 100)),
+                      "map50": CocoAP(CocoPrecision(evaluator, image_ids, DET_MAX_DETS[-1]), 0.5)},
         "map": _percent(evaluator.stats[0]),
         "map50": _percent(evaluator.stats[1]),
         "per_category": per_category,

@@ -24,6 +24,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from instructcv_core.evaluation.intervals import CocoAP, CocoPrecision
 from instructcv_core.evaluation.metrics import ConfusionMatrix, coco_detection_ap, depth_errors
 from instructcv_core.evaluation.metrics import eigen_crop as eigen_crop_mask  # depth_metrics has an eigen_crop flag
 
@@ -100,7 +101,9 @@ def segmentation_miou(
     class claims are background, class 0).
 
     Returns ``miou`` and ``pixel_acc`` (percent), ``per_class_iou`` (class -> percent, NaN when
-    absent from GT and prediction), ``classes_evaluated``, ``images``, ``warnings``.
+    absent from GT and prediction), ``classes_evaluated``, ``images``, the pooled counts
+    ``intersection`` and ``union`` (class -> pixels, classes with a non-empty union),
+    ``pixels_correct`` and ``pixels``, and ``warnings``.
     """
     matrix = ConfusionMatrix(num_classes, ignore_index)
     expected = set(range(num_classes)) - ({background} if background is not None else set())
@@ -120,12 +123,20 @@ def segmentation_miou(
     warnings = []
     if incomplete:
         warnings.append(f"{incomplete} image(s) were not queried for every class")
+    k = num_classes
+    tp = np.diag(matrix.matrix[:, :k])
+    union = matrix.matrix.sum(axis=1) + matrix.matrix[:, :k].sum(axis=0) - tp
     return {
         "miou": 100.0 * matrix.miou(),
         "pixel_acc": 100.0 * matrix.pixel_accuracy(),
         "per_class_iou": {c: 100.0 * float(v) for c, v in enumerate(ious)},
         "classes_evaluated": int(np.count_nonzero(~np.isnan(ious))),
         "images": n_images,
+        # the pooled counts behind miou and pixel_acc (classes with an empty union left out)
+        "intersection": {c: int(tp[c]) for c in range(k) if union[c]},
+        "union": {c: int(union[c]) for c in range(k) if union[c]},
+        "pixels_correct": int(np.trace(matrix.matrix[:, :k])),
+        "pixels": int(matrix.matrix.sum()),
         "warnings": warnings,
     }
 
@@ -185,7 +196,9 @@ def detection_ap(
     ordinary IoU and one match per box, so a difficult box is given area -1.
 
     Returns ``ap`` (AP@[.50:.95]), ``ap50``, ``ap75``, ``aps``, ``apm``, ``apl``, ``ar100`` (percent),
-    ``per_category`` (label -> AP), ``images``, ``gt_boxes``, ``detections``, ``warnings``.
+    ``per_category`` (label -> AP), ``images``, ``gt_boxes``, ``detections``, ``warnings``, and
+    ``bootstrap``: the resampling statistics of ``ap``, ``ap50``, ``ap75`` over the images
+    (:class:`~instructcv_core.evaluation.intervals.CocoAP`, keyed by ``str(image_id)``).
     """
     cat_ids = {label: k + 1 for k, label in enumerate(categories)}
     if len(cat_ids) != len(categories):
@@ -203,7 +216,9 @@ def detection_ap(
             dets.append((int(image_id), _cat(cat_ids, category), list(bbox), float(score)))
     result = coco_detection_ap(image_rows, ground_truth, dets, list(cat_ids.values()))
     labels = {v: k for k, v in cat_ids.items()}
+    precision = CocoPrecision(result["evaluator"], {str(i): int(i) for i, _, _ in image_rows}, max_det=100)
     return {
+        "bootstrap": {m: CocoAP(precision, iou) for m, iou in (("ap", None), ("ap50", 0.5), ("ap75", 0.75))},
         "ap": result["AP"], "ap50": result["AP50"], "ap75": result["AP75"],
         "aps": result["APs"], "apm": result["APm"], "apl": result["APl"], "ar100": result["AR100"],
         "per_category": {labels[c]: v for c, v in result["per_category"].items()},
