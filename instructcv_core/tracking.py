@@ -29,18 +29,40 @@ def is_remote(tracking_uri: str) -> bool:
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:
-    """Get or create the experiment; returns its id. Creates the sqlite folder when needed."""
+    """Get or create the experiment; returns its id. Creates the sqlite folder when needed.
+
+    For a sqlite store this holds an exclusive lock (``<db>.lock``) meanwhile: the first access to a
+    new store runs MLflow's schema migrations, and two processes doing it at once (two Dagster steps
+    of a fresh job) collide; creating the experiment twice would collide as well.
+    """
     import mlflow
 
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri)
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    # A remote server chooses its own artifact store unless one is given.
-    location = None if is_remote(tracking_uri) else artifact_location
-    return mlflow.create_experiment(name, artifact_location=location)
+    with _store_lock(tracking_uri):
+        mlflow.set_tracking_uri(tracking_uri)
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        # A remote server chooses its own artifact store unless one is given.
+        location = None if is_remote(tracking_uri) else artifact_location
+        return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive ``flock`` beside a sqlite store (its folder created); nothing for other stores."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str, ui_url: str = DEFAULT_UI_URL) -> str:

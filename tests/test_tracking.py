@@ -67,3 +67,37 @@ def test_logs_to_a_real_tracking_server(tmp_path, mlflow_server):
     assert run.data.metrics["answer"] == 42.0
     assert metadata["mlflow_run"].value.startswith(f"{mlflow_server}/#/experiments/")
     assert not (tmp_path / "data" / "mlruns").exists()  # nothing logged locally
+
+
+def _ensure_in_process(uri: str, start_at: float, queue) -> None:
+    import time
+
+    from instructcv_core.tracking import ensure_experiment
+
+    time.sleep(max(0.0, start_at - time.time()))  # both processes reach the fresh store together
+    try:
+        queue.put(("ok", ensure_experiment(uri, "instructcv", None)))
+    except Exception as exc:  # noqa: BLE001 (reported to the test)
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def test_two_processes_creating_a_fresh_sqlite_store_at_once_both_succeed(tmp_path):
+    """A fresh job starts several logging steps at once: the store's migrations and the experiment's
+    creation must not collide (the store is locked while they run)."""
+    import multiprocessing
+    import time
+
+    from instructcv_core.tracking import default_tracking_uri
+
+    uri = default_tracking_uri(tmp_path)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    start_at = time.time() + 8.0  # after both interpreters have imported mlflow
+    procs = [ctx.Process(target=_ensure_in_process, args=(uri, start_at, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert [r[0] for r in results] == ["ok", "ok"], results
+    assert results[0][1] == results[1][1]  # one experiment, found by the second process
