@@ -301,7 +301,7 @@ def _manifest_checks(asset: dg.AssetsDefinition, name: str) -> list:
             if unit.role != "train" or f"{unit.record.dataset}/{unit.record.image_path}" in quarantined:
                 continue
             key = (unit.task, unit.record.dataset, unit.record.split)
-            expected[key] = expected.get(key, 0) + expected_pairs(unit, build)
+            expected[key] = expected.get(key, 0) + expected_pairs(unit, build, name)
         rows = [{"task": k[0], "dataset": k[1], "split": k[2], "expected": expected.get(k, 0), "actual": actual.get(k, 0)}
                 for k in sorted(set(expected) | set(actual))]
         mismatched = [r for r in rows if r["expected"] != r["actual"]]

@@ -114,6 +114,14 @@ def test_every_unit_makes_exactly_the_expected_number_of_pairs(built):
     assert result.quarantine == []
     assert len(result.rows) == sum(expected_pairs(u, CONFIG) for u in units)
     assert len({r["pair_id"] for r in result.rows}) == len(result.rows)
+    # each training manifest's own count: FP and RP take different binary Pets questions
+    from instructcv_core.construction.manifest import fp_pairs, rp_pairs
+
+    pairs = pd.DataFrame(result.rows)
+    train = [u for u in units if u.role == "train"]
+    assert any(u.record.species is not None for u in train)
+    for name, select in (("fp", fp_pairs), ("rp", rp_pairs)):
+        assert len(select(pairs[pairs["role"] == "train"])) == sum(expected_pairs(u, CONFIG, name) for u in train), name
 
 
 def test_segmentation_target_is_the_category_mask(built, sources):

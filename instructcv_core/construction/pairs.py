@@ -216,6 +216,11 @@ def _load_rgb(path: Path) -> np.ndarray:
         raise SourceImageError(f"{path}: unreadable image ({exc.reason})") from exc
 
 
-def expected_pairs(unit: WorkUnit, config: BuildConfig) -> int:
-    """How many pairs `build_unit` makes for ``unit``, from the record alone (for count checks)."""
-    return task(unit.task).expected_pairs(unit.record, unit.class_names, config)
+def expected_pairs(unit: WorkUnit, config: BuildConfig, manifest: str | None = None) -> int:
+    """How many pairs `build_unit` makes for ``unit``, from the record alone (for count checks); with
+    ``manifest`` ("fp" | "rp"), how many of them that training manifest takes (a task may give each
+    manifest its own variants: ``manifest_pairs``)."""
+    handler = task(unit.task)
+    if manifest is not None and hasattr(handler, "manifest_pairs"):
+        return handler.manifest_pairs(unit.record, unit.class_names, config, manifest)
+    return handler.expected_pairs(unit.record, unit.class_names, config)

@@ -274,6 +274,14 @@ class ClassificationTask:
             return binary * ("binary" in config.pets_variants) + (1 + negatives) * ("breeds" in config.pets_variants)
         return 1 + negatives
 
+    def manifest_pairs(self, record, class_names, config, manifest: str) -> int:
+        """:meth:`expected_pairs` of one training manifest: less the binary questions only the other one
+        takes (FP: the random-colour pairs, RP: the fixed official FP colours)."""
+        total = self.expected_pairs(record, class_names, config)
+        if record.species is None or "binary" not in config.pets_variants:
+            return total
+        return total - (2 if manifest == "fp" else len(OFFICIAL_FP_BINARY[record.species]))
+
     def instruction_slots(self, row) -> dict[str, str]:
         return {"category": row.category_text, "color": row.color, "color2": row.color2}
 
