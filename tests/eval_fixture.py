@@ -35,10 +35,21 @@ def write_depth_benchmark(profile_dir: Path, images: int = 10, size=(40, 32)) ->
     pd.DataFrame(rows).to_parquet(profile_dir / "datasets" / "test" / "nyuv2.parquet")
 
 
-def point_checkpoint(profile_dir: Path, variant: str, pipeline_dir: Path) -> None:
-    """What a finished training asset leaves: `train/<variant>/current.json` naming the pipeline."""
+def point_checkpoint(profile_dir: Path, variant: str, pipeline_dir: Path, instance=None) -> None:
+    """What a finished training asset leaves: `train/<variant>/current.json` naming the pipeline and, in
+    ``instance``, a materialisation of `instructcv_<variant>_checkpoint` whose metadata hands the
+    checkpoint to evaluation (`checkpoint_path`, `train_result`)."""
     folder = profile_dir / "train" / variant
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train_result.json").write_text(json.dumps({"pipeline_dir": str(pipeline_dir), "config": {}}))
     (folder / "current.json").write_text(json.dumps({"pipeline_dir": str(pipeline_dir),
                                                      "train_result": str(folder / "train_result.json")}))
+    if instance is not None:
+        import dagster as dg
+
+        from assets.evaluate import checkpoint_asset_key
+
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            asset_key=checkpoint_asset_key(variant),
+            metadata={"checkpoint_path": dg.MetadataValue.path(str(pipeline_dir)),
+                      "train_result": dg.MetadataValue.path(str(folder / "train_result.json"))}))

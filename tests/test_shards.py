@@ -109,8 +109,8 @@ def test_dagster_runs_two_shards_at_once_and_merges_them_exactly(job_fn, executo
     data_root = tmp_path / "data"
     profile = data_root / "mini"
     write_depth_benchmark(profile)
-    point_checkpoint(profile, "fp", tiny_pipeline_dir)
     with dg.DagsterInstance.get() as instance:  # the test's own DAGSTER_HOME (conftest), the project's dagster.yaml
+        point_checkpoint(profile, "fp", tiny_pipeline_dir, instance)
         _, windows = _run_sharded(job_fn, executor_config, data_root, instance)
     assert len(windows) == 2, windows
     (a, b) = windows.values()
