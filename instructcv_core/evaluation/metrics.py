@@ -95,6 +95,17 @@ class ConfusionMatrix:
         col = np.where(pred < 0, k, pred)
         self.matrix += np.bincount(gt * (k + 1) + col, minlength=k * (k + 1)).reshape(k, k + 1)
 
+    def pooled_counts(self) -> dict:
+        """The pixel counts behind :meth:`miou` and :meth:`pixel_accuracy`: ``intersection`` and ``union``
+        (class -> pixels, classes with a non-empty union), ``pixels_correct`` and ``pixels``. Summed over
+        images they give the dataset's figures again (the resampling units of their bootstrap intervals)."""
+        k = self.num_classes
+        tp = np.diag(self.matrix[:, :k])
+        union = self.matrix.sum(axis=1) + self.matrix[:, :k].sum(axis=0) - tp
+        defined = np.flatnonzero(union)
+        return {"intersection": {int(c): int(tp[c]) for c in defined}, "union": {int(c): int(union[c]) for c in defined},
+                "pixels_correct": int(np.trace(self.matrix[:, :k])), "pixels": int(self.matrix.sum())}
+
     def iou(self) -> np.ndarray:
         """Per-class IoU (fraction), NaN for classes absent from both GT and prediction."""
         k = self.num_classes

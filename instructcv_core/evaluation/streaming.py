@@ -163,12 +163,8 @@ class StandardSegmentation:
         own.update(gt, labels)
         self.matrix.matrix += own.matrix
         self.per_image[str(image_id)] = 100.0 * own.miou()
-        k = self.num_classes
-        tp = np.diag(own.matrix[:, :k])
-        union = own.matrix.sum(axis=1) + own.matrix[:, :k].sum(axis=0) - tp
-        self.counts[str(image_id)] = ({c: int(tp[c]) for c in np.flatnonzero(union)},
-                                      {c: int(union[c]) for c in np.flatnonzero(union)},
-                                      int(np.trace(own.matrix[:, :k])), int(own.matrix.sum()))
+        counts = own.pooled_counts()
+        self.counts[str(image_id)] = (counts["intersection"], counts["union"], counts["pixels_correct"], counts["pixels"])
         self.images += 1
 
     def merge(self, other: StandardSegmentation) -> None:
@@ -189,16 +185,10 @@ class StandardSegmentation:
     def compute(self) -> dict:
         ious = self.matrix.iou()
         warnings = [f"{self.incomplete} image(s) were not queried for every class"] if self.incomplete else []
-        k = self.num_classes
-        tp = np.diag(self.matrix.matrix[:, :k])
-        union = self.matrix.matrix.sum(axis=1) + self.matrix.matrix[:, :k].sum(axis=0) - tp
         return {"miou": 100.0 * self.matrix.miou(), "pixel_acc": 100.0 * self.matrix.pixel_accuracy(),
                 "per_class_iou": {c: 100.0 * float(v) for c, v in enumerate(ious)},
                 "classes_evaluated": int(np.count_nonzero(~np.isnan(ious))), "images": self.images,
-                # the pooled counts behind miou and pixel_acc (classes with an empty union left out)
-                "intersection": {c: int(tp[c]) for c in range(k) if union[c]},
-                "union": {c: int(union[c]) for c in range(k) if union[c]},
-                "pixels_correct": int(np.trace(self.matrix.matrix[:, :k])), "pixels": int(self.matrix.matrix.sum()),
+                **self.matrix.pooled_counts(),  # the pixel counts behind miou and pixel_acc
                 "warnings": warnings, "per_image": dict(self.per_image)}
 
 

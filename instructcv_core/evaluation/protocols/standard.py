@@ -123,20 +123,13 @@ def segmentation_miou(
     warnings = []
     if incomplete:
         warnings.append(f"{incomplete} image(s) were not queried for every class")
-    k = num_classes
-    tp = np.diag(matrix.matrix[:, :k])
-    union = matrix.matrix.sum(axis=1) + matrix.matrix[:, :k].sum(axis=0) - tp
     return {
         "miou": 100.0 * matrix.miou(),
         "pixel_acc": 100.0 * matrix.pixel_accuracy(),
         "per_class_iou": {c: 100.0 * float(v) for c, v in enumerate(ious)},
         "classes_evaluated": int(np.count_nonzero(~np.isnan(ious))),
         "images": n_images,
-        # the pooled counts behind miou and pixel_acc (classes with an empty union left out)
-        "intersection": {c: int(tp[c]) for c in range(k) if union[c]},
-        "union": {c: int(union[c]) for c in range(k) if union[c]},
-        "pixels_correct": int(np.trace(matrix.matrix[:, :k])),
-        "pixels": int(matrix.matrix.sum()),
+        **matrix.pooled_counts(),  # the pixel counts behind miou and pixel_acc
         "warnings": warnings,
     }
 
