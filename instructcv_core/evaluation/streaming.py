@@ -64,20 +64,7 @@ class PaperSegmentation:
         self.overwritten += other.overwritten
 
     def compute(self) -> dict:
-        per_image: dict[str, float] = {}
-        skipped = 0
-        for key, ious in self.per_pair.items():
-            if not ious:
-                skipped += 1
-                continue
-            per_image[key] = float(np.mean(list(ious.values())))
-        warnings = []
-        if not per_image:
-            warnings.append("no image has a prediction: the official script prints 'the mIoU is nan'")
-        miou = 100.0 * float(np.mean(list(per_image.values()))) if per_image else math.nan
-        return {"miou": miou, "per_image": {k: 100.0 * v for k, v in per_image.items()}, "images": len(per_image),
-                "pairs": self.pairs, "missing_predictions": self.missing, "skipped_nan_images": skipped,
-                "overwritten_pairs": self.overwritten, "warnings": warnings}
+        return paper.miou_of_pair_ious(self.per_pair, self.pairs, self.missing, self.overwritten)
 
 
 # --------------------------------------------------------------------------------------------

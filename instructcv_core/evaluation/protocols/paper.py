@@ -104,6 +104,12 @@ def segmentation_miou(
         if category in ious:
             overwritten += 1
         ious[category] = official_mask_iou(pred_mask, gt_mask, gt_threshold)
+    return miou_of_pair_ious(per_pair, pairs, missing, overwritten)
+
+
+def miou_of_pair_ious(per_pair: dict[str, dict[str, float]], pairs: int, missing: int, overwritten: int) -> dict:
+    """The official per-image mean of (image, class) IoUs, then the mean over images (NaN images skipped,
+    as the official loop does); shared by :func:`segmentation_miou` and the streaming reducer."""
     per_image: dict[str, float] = {}
     skipped = 0
     for key, ious in per_pair.items():
