@@ -46,6 +46,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # Every test image (at least 50 per benchmark in the mini test splits, so a metric and its
         # 95 % interval mean something) and 50 ADE20K images for Table 3's held-out phrasings.
         "eval": {"max_images": None, "heldout_images": 50},
+        # The speed-quality curve on 6 images per in-domain benchmark (192 queries per point): the `paper`
+        # preset (300 UNet evaluations per query, ~1 s per query on 2 cores) for FP only; every checkpoint
+        # with `one`; the guidance sweep with the one-step sampler (3 UNet evaluations per query).
+        "speed_quality": {"grid": ("fp:paper", "fp:few:4", "fp:one", "rp:one", "fp_onestep:one", "rp_onestep:one"),
+                          "guidance": ("3.0/1.5", "7.5/1.5"), "guidance_sampler": "one", "guidance_checkpoints": ("fp",),
+                          "images": 6},
     },
     # Paper: the official recipe (AlaaLab/InstructCV configs/train_rp_model.yaml, scripts/slurm_train).
     "paper": {
@@ -73,6 +79,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # on every test image, and the paper's 200 ADE20K images for Table 3.
         "sampler": {"steps": 100, "batch_size": 64, "dtype": "float16"},
         "eval": {"max_images": None, "heldout_images": 200},
+        # Every checkpoint under every preset and the guidance sweep of Fig. 3 (paper sampler, FP), on 50
+        # images per in-domain benchmark (`SpeedQualityConfig`'s defaults).
+        "speed_quality": {},
     },
 }
 

@@ -12,6 +12,7 @@ from assets.evaluate_shards import eval_shards_fp, eval_shards_rp
 from assets.instructions import heldout_instructions, paraphrase_bank, paraphrase_bank_variety
 from assets.model import base_model
 from assets.plan import cost_plan
+from assets.speed_quality import speed_quality
 from assets.raw import raw_assets, raw_catalog, raw_checks
 from assets.train import instructcv_fp_checkpoint, instructcv_rp_checkpoint
 from pipelines.jobs import full_reproduction, raw_data, sharded_evaluation, sharded_evaluation_k8s_job
@@ -27,7 +28,7 @@ defs = dg.Definitions(
         paraphrase_bank, heldout_instructions,
         encoded_pairs, fp_manifest, rp_manifest, test_manifests, cost_plan,
         base_model, instructcv_fp_checkpoint, instructcv_rp_checkpoint,
-        *EVAL_ASSETS, results_tables, eval_shards_fp, eval_shards_rp,
+        *EVAL_ASSETS, results_tables, speed_quality, eval_shards_fp, eval_shards_rp,
     ],
     asset_checks=[*raw_checks, paraphrase_bank_variety, *manifest_checks],
     jobs=[full_reproduction, raw_data, sharded_evaluation, sharded_evaluation_k8s_job()],

@@ -59,6 +59,9 @@ TINY_TRAINING = {
     # two images per benchmark, one for Table 3, two denoising steps, two category swaps and one image's task switches
     **{f"evaluate_{v}": {"config": {"steps": 2, "max_images": 2, "heldout_images": 1, "following_pairs": 2,
                                     "following_images": 1}} for v in ("fp", "rp", "untrained")},
+    # one image per in-domain benchmark, a two-step and a one-step point per checkpoint, one guidance point
+    "speed_quality": {"config": {"images": 1, "grid": ["fp:few:2", "fp:one", "rp:one", "fp_onestep:one", "rp_onestep:one"],
+                                 "guidance": ["3.0/1.5"]}},
 }
 BENCHMARKS = ("nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub", "fss1000")
 
@@ -130,6 +133,13 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipelin
     assert {n for _, n in failed} <= {"beats_untrained", "follows_instructions"}
     in_domain = [b for b in BENCHMARKS if BENCHMARK_TABLE[b].in_domain]
     assert {(f"eval_{b}_{v}", "follows_instructions") for b in in_domain for v in ("fp", "rp")} <= failed
+    # the speed-quality curve needs the checkpoints only: it is measured whatever the checks say
+    (curve,) = result.asset_materializations_for_node("speed_quality")
+    frame = pd.read_parquet(curve.metadata["path"].value)
+    assert sorted(set(zip(frame["checkpoint"], frame["sampler"]))) == [
+        ("fp", "few-2"), ("fp", "one"), ("fp", "one+cfg(3/1.5)"), ("fp_onestep", "one"), ("rp", "one"),
+        ("rp_onestep", "one")]
+    assert set(frame["benchmark"]) == {"nyuv2", "ade20k", "coco", "pets"} and (frame["n"] == 1).all()
     # the job fails at those steps, naming the checks, and skips the tables
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -326,6 +336,10 @@ def test_readme_cli_command_runs_the_job(tmp_path):
     valid = {(e.asset_key.to_user_string(), e.passed) for e in evaluations if e.check_name == "metrics_valid"}
     expected = {f"eval_{b}_{v}" for b in BENCHMARKS for v in ("fp", "rp", "untrained")}
     assert {key for key, _ in valid} >= expected and all(passed for _, passed in valid), sorted(valid)
+    # the one-step fine-tunes and the speed-quality curve need the checkpoints only: always materialised
+    records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    materialised = {r.event_log_entry.dagster_event.asset_key.to_user_string() for r in records}
+    assert {"instructcv_fp_onestep_checkpoint", "instructcv_rp_onestep_checkpoint", "speed_quality"} <= materialised
     failed = sorted((e.asset_key.to_user_string(), e.check_name) for e in evaluations
                     if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR)
     if not failed:
