@@ -179,6 +179,8 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
         with mlflow_tracking.start_run(context, settings, run_name=f"eval-{variant}-{settings.profile}",
                                        tags={"stage": "eval", "variant": variant, "checkpoint": checkpoint}) as (run, url):
             mlflow.log_params({"checkpoint": checkpoint, **{f"sampler.{k}": v for k, v in core.sampler.to_dict().items()},
+                               "sampler.label": core.sampler.label,
+                               "sampler.unet_evals_per_query": core.sampler.unet_evals_per_query,
                                "protocols": ",".join(core.protocols), "max_images": core.max_images,
                                "instructions": core.instructions,
                                "heldout_images": core.heldout_images, "standard_classes": core.standard_classes})
@@ -226,6 +228,7 @@ def _metadata(result, url: str) -> dict:
     from PIL import Image
 
     frame = __import__("pandas").read_parquet(result.paths["metrics"])
+    sampler = SamplerConfig(**result.identity["sampler"])
     with Image.open(result.paths["samples"]) as grid:
         grid_md = png_markdown(grid.copy(), f"{result.benchmark} samples", max_width=384)
     meta = {
@@ -237,6 +240,8 @@ def _metadata(result, url: str) -> dict:
         "results_dir": dg.MetadataValue.path(result.paths["dir"]),
         "checkpoint": str(result.identity["checkpoint"]),
         "sampler": dg.MetadataValue.json(result.identity["sampler"]),
+        "sampler_label": sampler.label,  # paper, few-4, one, ... (derived from the values)
+        "unet_evals_per_query": sampler.unet_evals_per_query,
         "mlflow_run": dg.MetadataValue.url(url),
     }
     for protocol, values in result.metrics.items():

@@ -4,9 +4,14 @@ Each stage has one config dataclass (``TrainConfig``, ``BaseModelConfig``, ...) 
 knobs: the default, a help text (``metadata["help"]``, see :func:`knob`) and the validation
 (``__post_init__``) live where the knob is declared. What differs between the ``mini`` and the
 ``paper`` profile lives here, in :data:`PRESETS`, and nowhere else. A stage's config is resolved in
-four layers, later ones winning (:func:`resolve`)::
+layers, later ones winning (:func:`resolve`)::
 
-    dataclass defaults  <  PRESETS[profile][stage]  <  overrides (a run config)  <  fixed (settings, upstream paths)
+    dataclass defaults  <  PRESETS[profile][stage]  <  the named preset  <  overrides (a run config)  <  fixed
+
+(fixed: settings, upstream paths). The named preset exists for configs that declare
+``NAMED_PRESETS`` and a ``preset`` field (``SamplerConfig``: ``paper``, ``few``, ``one``): the
+``preset`` value that wins over the other layers picks it, so a profile can say ``preset: one`` and
+a run config ``preset: few`` with ``steps: 8``.
 
 Unknown keys are refused by name at every layer, so a misspelt preset or override cannot be
 silently ignored. No Dagster here: the Dagster run-config classes are generated from the same
@@ -37,12 +42,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # Box outlines 12 px wide at the original resolution (~170 px mini images): ~4.5 px at 64 px,
         # where the official 4 px (1.5 px) do not survive the tiny autoencoder (round-trip outline IoU 0).
         "build": {"box_width": 12},
-        # One deterministic, unguided denoising step from pure noise (trailing spacing: t = 999), i.e.
+        # The `one` sampler preset: one deterministic, unguided denoising step from pure noise (DDIM,
+        # trailing spacing: t = 999), i.e.
         # the model's own estimate of the target: evaluating every query of every benchmark (~13,500 for
         # FP, RP and the untrained base) costs minutes on a CPU, where 8 guided Euler-ancestral steps
         # cost 24 UNet passes per query (docs/benchmarks.md, "The mini recipe").
-        "sampler": {"steps": 1, "scheduler": "ddim", "timestep_spacing": "trailing", "text_guidance": 1.0,
-                    "image_guidance": 1.0, "batch_size": 64, "dtype": "float32"},
+        "sampler": {"preset": "one", "batch_size": 64, "dtype": "float32"},
         # Every test image (at least 50 per benchmark in the mini test splits, so a metric and its
         # 95 % interval mean something) and 50 ADE20K images for Table 3's held-out phrasings.
         "eval": {"max_images": None, "heldout_images": 50},
@@ -77,7 +82,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "build": {},
         # The official evaluation recipe (100 Euler-ancestral steps, float16 as the official autocast)
         # on every test image, and the paper's 200 ADE20K images for Table 3.
-        "sampler": {"steps": 100, "batch_size": 64, "dtype": "float16"},
+        "sampler": {"preset": "paper", "batch_size": 64, "dtype": "float16"},
         "eval": {"max_images": None, "heldout_images": 200},
         # Every checkpoint under every preset and the guidance sweep of Fig. 3 (paper sampler, FP), on 50
         # images per in-domain benchmark (`SpeedQualityConfig`'s defaults).
@@ -108,15 +113,18 @@ def preset(profile: str, stage: str) -> dict[str, Any]:
 
 def resolve(config_cls: type[Config], profile: str, stage: str, overrides: Mapping[str, Any] | None = None,
             **fixed: Any) -> Config:
-    """``config_cls`` built from its defaults < the profile's preset < ``overrides`` < ``fixed``.
+    """``config_cls`` built from its defaults < the profile's preset < the named preset < ``overrides`` < ``fixed``.
 
     ``overrides`` are the knobs a user set (e.g. ``pipelines.config.run_config_overrides``); ``fixed``
-    are values that come from elsewhere (paths, seed, resolution from the settings). A key that is
-    not a field of ``config_cls`` raises a ValueError naming the key and where it came from; invalid
-    values raise from the dataclass's own validation (``__post_init__``), which names the field.
+    are values that come from elsewhere (paths, seed, resolution from the settings). The named preset
+    (:func:`named_preset`) applies to a ``config_cls`` with ``NAMED_PRESETS``. A key that is not a field
+    of ``config_cls`` raises a ValueError naming the key and where it came from; invalid values raise
+    from the dataclass's own validation (``__post_init__``), which names the field.
     """
     known = {f.name for f in dataclasses.fields(config_cls)}
-    layers = (("preset " + f"{profile}/{stage}", preset(profile, stage)), ("overrides", dict(overrides or {})),
+    profile_layer, overrides = preset(profile, stage), dict(overrides or {})
+    name, named = named_preset(config_cls, {**profile_layer, **overrides, **fixed})
+    layers = (("preset " + f"{profile}/{stage}", profile_layer), (f"named preset {name}", named), ("overrides", overrides),
               ("fixed values", fixed))
     values: dict[str, Any] = {}
     for origin, layer in layers:
@@ -128,6 +136,20 @@ def resolve(config_cls: type[Config], profile: str, stage: str, overrides: Mappi
     config = config_cls(**values)
     refuse_nan(config)
     return config
+
+
+def named_preset(config_cls: type, values: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, knobs) of the named preset ``values["preset"]`` picks from ``config_cls.NAMED_PRESETS``;
+    ("", {}) when the class has none or no preset is named. An unknown name raises a ValueError naming
+    the known ones."""
+    presets = getattr(config_cls, "NAMED_PRESETS", None)
+    name = values.get("preset") or ""
+    if presets is None or not name:
+        return "", {}
+    if name not in presets:
+        raise ValueError(f"{config_cls.__name__}: preset {name!r} unknown; choose one of {', '.join(sorted(presets))} "
+                         "(or empty: none)")
+    return name, dict(presets[name])
 
 
 def refuse_nan(config: Any) -> None:

@@ -262,7 +262,8 @@ def test_tables_read_exactly_their_sources_and_record_each_cell(tmp_path):
     assert set(results["source"]) == {str(path) for path in sources.values()}
     cell = results[(results["variant"] == "rp") & (results["benchmark"] == "nyuv2") & (results["protocol"] == "paper")].iloc[0]
     assert (cell["value"], cell["n"], cell["checkpoint"], cell["instructions"]) == (1.3, 2, "ckpt@0123", "fp")
-    assert cell["sampler"] == "scheduler euler_ancestral, steps 100, text_guidance 7.5, image_guidance 1.5, resolution 256, dtype float16"
+    assert cell["sampler"] == ("paper: scheduler euler_ancestral, steps 100, text_guidance 7.5, image_guidance 1.5, "
+                              "resolution 256, dtype float16")
     assert cell["image_set"].startswith("2 images #")
     assert T.read_results({("fp", "nyuv2"): None}).empty
     with pytest.raises(ValueError, match="holds results of coco, expected nyuv2"):

@@ -180,7 +180,7 @@ def test_eval_config_takes_the_profile_preset_then_the_run_config():
     from pipelines.resources import InstructCVSettings
 
     mini = eval_config(EvalAssetConfig(), InstructCVSettings(profile="mini", seed=3))
-    mini_sampler = SamplerConfig(steps=1, scheduler="ddim", timestep_spacing="trailing", text_guidance=1.0,
+    mini_sampler = SamplerConfig(preset="one", steps=1, scheduler="ddim", timestep_spacing="trailing", text_guidance=1.0,
                                  image_guidance=1.0, batch_size=64, dtype="float32", resolution=64)
     assert not mini_sampler.guided and mini_sampler.unet_evaluations(10) == 10
     assert mini == EvalConfig(sampler=mini_sampler,

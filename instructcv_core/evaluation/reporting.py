@@ -17,14 +17,16 @@ from instructcv_core.tasks.base import ImageReader
 
 #: The columns of ``metrics.parquet``: ``n`` is the number of images a metric is computed on,
 #: ``ci_low``/``ci_high`` its 95 % percentile-bootstrap interval over those images (NaN: none),
-#: ``subset`` whether it was scored on a seeded subset of the images (subset mode, `evaluation.subset`).
-METRICS_COLUMNS = ["benchmark", "protocol", "metric", "value", "n", "ci_low", "ci_high", "mlflow_key", "subset"]
+#: ``subset`` whether it was scored on a seeded subset of the images (subset mode, `evaluation.subset`),
+#: ``sampler`` the label of the sampler that generated the outputs (``SamplerConfig.label``: paper, few-4, one, ...).
+METRICS_COLUMNS = ["benchmark", "protocol", "metric", "value", "n", "ci_low", "ci_high", "mlflow_key", "subset", "sampler"]
 
 
 def metrics_table(benchmark: str, metrics: dict[str, dict[str, float]], intervals: dict | None = None,
-                  subset: Iterable[str] = ()) -> pd.DataFrame:
+                  subset: Iterable[str] = (), sampler: str = "") -> pd.DataFrame:
     """One row per (protocol, metric): value, images, 95 % interval, the MLflow key it is logged under,
-    and ``subset = True`` for the protocols in ``subset`` (scored on a seeded subset of the images)."""
+    ``subset = True`` for the protocols in ``subset`` (scored on a seeded subset of the images) and
+    ``sampler``, the sampler's label."""
     from instructcv_core.evaluation.intervals import Interval
 
     none = Interval(0, math.nan, math.nan)
@@ -35,9 +37,10 @@ def metrics_table(benchmark: str, metrics: dict[str, dict[str, float]], interval
             interval = (intervals or {}).get(protocol, {}).get(metric, none)
             rows.append({"benchmark": benchmark, "protocol": protocol, "metric": metric, "value": value,
                          "n": int(interval.n), "ci_low": interval.low, "ci_high": interval.high,
-                         "mlflow_key": f"eval/{benchmark}/{protocol}/{metric}", "subset": protocol in subset})
+                         "mlflow_key": f"eval/{benchmark}/{protocol}/{metric}", "subset": protocol in subset,
+                         "sampler": sampler})
     return pd.DataFrame(rows, columns=METRICS_COLUMNS).astype({"n": "int64", "ci_low": "float64", "ci_high": "float64",
-                                                               "subset": "bool"})
+                                                               "subset": "bool", "sampler": "str"})
 
 
 def file_digest(path: Path) -> str:

@@ -102,7 +102,8 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
     write_table_frame(table, outputs_path)
     if not reused:
         atomic_write_text(identity_path, json.dumps(identity, indent=1, sort_keys=True))
-    metrics_frame = metrics_table(name, scores.metrics, scores.intervals, subset_protocols(bench.image_ids, config, name))
+    metrics_frame = metrics_table(name, scores.metrics, scores.intervals, subset_protocols(bench.image_ids, config, name),
+                                  sampler=config.sampler.label)
     write_table_frame(metrics_frame, out_dir / "metrics.parquet")
     atomic_write_text(out_dir / "metrics.md", metrics_frame.to_markdown(index=False, floatfmt=".4g") + "\n")
     atomic_write_text(out_dir / "details.json", json.dumps(jsonable(scores.details), indent=1, sort_keys=True))
@@ -112,6 +113,7 @@ def evaluate_benchmark(name: str, sampler_factory: Callable[[], object], checkpo
               "paper_queries": int(queries["paper"].sum()), "standard_queries": int(queries["standard"].sum()),
               "standard_images": int(queries.loc[queries["standard"], "image_id"].nunique()),
               "unet_evaluations": config.sampler.unet_evaluations(generated),
+              "unet_evals_per_query": config.sampler.unet_evals_per_query,
               "generation_seconds": round(seconds, 2), "reused": reused}
     paths = {"dir": str(out_dir), "queries": str(outputs_path), "metrics": str(out_dir / "metrics.parquet"),
              "metrics_md": str(out_dir / "metrics.md"), "samples": str(out_dir / "samples.png")}

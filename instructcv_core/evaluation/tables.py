@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import fields
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def table1_columns() -> list[str]:
 
 
 #: Sampler settings that change the outputs (batch size and device do not: every output has its own seed).
-SAMPLER_KEYS = ("scheduler", "steps", "text_guidance", "image_guidance", "resolution", "dtype")
+SAMPLER_KEYS = ("scheduler", "timestep_spacing", "steps", "text_guidance", "image_guidance", "resolution", "dtype")
 #: One row per (variant, benchmark, protocol, metric): the value and where it comes from.
 CELL_COLUMNS = ["variant", "benchmark", "protocol", "metric", "value", "ci_low", "ci_high", "n", "checkpoint",
                 "sampler", "image_set", "instructions", "source"]
@@ -76,7 +77,9 @@ def read_result(directory: Path, variant: str) -> pd.DataFrame:
     ``identity.json`` (checkpoint, test manifest digest, sampler, how the instructions were asked)
     and ``queries.parquet`` (the images evaluated). ``n`` is the metrics table's own sample size
     where it has one, else the number of images; ``image_set`` is a digest of the test manifest and
-    the evaluated image ids; ``sampler`` a readable summary of the settings that change the outputs.
+    the evaluated image ids; ``sampler`` the sampler's label (``paper``, ``few-4``, ``one``, ...,
+    :attr:`~instructcv_core.inference.config.SamplerConfig.label`, derived from the recorded values)
+    followed by the settings that change the outputs.
     """
     directory = Path(directory)
     paths = {name: directory / name for name in ("metrics.parquet", "identity.json", "queries.parquet")}
@@ -99,12 +102,24 @@ def read_result(directory: Path, variant: str) -> pd.DataFrame:
         "ci_high": metrics["ci_high"].astype(float) if "ci_high" in metrics else math.nan,
         "n": metrics["n"].astype("Int64") if "n" in metrics else len(images),
         "checkpoint": str(identity.get("checkpoint", "")),
-        "sampler": ", ".join(f"{k} {sampler[k]}" for k in SAMPLER_KEYS if k in sampler),
+        "sampler": sampler_summary(sampler),
         "image_set": f"{len(images)} images #{image_set}",
         "instructions": str(identity.get("instructions", "fp templates (not recorded)")),
         "source": str(directory),
     })
     return cells[CELL_COLUMNS]
+
+
+def sampler_summary(sampler: Mapping) -> str:
+    """A recorded sampler config (``identity.json``) as ``<label>: <settings that change the outputs>``,
+    e.g. ``one: scheduler ddim, timestep_spacing trailing, steps 1, ...`` (an empty timestep spacing,
+    the model's own, is left out). The label is computed from
+    the recorded values, so results written before sampler presets existed get theirs too."""
+    from instructcv_core.inference.config import SamplerConfig
+
+    known = {f.name for f in fields(SamplerConfig)}
+    label = SamplerConfig(**{k: v for k, v in sampler.items() if k in known}).label
+    return f"{label}: " + ", ".join(f"{k} {sampler[k]}" for k in SAMPLER_KEYS if sampler.get(k, "") != "")
 
 
 def read_results(sources: Mapping[tuple[str, str], Path | None]) -> pd.DataFrame:
@@ -300,6 +315,6 @@ def _cell_text(value) -> str:
     return str(value)
 
 
-__all__ = ["CELL_COLUMNS", "PAPER_NOTES", "TABLE1_BASELINES", "TABLE2_BASELINES", "IncomparableCells", "cells_table",
-           "check_comparable", "read_result", "read_results", "table1", "table1_baselines", "table1_columns", "table2",
+__all__ = ["CELL_COLUMNS", "PAPER_NOTES", "SAMPLER_KEYS", "TABLE1_BASELINES", "TABLE2_BASELINES", "IncomparableCells", "cells_table",
+           "check_comparable", "read_result", "read_results", "sampler_summary", "table1", "table1_baselines", "table1_columns", "table2",
            "table3", "table_notes", "table_rows", "to_markdown"]

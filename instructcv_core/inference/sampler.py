@@ -14,8 +14,12 @@ InstructCV asks many instructions of one image (every category of a benchmark), 
   called with ``generator=torch.Generator().manual_seed(seed)`` (tested).
 
 Steps, guidance scales, scheduler and resolution are :class:`SamplerConfig`, so the paper recipe
-(100 Euler-ancestral steps, s_T 7.5, s_I 1.5, 256²), the guidance sweep of Fig. 3 and a fast
-few-step setting are configurations of the same code.
+(100 Euler-ancestral steps, s_T 7.5, s_I 1.5, 256²), the guidance sweep of Fig. 3 and the fast
+presets (``few``: a few DDIM steps; ``one``: one deterministic step at t = 999) are configurations
+of the same code. DDIM always runs with ``set_alpha_to_one`` and without ``clip_sample``: its last
+step then returns exactly the x0 the model predicts (SD v1.5's scheduler config says
+``set_alpha_to_one: false``, which would add sqrt(1 - alpha_0) of the predicted noise to it), so one
+trailing step is one UNet evaluation whose output is the model's own estimate of the target.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ class InstructCVSampler:
         self._scheduler_config = dict(scheduler_config)
         if config.timestep_spacing:
             self._scheduler_config["timestep_spacing"] = config.timestep_spacing
+        if config.scheduler == "ddim":  # the last step ends on x0 itself, unclipped (module docstring)
+            self._scheduler_config.update(set_alpha_to_one=True, clip_sample=False)
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._image_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._null_text = self._encode_texts([""])[0]
@@ -150,6 +156,13 @@ class InstructCVSampler:
 
     @torch.no_grad()
     def _generate_batch(self, requests: Sequence[Request], images: Mapping[str, np.ndarray]) -> np.ndarray:
+        latents = self.denoise(requests, images)
+        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        return tensor_to_images(decoded)
+
+    @torch.no_grad()
+    def denoise(self, requests: Sequence[Request], images: Mapping[str, np.ndarray]) -> torch.Tensor:
+        """The final (scaled) latents of one batch of requests, before decoding."""
         cfg, n = self.config, len(requests)
         scheduler = self._scheduler_cls.from_config(self._scheduler_config)
         scheduler.set_timesteps(cfg.steps, device=self.device)
@@ -180,8 +193,7 @@ class InstructCVSampler:
                 pred = (pred_uncond + cfg.text_guidance * (pred_text - pred_image)
                         + cfg.image_guidance * (pred_image - pred_uncond))
             latents = scheduler.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
-        decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-        return tensor_to_images(decoded)
+        return latents
 
 
 __all__ = ["DTYPES", "InstructCVSampler", "Request", "SamplerConfig", "resolve_device"]
