@@ -18,7 +18,7 @@ def test_specs_parse_and_bad_ones_are_named():
     assert sq.parse_preset("few:6") == ("few", 6)
     assert sq.parse_preset("one") == ("one", None)
     assert sq.parse_guidance("7.5/1.5") == (7.5, 1.5)
-    for bad in ("fast", "one:2", "paper:50", "few:"):
+    for bad in ("fast", "one:2", "paper:50", "few:", "few:12"):
         with pytest.raises(ValueError, match="speed-quality: sampler"):
             sq.parse_preset(bad)
     with pytest.raises(ValueError, match="speed-quality: guidance '7.5'"):
@@ -54,10 +54,10 @@ def test_points_cover_every_checkpoint_and_preset_and_the_sweep_once():
 
 
 def _result(value: float, unet_evaluations: int, seconds: float) -> BenchmarkResult:
-    return BenchmarkResult("nyuv2", {"standard": {"absrel": value}}, {}, {
+    return BenchmarkResult("nyuv2", {"standard": {"rmse": value}}, {}, {
         "images": 4, "queries": 4, "standard_queries": 4, "unet_evaluations": unet_evaluations,
         "generation_seconds": seconds, "reused": unet_evaluations == 0}, {}, {},
-        {"standard": {"absrel": Interval(4, value - 0.01, value + 0.02)}})
+        {"standard": {"rmse": Interval(4, value - 0.01, value + 0.02)}})
 
 
 def test_measure_point_keeps_the_throughput_it_measured_when_outputs_are_reused(tmp_path):
@@ -65,7 +65,7 @@ def test_measure_point_keeps_the_throughput_it_measured_when_outputs_are_reused(
     rows = sq.measure_point(point, ["nyuv2"], lambda name, out: _result(0.25, 24, 2.0), tmp_path, "cpu")
     assert rows[0]["images_per_second"] == 2.0 and rows[0]["unet_evals_per_query"] == 6
     assert (rows[0]["value"], rows[0]["ci_low"], rows[0]["ci_high"], rows[0]["n"]) == (0.25, 0.24, 0.27, 4)
-    assert rows[0]["metric"] == "absrel" and rows[0]["higher_is_better"] is False
+    assert rows[0]["metric"] == "rmse" and rows[0]["higher_is_better"] is False
     again = sq.measure_point(point, ["nyuv2"], lambda name, out: _result(0.25, 0, 0.01), tmp_path, "cpu")
     assert again[0]["images_per_second"] == 2.0  # not 4 outputs / 0.01 s of reuse
     path = sq.point_dir(tmp_path, point) / "nyuv2" / "throughput.json"
@@ -113,7 +113,7 @@ def test_the_asset_writes_the_curve_and_its_plot(tiny_pipeline_dir, tmp_path):
         assert [(r.checkpoint, r.sampler, r.unet_evals_per_query) for r in frame.itertuples()] == [
             ("fp", "few-2", 6), ("fp", "one", 1), ("fp", "one+cfg(3/1.5)", 3), ("fp_onestep", "few-2", 6),
             ("fp_onestep", "one", 1)]
-        assert (frame["n"] == 3).all() and (frame["metric"] == "absrel").all()
+        assert (frame["n"] == 3).all() and (frame["metric"] == "rmse").all()
         assert all(math.isfinite(v) and v > 0 for v in frame["images_per_second"])
         assert all(r.ci_low <= r.value <= r.ci_high for r in frame.itertuples())
         assert (profile / "tables" / "speed_quality.png").read_bytes()[:4] == b"\x89PNG"

@@ -99,8 +99,12 @@ def parse_preset(spec: str) -> tuple[str, int | None]:
     if match is None:
         raise ValueError(f"speed-quality: sampler {spec!r} is not paper, few, few:<steps> or one")
     preset, steps = match.group(1), match.group(2)
+    from instructcv_core.inference.config import FEW_STEPS
+
     if steps is not None and preset != "few":
-        raise ValueError(f"speed-quality: only the few preset takes a step count, got {spec!r}")
+        raise ValueError(f"speed-quality: sampler {spec!r}: only the few preset takes a step count")
+    if steps is not None and int(steps) not in FEW_STEPS:
+        raise ValueError(f"speed-quality: sampler {spec!r}: few takes {FEW_STEPS.start}..{FEW_STEPS.stop - 1} steps")
     return preset, None if steps is None else int(steps)
 
 

@@ -60,6 +60,7 @@ class InstructCVSampler:
         self.text_encoder = text_encoder.to(self.device, self.dtype).eval()
         self.tokenizer = tokenizer
         self._scheduler_cls = getattr(diffusers, SCHEDULERS[config.scheduler])
+        self._model_scheduler_config = dict(scheduler_config)  # the model's own, before this config's changes
         self._scheduler_config = dict(scheduler_config)
         if config.timestep_spacing:
             self._scheduler_config["timestep_spacing"] = config.timestep_spacing
@@ -72,6 +73,14 @@ class InstructCVSampler:
         if self.unet.config.in_channels != expected:
             raise ValueError(f"the UNet takes {self.unet.config.in_channels} input channels; an InstructPix2Pix "
                              f"UNet takes {expected} (noisy latent + image latent)")
+
+    def with_config(self, config: SamplerConfig) -> InstructCVSampler:
+        """A sampler of the same model (the same modules, nothing reloaded) that samples as ``config`` says
+        (another preset, steps or guidance: the speed-quality curve asks one model many ways)."""
+        if (config.device, config.dtype) != (self.config.device, self.config.dtype):
+            raise ValueError("with_config keeps the model where it is: device and dtype must not change "
+                             f"({self.config.device}/{self.config.dtype} -> {config.device}/{config.dtype})")
+        return type(self)(self.unet, self.vae, self.text_encoder, self.tokenizer, self._model_scheduler_config, config)
 
     @classmethod
     def from_pretrained(cls, pipeline_dir: str | Path, config: SamplerConfig) -> InstructCVSampler:
