@@ -1,10 +1,21 @@
-"""Inference throughput: batched 3-way-CFG sampling versus the naive loop of the official scripts.
+"""Inference throughput: the sampler presets, and batched 3-way-CFG sampling versus the naive loop.
 
+    python benchmarks/inference_throughput.py --model tiny --resolution 64 \\
+        --presets paper few-4 few-10 one one+cfg --batch-sizes 32 --images 4 --instructions 8     # CPU
+    python benchmarks/inference_throughput.py --model sd15 --resolution 256 --dtype float16 \\
+        --presets paper few-4 few-10 one one+cfg --batch-sizes 64 --images 16 --instructions 16  # GPU
     python benchmarks/inference_throughput.py --model tiny --resolution 64 --steps 10           # CPU
     python benchmarks/inference_throughput.py --model sd15 --resolution 256 --steps 100 \\
         --dtype float16 --batch-sizes 1 16 64 --images 8 --instructions 8                        # GPU
 
-`naive` calls the stock diffusers `StableDiffusionInstructPix2PixPipeline` once per (image,
+`--presets`: one row per sampler preset (`instructcv_core.inference.config.SAMPLER_PRESETS`):
+`paper` (100 Euler-ancestral steps, 3-way guidance), `few-<n>` (n trailing DDIM steps, guided),
+`one` (one unguided DDIM step at t = 999) and `one+cfg` (the same step with the paper's guidance),
+each generating the same requests with the batched sampler at the first `--batch-sizes` value:
+images/s, UNet evaluations per query, seconds per image and the speed-up over `paper` (median of
+`--repeats` timed runs after a warm-up batch).
+
+Without `--presets`: `naive` calls the stock diffusers `StableDiffusionInstructPix2PixPipeline` once per (image,
 instruction), as the official evaluation scripts call their sampler: the image is re-encoded and the
 instruction re-embedded every time. `batched` is `instructcv_core.inference.sampler.InstructCVSampler`: one
 UNet call for the three guidance branches of a whole batch, each image encoded once and each
@@ -20,6 +31,8 @@ Printed: images/s, seconds per image, UNet evaluations/s, and batch-1 latency.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.train_throughput import SD15_UNET, SD15_VAE  # noqa: E402
-from instructcv_core.inference.config import Request, SamplerConfig  # noqa: E402
+from instructcv_core.inference.config import PAPER_GUIDANCE, Request, SamplerConfig  # noqa: E402
 from instructcv_core.inference.sampler import InstructCVSampler  # noqa: E402
 
 
@@ -107,6 +120,34 @@ def time_naive(sampler: InstructCVSampler, requests, pictures) -> float:
     return time.perf_counter() - start
 
 
+def preset_config(spec: str, **knobs) -> SamplerConfig:
+    """A preset row of the command line as a config: paper | few-<steps> | one | one+cfg (the paper's guidance)."""
+    if spec.startswith("few-"):
+        return SamplerConfig.from_preset("few", steps=int(spec[4:]), **knobs)
+    if spec == "one+cfg":
+        return SamplerConfig.from_preset("one", text_guidance=PAPER_GUIDANCE[0], image_guidance=PAPER_GUIDANCE[1], **knobs)
+    if spec in ("paper", "one"):
+        return SamplerConfig.from_preset(spec, **knobs)
+    raise SystemExit(f"--presets: {spec!r} unknown; use paper, few-<2..10>, one or one+cfg")
+
+
+def compare_presets(components, specs: list[str], requests, pictures, knobs: dict, repeats: int) -> None:
+    """One row per preset: the same requests, batched; median of ``repeats`` timings after a warm-up batch."""
+    configs = [preset_config(spec, **knobs) for spec in specs]
+    print(f"{'preset':<20}{'batch':>6}{'UNet evals/query':>18}{'images/s':>11}{'s/image':>10}{'speed-up':>10}")
+    rates = {}
+    for config in configs:
+        sampler = InstructCVSampler(*components, config=config)
+        sampler.config = dataclasses.replace(config, preset="", steps=1)  # warm-up: kernels, allocator, batch shape
+        time_batched(sampler, requests[: config.batch_size], pictures)
+        sampler.config = config
+        seconds = statistics.median(time_batched(sampler, requests, pictures) for _ in range(repeats))
+        rates[config.label] = len(requests) / seconds
+        speedup = f"{rates[config.label] / rates['paper']:.1f}x" if "paper" in rates else "–"
+        print(f"{config.label:<20}{config.batch_size:>6}{config.unet_evals_per_query:>18}{rates[config.label]:>11.3f}"
+              f"{seconds / len(requests):>10.4f}{speedup:>10}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny", "sd15"), default="tiny")
@@ -119,13 +160,28 @@ def main() -> None:
     parser.add_argument("--instructions", type=int, default=8, help="instructions asked of each image")
     parser.add_argument("--naive", type=int, default=8, help="requests timed with the naive loop (0: skip)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--presets", nargs="+", default=None, metavar="PRESET",
+                        help="compare sampler presets instead of batching: paper, few-<steps>, one, one+cfg "
+                             "(put paper first for the speed-up column)")
+    parser.add_argument("--repeats", type=int, default=3, help="--presets: timed runs per preset (the median is printed)")
     args = parser.parse_args()
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # no dtype-cast notice for every sampler built
     if args.threads:
         torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         components = build_components(args.model, Path(tmp), args.resolution)
         requests, pictures = requests_for(args.images, args.instructions)
+        if args.presets:
+            print(f"model={args.model} dtype={args.dtype} resolution={args.resolution} threads={torch.get_num_threads()} "
+                  f"requests={len(requests)} ({args.images} images x {args.instructions} instructions) "
+                  f"repeats={args.repeats} (median)")
+            compare_presets(components, args.presets, requests, pictures,
+                            {"resolution": args.resolution, "dtype": args.dtype, "batch_size": args.batch_sizes[0]},
+                            args.repeats)
+            return
         base = SamplerConfig(steps=args.steps, resolution=args.resolution, scheduler=args.scheduler, dtype=args.dtype,
                              batch_size=args.batch_sizes[0])
         sampler = InstructCVSampler(*components, config=base)
