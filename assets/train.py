@@ -87,11 +87,11 @@ def launch_command(config: TrainDeployment, config_path: Path, mixed_precision: 
     return command + ["-m", "instructcv_core.training", "--config", str(config_path)]
 
 
-def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition, *, manifest: str | None = None,
+def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition, *, manifest_name: str | None = None,
                      start_from: dg.AssetsDefinition | None = None, stage: str = "train",
                      description: str | None = None) -> dg.AssetsDefinition:
     """The asset ``instructcv_<variant>_checkpoint``: a `TrainConfig` of the ``stage`` preset trained on the
-    ``manifest`` (default: the variant's) through Pipes + accelerate, logged to MLflow as a run and a
+    ``manifest_name`` manifest (default: the variant's) through Pipes + accelerate, logged to MLflow as a run and a
     LoggedModel. ``start_from``: a checkpoint asset whose latest materialised pipeline is the base
     (default: the settings' base model)."""
     description = description or (
@@ -116,7 +116,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition, *, manif
         from instructcv_core.data.records import atomic_write_text
 
         base = upstream_pipeline(context.instance, start_from.key) if start_from is not None else None
-        train_config = resolved_train_config(config, settings, variant, manifest=manifest, stage=stage, base=base)
+        train_config = resolved_train_config(config, settings, variant, manifest=manifest_name, stage=stage, base=base)
         output = Path(train_config.output_dir)
         output.mkdir(parents=True, exist_ok=True)
         config_path = output / "train_config.yaml"
@@ -137,7 +137,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition, *, manif
             mlflow.log_params({k: v for k, v in values.items() if not k.startswith("mlflow")})
             mlflow.log_dict(values, "train_config.yaml")
             manifest = pd.read_parquet(train_config.manifest, columns=["pair_id", "task", "dataset", "instruction", "input_digest", "target_digest"])
-            mlflow.log_input(mlflow.data.from_pandas(manifest, source=train_config.manifest, name=variant), context="training")
+            mlflow.log_input(mlflow.data.from_pandas(manifest, source=train_config.manifest, name=manifest_name or variant), context="training")
 
             command = launch_command(config, config_path, train_config.mixed_precision)
             context.log.info("launching: " + " ".join(command))
@@ -221,7 +221,7 @@ def onestep_checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition,
     """``instructcv_<variant>_onestep_checkpoint``: the variant's InstructPix2Pix checkpoint fine-tuned end to
     end for one deterministic sampling step (the ``train_onestep`` preset; `instructcv_core.training.step`)."""
     return checkpoint_asset(
-        f"{variant}_onestep", manifest_asset, manifest=variant, start_from=ip2p_checkpoint, stage="train_onestep",
+        f"{variant}_onestep", manifest_asset, manifest_name=variant, start_from=ip2p_checkpoint, stage="train_onestep",
         description=f"InstructCV-{variant.upper()}, one-step: the {variant.upper()} checkpoint fine-tuned on its manifest "
         "for ONE deterministic DDIM step at t = T - 1 from Gaussian noise (Garcia et al. 2025: a task loss on the x0 "
         "that step predicts), saved as a StableDiffusionInstructPix2PixPipeline folder whose DDIM scheduler has "
