@@ -229,3 +229,34 @@ def test_onestep_assets_start_from_the_ip2p_checkpoints_with_the_onestep_preset(
     with dg.DagsterInstance.ephemeral() as instance:
         with pytest.raises(FileNotFoundError, match="instructcv_fp_checkpoint has never been materialised"):
             upstream_pipeline(instance, dg.AssetKey("instructcv_fp_checkpoint"))
+
+
+def test_onestep_asset_trains_from_the_materialised_ip2p_checkpoint_through_pipes(tiny_base, tmp_path):
+    """The asset body end to end (Pipes + accelerate + MLflow), from a reported FP materialisation."""
+    import dagster as dg
+
+    from assets.train import instructcv_fp_onestep_checkpoint
+    from pipelines.resources import InstructCVSettings, MlflowTracking
+
+    datasets = tmp_path / "data" / "mini" / "datasets"
+    manifest, _ = make_data(datasets, pairs=8)
+    shutil.move(manifest, datasets / "fp_manifest.parquet")
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "instructcv_fp_checkpoint", metadata={"checkpoint_path": dg.MetadataValue.path(str(tiny_base))}))
+        recipe = {"max_steps": 2, "train_batch_size": 4, "checkpointing_steps": 2, "cache_latents": False}
+        result = dg.materialize(
+            [instructcv_fp_onestep_checkpoint], instance=instance,
+            run_config={"ops": {"instructcv_fp_onestep_checkpoint": {"config": recipe}}},
+            resources={"settings": InstructCVSettings(data_root=str(tmp_path / "data"), progress_bars=False),
+                       "mlflow_tracking": MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+                       "pipes_subprocess_client": dg.PipesSubprocessClient(env={"OMP_NUM_THREADS": "1"})})
+    (mat,) = result.asset_materializations_for_node("instructcv_fp_onestep_checkpoint")
+    pipeline_dir = Path(mat.metadata["checkpoint_path"].value)
+    assert mat.metadata["steps"].value == 2 and pipeline_dir.parent.parent.name == "fp_onestep"
+    assert Path(mat.metadata["train_result"].value).is_file() and mat.metadata["mlflow_model_id"].value
+    config = json.loads(Path(mat.metadata["train_result"].value).read_text())["config"]
+    assert (config["objective"], config["base_model"], Path(config["manifest"]).name) == \
+        ("onestep", str(tiny_base), "fp_manifest.parquet")
+    scheduler = json.loads((pipeline_dir / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["_class_name"], scheduler["timestep_spacing"]) == ("DDIMScheduler", "trailing")
