@@ -102,8 +102,10 @@ def test_onestep_fine_tune_lowers_its_loss_and_saves_the_pipeline_that_runs_it(t
     from instructcv_core.model.prompts import encode_prompt
     from instructcv_core.training.step import predicted_x0
 
-    result = train(config_for(tiny_base, data, tmp_path / "run", max_steps=20, checkpointing_steps=20, **ONESTEP))
+    result = train(config_for(tiny_base, data, tmp_path / "run", max_steps=20, checkpointing_steps=20, sample_every=20,
+                              sample_rows=2, **ONESTEP))
     pipeline_dir = Path(result.pipeline_dir)
+    assert (tmp_path / "run" / "samples" / "step-000020.png").is_file()  # the preview samples one unguided step
     # Set before measuring: 20 steps at lr 1e-3 bring the one-step latent loss below 70 % of the start's
     # (the untrained tiny base's); a model that learned nothing stays at about 100 %.
     before, after = _mean_onestep_loss(tiny_base, data), _mean_onestep_loss(pipeline_dir, data)
