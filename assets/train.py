@@ -1,4 +1,7 @@
-"""Training stage (group `train`): the FP and RP checkpoints, trained in a subprocess via Dagster Pipes.
+"""Training stage (group `train`): the FP and RP checkpoints, trained in a subprocess via Dagster Pipes,
+and their one-step fine-tunes (``instructcv_fp_onestep_checkpoint``, ``instructcv_rp_onestep_checkpoint``):
+the same training code with ``objective: onestep``, started from the InstructPix2Pix checkpoint the
+upstream asset's latest materialisation names (its ``checkpoint_path`` metadata).
 
 Training runs as `accelerate launch ... -m instructcv_core.training --config <resolved.yaml>`, started by
 `PipesSubprocessClient`, so one GPU, several GPUs or several nodes is a config change (world size and
@@ -42,20 +45,24 @@ TrainAssetConfig = run_config_class(
     doc="The training recipe (every TrainConfig knob; unset: the profile's preset) and the deployment.")
 
 
-def resolved_train_config(config: TrainAssetConfig, settings: InstructCVSettings, variant: str) -> TrainConfig:
-    """The full `TrainConfig` of a variant: preset < run config < settings and upstream paths.
+def resolved_train_config(config: TrainAssetConfig, settings: InstructCVSettings, variant: str, *,
+                          manifest: str | None = None, stage: str = "train", base: str | None = None) -> TrainConfig:
+    """The full `TrainConfig` of a variant: the ``stage`` preset < run config < settings and upstream paths.
 
-    Its ``output_dir`` is the run's folder, ``train/<variant>/<run digest>`` (`training.checkpoint.run_digest`:
-    a digest of the resume key): the same run resumes from its own checkpoints (a killed run
-    continues) and a changed recipe, manifest or base model starts a fresh folder.
+    ``manifest``: the manifest's name (``fp``, ``rp``; default: the variant); ``base``: the model to
+    start from (default: the settings' base model). Its ``output_dir`` is the run's folder,
+    ``train/<variant>/<run digest>`` (`training.checkpoint.run_digest`: a digest of the resume key):
+    the same run resumes from its own checkpoints (a killed run continues) and a changed recipe,
+    manifest or base model starts a fresh folder.
     """
     from instructcv_core.training.checkpoint import run_digest
     from instructcv_core.training.recipe import resolve_for_manifest
 
     datasets = settings.profile_dir / "datasets"
     variant_dir = settings.profile_dir / "train" / variant
-    recipe = resolve(TrainConfig, settings.profile, "train", run_config_overrides(config),
-                     base_model=resolve_base_model(settings), manifest=str(datasets / f"{variant}_manifest.parquet"),
+    recipe = resolve(TrainConfig, settings.profile, stage, run_config_overrides(config),
+                     base_model=base or resolve_base_model(settings),
+                     manifest=str(datasets / f"{manifest or variant}_manifest.parquet"),
                      image_store=str(datasets / "images"), output_dir=str(variant_dir),
                      resolution=settings.resolution_px, seed=settings.seed, allow_network=settings.allow_network)
     world_size = config.num_processes * config.num_machines
@@ -80,16 +87,25 @@ def launch_command(config: TrainDeployment, config_path: Path, mixed_precision: 
     return command + ["-m", "instructcv_core.training", "--config", str(config_path)]
 
 
-def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.AssetsDefinition:
+def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition, *, manifest_name: str | None = None,
+                     start_from: dg.AssetsDefinition | None = None, stage: str = "train",
+                     description: str | None = None) -> dg.AssetsDefinition:
+    """The asset ``instructcv_<variant>_checkpoint``: a `TrainConfig` of the ``stage`` preset trained on the
+    ``manifest_name`` manifest (default: the variant's) through Pipes + accelerate, logged to MLflow as a run and a
+    LoggedModel. ``start_from``: a checkpoint asset whose latest materialised pipeline is the base
+    (default: the settings' base model)."""
+    description = description or (
+        f"InstructCV-{variant.upper()}: the base model instruction-tuned on the {variant.upper()} manifest "
+        "(InstructPix2Pix recipe: 8-channel conv_in, text/image conditioning dropout, EMA), saved as a diffusers "
+        "StableDiffusionInstructPix2PixPipeline folder.")
+
     @dg.asset(
         name=f"instructcv_{variant}_checkpoint",
         group_name="train",
-        deps=[manifest_asset, base_model],
+        deps=[manifest_asset, start_from or base_model],
         pool="gpu",
         kinds={"pytorch", "accelerate", "mlflow"},
-        description=f"InstructCV-{variant.upper()}: the base model instruction-tuned on the {variant.upper()} "
-        "manifest (InstructPix2Pix recipe: 8-channel conv_in, text/image conditioning dropout, EMA), "
-        "saved as a diffusers StableDiffusionInstructPix2PixPipeline folder.",
+        description=description,
     )
     def _checkpoint(context: dg.AssetExecutionContext, config: TrainAssetConfig, settings: InstructCVSettings,
                     mlflow_tracking: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
@@ -99,7 +115,8 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
 
         from instructcv_core.data.records import atomic_write_text
 
-        train_config = resolved_train_config(config, settings, variant)
+        base = upstream_pipeline(context.instance, start_from.key) if start_from is not None else None
+        train_config = resolved_train_config(config, settings, variant, manifest=manifest_name, stage=stage, base=base)
         output = Path(train_config.output_dir)
         output.mkdir(parents=True, exist_ok=True)
         config_path = output / "train_config.yaml"
@@ -120,7 +137,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
             mlflow.log_params({k: v for k, v in values.items() if not k.startswith("mlflow")})
             mlflow.log_dict(values, "train_config.yaml")
             manifest = pd.read_parquet(train_config.manifest, columns=["pair_id", "task", "dataset", "instruction", "input_digest", "target_digest"])
-            mlflow.log_input(mlflow.data.from_pandas(manifest, source=train_config.manifest, name=variant), context="training")
+            mlflow.log_input(mlflow.data.from_pandas(manifest, source=train_config.manifest, name=manifest_name or variant), context="training")
 
             command = launch_command(config, config_path, train_config.mixed_precision)
             context.log.info("launching: " + " ".join(command))
@@ -131,7 +148,8 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
             _write_pointer(settings, variant, output / "train_result.json")
             model = mlflow.initialize_logged_model(
                 name=f"instructcv-{variant}", source_run_id=run.info.run_id,
-                params={"base_model": train_config.base_model, "steps": str(summary["steps"])},
+                params={"base_model": train_config.base_model, "steps": str(summary["steps"]),
+                        "objective": train_config.objective},
                 tags={"checkpoint_path": summary["pipeline_dir"], "variant": variant, "profile": settings.profile},
             )
             mlflow.finalize_logged_model(model.model_id, "READY")
@@ -141,6 +159,23 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition) -> dg.As
         )
 
     return _checkpoint
+
+
+def upstream_pipeline(instance: dg.DagsterInstance, key: dg.AssetKey) -> str:
+    """The pipeline folder the latest materialisation of the checkpoint asset ``key`` recorded
+    (``checkpoint_path`` metadata): what a stage trained from that checkpoint starts from."""
+    event = instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise FileNotFoundError(f"{key.to_user_string()} has never been materialised: materialise it first")
+    metadata = event.asset_materialization.metadata
+    if "checkpoint_path" not in metadata:
+        raise ValueError(f"the latest materialisation of {key.to_user_string()} (run {event.run_id}) has no "
+                         "checkpoint_path metadata: re-materialise it")
+    path = Path(metadata["checkpoint_path"].value)
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"{path}: recorded by the latest materialisation of {key.to_user_string()} (run "
+                                f"{event.run_id}) but not a pipeline folder on disk (no model_index.json); re-materialise it")
+    return str(path)
 
 
 def checkpoint_pointer(settings: InstructCVSettings, variant: str) -> Path:
@@ -179,3 +214,19 @@ def _child_env() -> dict:
 
 instructcv_fp_checkpoint = checkpoint_asset("fp", fp_manifest)
 instructcv_rp_checkpoint = checkpoint_asset("rp", rp_manifest)
+
+
+def onestep_checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition,
+                             ip2p_checkpoint: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """``instructcv_<variant>_onestep_checkpoint``: the variant's InstructPix2Pix checkpoint fine-tuned end to
+    end for one deterministic sampling step (the ``train_onestep`` preset; `instructcv_core.training.step`)."""
+    return checkpoint_asset(
+        f"{variant}_onestep", manifest_asset, manifest_name=variant, start_from=ip2p_checkpoint, stage="train_onestep",
+        description=f"InstructCV-{variant.upper()}, one-step: the {variant.upper()} checkpoint fine-tuned on its manifest "
+        "for ONE deterministic DDIM step at t = T - 1 from Gaussian noise (Garcia et al. 2025: a task loss on the x0 "
+        "that step predicts), saved as a StableDiffusionInstructPix2PixPipeline folder whose DDIM scheduler has "
+        "trailing spacing, so one sampling step runs the model as trained.")
+
+
+instructcv_fp_onestep_checkpoint = onestep_checkpoint_asset("fp", fp_manifest, instructcv_fp_checkpoint)
+instructcv_rp_onestep_checkpoint = onestep_checkpoint_asset("rp", rp_manifest, instructcv_rp_checkpoint)

@@ -14,7 +14,8 @@ from assets.model import base_model
 from assets.plan import cost_plan
 from assets.speed_quality import speed_quality
 from assets.raw import raw_assets, raw_catalog, raw_checks
-from assets.train import instructcv_fp_checkpoint, instructcv_rp_checkpoint
+from assets.train import (instructcv_fp_checkpoint, instructcv_fp_onestep_checkpoint, instructcv_rp_checkpoint,
+                          instructcv_rp_onestep_checkpoint)
 from pipelines.jobs import full_reproduction, raw_data, sharded_evaluation, sharded_evaluation_k8s_job
 from pipelines.project import ensure_dagster_home
 from pipelines.resources import InstructCVSettings, MlflowTracking
@@ -28,6 +29,7 @@ defs = dg.Definitions(
         paraphrase_bank, heldout_instructions,
         encoded_pairs, fp_manifest, rp_manifest, test_manifests, cost_plan,
         base_model, instructcv_fp_checkpoint, instructcv_rp_checkpoint,
+        instructcv_fp_onestep_checkpoint, instructcv_rp_onestep_checkpoint,
         *EVAL_ASSETS, results_tables, speed_quality, eval_shards_fp, eval_shards_rp,
     ],
     asset_checks=[*raw_checks, paraphrase_bank_variety, *manifest_checks],

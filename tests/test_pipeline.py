@@ -55,7 +55,7 @@ def mirror_url(tmp_path_factory):
 TINY_TRAINING = {
     "base_model": {"config": {"fit_steps": 4, "fit_images": 64}},
     **{f"instructcv_{v}_checkpoint": {"config": {"max_steps": 3, "train_batch_size": 4,
-                                                 "checkpointing_steps": 2}} for v in ("fp", "rp")},
+                                                 "checkpointing_steps": 2}} for v in ("fp", "rp", "fp_onestep", "rp_onestep")},
     # two images per benchmark, one for Table 3, two denoising steps, two category swaps and one image's task switches
     **{f"evaluate_{v}": {"config": {"steps": 2, "max_images": 2, "heldout_images": 1, "following_pairs": 2,
                                     "following_images": 1}} for v in ("fp", "rp", "untrained")},
@@ -191,14 +191,17 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipelin
     assert [k for k in shards if after[k][0] != before[k][0]] == ["02"]
     assert after["02"][1] == before["02"][1]
 
-    # both checkpoints: trained through Pipes, loadable by stock diffusers, registered in MLflow
+    # the checkpoints and their one-step fine-tunes: trained through Pipes, loadable by stock diffusers,
+    # registered in MLflow; a one-step model carries the trailing DDIM scheduler it was trained for
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    for variant in ("fp", "rp"):
+    for variant in ("fp", "rp", "fp_onestep", "rp_onestep"):
         (mat,) = result.asset_materializations_for_node(f"instructcv_{variant}_checkpoint")
         assert mat.metadata["steps"].value == 3
         pipeline = StableDiffusionInstructPix2PixPipeline.from_pretrained(mat.metadata["checkpoint_path"].value)
         assert pipeline.unet.config.in_channels == 8
+        expected = ("DDIMScheduler", "trailing") if variant.endswith("onestep") else ("EulerAncestralDiscreteScheduler",)
+        assert (type(pipeline.scheduler).__name__, pipeline.scheduler.config.timestep_spacing)[:len(expected)] == expected
         run = client.get_run(mat.metadata["mlflow_run"].value.rsplit("/", 1)[-1])
         assert run.data.tags["dagster_run_id"] == result.run_id
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
@@ -295,7 +298,8 @@ def test_graph_shape():
     assert sorted(groups["instructions"]) == ["heldout_instructions", "paraphrase_bank"]
     assert sorted(groups["datasets"]) == ["encoded_pairs", "fp_manifest", "rp_manifest", "test_manifests"]
     assert groups["model"] == ["base_model"]
-    assert sorted(groups["train"]) == ["instructcv_fp_checkpoint", "instructcv_rp_checkpoint"]
+    assert sorted(groups["train"]) == ["instructcv_fp_checkpoint", "instructcv_fp_onestep_checkpoint",
+                                       "instructcv_rp_checkpoint", "instructcv_rp_onestep_checkpoint"]
     expected_eval = {f"eval_{b}_{v}" for b in BENCHMARKS for v in ("fp", "rp", "untrained")}
     expected_eval |= {"eval_ade20k_heldout_fp", "eval_ade20k_heldout_rp", "table1", "table2", "table3"}
     assert set(groups["eval"]) == expected_eval

@@ -12,6 +12,11 @@ What the official code does (reference §2 and §7) and where it is here:
 - EMA of the UNet weights, decay 0.9999 with LitEma's warm-up; the saved pipeline carries the EMA
   weights (:mod:`.setup`, :mod:`.export`).
 
+``objective: onestep`` trains the same way for one deterministic sampling step instead (Garcia et al.,
+WACV 2025): the UNet once at t = T - 1 from Gaussian noise, a loss on the x0 it predicts (latent, or
+through the frozen decoder in pixel space), the pipeline saved with a trailing-spacing DDIM scheduler
+(:mod:`.step`, :mod:`.export`).
+
 The pieces: :mod:`.config` (``TrainConfig``, every knob), :mod:`.data` (manifest, images, order,
 seeded draws), :mod:`.latent_cache` (images encoded once), :mod:`.setup`, :mod:`.step`,
 :mod:`.checkpoint` (checkpoints, the resume key), :mod:`.export` (the pipeline, previews),

@@ -30,6 +30,9 @@ TRAJECTORY_FIELDS = (
     "lr_scheduler", "lr_warmup_steps", "max_grad_norm", "max_steps", "seed", "mixed_precision", "use_ema",
     "ema_decay", "conditioning_dropout", "random_flip", "train_timesteps", "prediction_type", "cache_latents", "tasks",
 )
+#: The fields of the one-step objective: in the key of a one-step run only, so the key (and the folder
+#: name) of a diffusion run stays what it was before the objective existed.
+ONESTEP_FIELDS = ("objective", "onestep_loss")
 
 
 def file_digest(path: str | Path) -> str:
@@ -54,7 +57,8 @@ def resume_key(config: TrainConfig, num_processes: int) -> dict:
 
     # effective_batch_size and num_train_epochs count through what they resolve to (accumulation, max_steps)
     values = resolve_for_manifest(config, num_processes).to_dict()
-    return {**{name: values[name] for name in TRAJECTORY_FIELDS}, "num_processes": int(num_processes),
+    onestep = {name: values[name] for name in ONESTEP_FIELDS} if config.objective != "diffusion" else {}
+    return {**{name: values[name] for name in TRAJECTORY_FIELDS}, **onestep, "num_processes": int(num_processes),
             "manifest": file_digest(config.manifest), "base_model": base_identity(config.base_model)}
 
 

@@ -19,8 +19,17 @@ from instructcv_core.presets import knob
 MixedPrecision = Literal["no", "fp16", "bf16"]
 MIXED_PRECISION = typing.get_args(MixedPrecision)
 #: The `diffusers.optimization.get_scheduler` schedules that need no extra arguments.
-LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
+#: Plus "exponential": linear warm-up, then exponential decay to 1 % of the peak at max_steps (the
+#: schedule of Garcia et al.'s one-step fine-tuning, Marigold's `IterExponential`; `training.setup`).
+LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+                      "exponential"]
 LR_SCHEDULERS = typing.get_args(LrScheduler)
+#: What a run optimises: the InstructPix2Pix diffusion loss, or the one-step prediction (`training.step`).
+Objective = Literal["diffusion", "onestep"]
+OBJECTIVES = typing.get_args(Objective)
+#: The one-step loss: MSE on the x0 latent, or L1 / L2 on the decoded image in [-1, 1].
+OnestepLoss = Literal["latent", "pixel_l1", "pixel_l2"]
+ONESTEP_LOSSES = typing.get_args(OnestepLoss)
 
 
 @dataclass
@@ -69,6 +78,13 @@ class TrainConfig:
         "narrower high-noise range matches a few-step sampler that starts at pure noise (the mini profile).")
     prediction_type: Literal["epsilon", "v_prediction"] | None = knob(
         None, "Override the base scheduler's prediction type (unset: the base's).")
+    objective: Objective = knob(
+        "diffusion", "What is trained: `diffusion` (the InstructPix2Pix loss at random timesteps) or `onestep` (one "
+        "deterministic step at t = T - 1 from Gaussian noise, a task loss on the x0 it predicts; the pipeline is saved "
+        "with a trailing-spacing DDIM scheduler, so one sampling step runs the model as trained).")
+    onestep_loss: OnestepLoss = knob(
+        "latent", "The one-step loss: `latent` (MSE between x0 and the target's scaled posterior mean), `pixel_l1` or "
+        "`pixel_l2` (x0 decoded by the frozen VAE, whose decoder gradients pass through, against the target image).")
     cache_latents: bool = knob(False, "Encode every input and target once with the frozen VAE (VAE encoding "
                                       "dominates at small resolutions; same statistics).")
     dataloader_num_workers: int = knob(0, "DataLoader worker processes.")
@@ -100,6 +116,10 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise ValueError(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.onestep_loss not in ONESTEP_LOSSES:
+            raise ValueError(f"onestep_loss must be one of {ONESTEP_LOSSES}, got {self.onestep_loss!r}")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
         for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "log_every",

@@ -48,11 +48,16 @@ def check_images(frame, store, manifest: str | Path) -> None:
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """Manifest rows -> images in [-1, 1] (or their cached latent statistics) and the instruction."""
+    """Manifest rows -> images in [-1, 1] (or their cached latent statistics) and the instruction.
 
-    def __init__(self, frame, store, resolution: int, latent_cache=None):
+    ``target_images``: with a latent cache, also give the target image (unflipped, as the uncached
+    ``target``), for losses in pixel space.
+    """
+
+    def __init__(self, frame, store, resolution: int, latent_cache=None, target_images: bool = False):
         self.rows = frame[list(MANIFEST_COLUMNS)].to_dict("records")
         self.store, self.resolution, self.latent_cache = store, resolution, latent_cache
+        self.target_images = target_images
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -65,6 +70,8 @@ class PairDataset(torch.utils.data.Dataset):
         if self.latent_cache is not None:  # (2 flips, 2 [mean, std], C, h, w) each
             item["input_stats"] = self.latent_cache[row["input_digest"]]
             item["target_stats"] = self.latent_cache[row["target_digest"]]
+            if self.target_images:
+                item["target"] = load_image(self.store, row["target_digest"], self.resolution)
         else:
             item["input"] = load_image(self.store, row["input_digest"], self.resolution)
             item["target"] = load_image(self.store, row["target_digest"], self.resolution)

@@ -88,7 +88,8 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
     latent_cache, cache_built, cache_seconds = None, False, 0.0
     if config.cache_latents:
         latent_cache, cache_built, cache_seconds = _latent_cache(config, frame, store, frozen, accelerator, log)
-    dataset = data.PairDataset(frame, store, config.resolution, latent_cache)
+    pixel_loss = config.objective == "onestep" and config.onestep_loss != "latent"
+    dataset = data.PairDataset(frame, store, config.resolution, latent_cache, target_images=pixel_loss)
     loader = data.make_loader(dataset, config.train_batch_size, config.seed, config.dataloader_num_workers)
 
     optimizer, lr_scheduler, ema = setup.make_optimization(config, base.unet, accelerator.num_processes)
@@ -110,7 +111,8 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
                                    null_text=null_text, scaling_factor=base.vae.config.scaling_factor,
                                    weight_dtype=frozen.weight_dtype, device=device,
                                    conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip,
-                                   train_timesteps=config.train_timesteps)
+                                   train_timesteps=config.train_timesteps, objective=config.objective,
+                                   onestep_loss=config.onestep_loss)
 
     # --- Resume: the last complete checkpoint, if any, must belong to the same trajectory.
     key = resume_key(config, accelerator.num_processes)
@@ -142,12 +144,13 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
                        losses_path=losses_path, metrics=metrics, log=log, on_log=on_log, checkpoint=checkpoint,
                        preview=preview)
 
-    # --- Output: the pipeline with the EMA weights, EulerAncestral as the official sampler.
+    # --- Output: the pipeline with the EMA weights, EulerAncestral as the official sampler (one-step:
+    # DDIM with trailing spacing, the sampler it was trained for).
     accelerator.wait_for_everyone()
     pipeline_dir = output_dir / "pipeline"
     if main:
         save_pipeline(accelerator.unwrap_model(unet), ema, base.vae, base.text_encoder, base.tokenizer,
-                      base.noise_scheduler, pipeline_dir)
+                      base.noise_scheduler, pipeline_dir, config.objective)
     samples_per_second = outcome.samples_seen / outcome.seconds if outcome.samples_seen else 0.0
     final_loss = outcome.last_loss if outcome.last_loss is not None else (last_logged_loss(losses_path) if main else None)
     result = TrainResult(
@@ -157,7 +160,7 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
                "latent_cache": str(latent_cache.path) if latent_cache is not None else None, "latent_cache_built": cache_built,
                "latent_cache_seconds": cache_seconds, "num_processes": accelerator.num_processes, "device": str(device),
                "rows": len(dataset), "epoch": outcome.position.epoch,
-               "prediction_type": base.noise_scheduler.config.prediction_type},
+               "prediction_type": base.noise_scheduler.config.prediction_type, "objective": config.objective},
     )
     if main:
         from instructcv_core.data.records import atomic_write_text

@@ -106,8 +106,31 @@ def make_optimization(config: TrainConfig, unet, num_processes: int):
     from diffusers.optimization import get_scheduler
 
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, weight_decay=config.adam_weight_decay)
-    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=config.lr_warmup_steps * num_processes,
-                                 num_training_steps=config.max_steps * num_processes)
+    warmup, total = config.lr_warmup_steps * num_processes, config.max_steps * num_processes
+    if config.lr_scheduler == "exponential":
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, exponential_schedule(warmup, total))
+    else:
+        lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=warmup,
+                                     num_training_steps=total)
     ema = make_ema(unet, config.ema_decay) if config.use_ema else None
     return optimizer, lr_scheduler, ema
+
+
+#: Where the "exponential" schedule ends, as a fraction of the peak learning rate.
+EXPONENTIAL_FINAL_RATIO = 0.01
+
+
+def exponential_schedule(warmup_steps: int, total_steps: int, final_ratio: float = EXPONENTIAL_FINAL_RATIO):
+    """The learning-rate factor of step n: linear warm-up to 1 over ``warmup_steps``, then exponential decay
+    reaching ``final_ratio`` at ``total_steps`` (and staying there): Garcia et al.'s one-step fine-tuning
+    schedule (Marigold's ``IterExponential``), which ``diffusers.optimization`` does not offer."""
+    import math
+
+    decay_steps = max(1, total_steps - warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / warmup_steps
+        return math.exp(min(step - warmup_steps, decay_steps) / decay_steps * math.log(final_ratio))
+
+    return factor

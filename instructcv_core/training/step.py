@@ -7,6 +7,12 @@
   null image = zero latent (:func:`apply_conditioning_dropout`).
 - Joint horizontal flip of input and target, p = 0.5.
 
+The ``onestep`` objective (Garcia et al., "Fine-Tuning Image-Conditional Diffusion Models is Easier
+than You Think", WACV 2025) trains what a one-step deterministic DDIM sampler with trailing spacing
+runs: the UNet once at t = T - 1 on ``cat(Gaussian noise, image latent)``, the x0 its prediction
+implies (:func:`predicted_x0`), and a task loss on that x0 (latent MSE, or L1/L2 on the image the
+frozen VAE decodes from it). Flip, latents and conditioning are the diffusion objective's.
+
 Every random draw comes, in a fixed order, from the one generator a micro-batch is given.
 """
 
@@ -57,12 +63,31 @@ class TextEmbeddings:
         return torch.stack([self.cache[p] for p in prompts])
 
 
+def predicted_x0(noise_scheduler, model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The clean latent x0 a model output implies at ``timesteps`` (DDIM's ``pred_original_sample``).
+
+    v-prediction: x0 = sqrt(a_t) z_t - sqrt(1 - a_t) v; epsilon: x0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t),
+    with a_t = ``alphas_cumprod[t]``. No clipping (the saved DDIM scheduler does not clip either).
+    """
+    alphas = noise_scheduler.alphas_cumprod.to(sample.device, torch.float32)[timesteps]
+    alphas = alphas.reshape(-1, *([1] * (sample.dim() - 1)))
+    model_output, sample = model_output.float(), sample.float()
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return alphas.sqrt() * sample - (1 - alphas).sqrt() * model_output
+    if noise_scheduler.config.prediction_type == "epsilon":
+        return (sample - (1 - alphas).sqrt() * model_output) / alphas.sqrt()
+    raise ValueError(f"one-step training supports epsilon and v_prediction models, not {noise_scheduler.config.prediction_type!r}")
+
+
 @dataclass
 class DiffusionObjective:
-    """The conditional latent-diffusion loss: the UNet being trained, the frozen parts and the recipe.
+    """The training loss of a micro-batch: the UNet being trained, the frozen parts and the recipe.
 
     vae: the frozen VAE in ``weight_dtype`` on ``device`` (unused when batches carry cached latent
-    statistics). null_text: ``texts([""])``, the null prompt of classifier-free guidance.
+    statistics and the loss is not in pixel space). null_text: ``texts([""])``, the null prompt of
+    classifier-free guidance. ``objective``: ``diffusion`` (the InstructPix2Pix loss) or ``onestep``
+    (the one-step x0 loss named by ``onestep_loss``; batches then carry ``target`` images when it is
+    a pixel loss).
     """
 
     unet: torch.nn.Module
@@ -76,9 +101,12 @@ class DiffusionObjective:
     conditioning_dropout: tuple[float, float, float]
     random_flip: bool
     train_timesteps: tuple[int, int] | None = None  # [low, high); None: every training timestep
+    objective: str = "diffusion"
+    onestep_loss: str = "latent"
 
     def micro_batch_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        """The loss of one micro-batch; draws flip, posterior eps, noise, timesteps and dropout from ``generator``."""
+        """The loss of one micro-batch; draws flip, posterior eps, noise, timesteps and dropout from ``generator``
+        (the one-step objective: flip, noise and dropout)."""
         from instructcv_core.training.latent_cache import posterior_stats
 
         device = self.device
@@ -97,6 +125,8 @@ class DiffusionObjective:
             pair = torch.where(torch.cat([flip, flip]).to(device)[:, None, None, None], pair.flip(-1), pair)
             mean, std = posterior_stats(self.vae, pair.to(self.weight_dtype))
             image_latents, target_mean, target_std = mean[:n].float(), mean[n:].float(), std[n:].float()
+        if self.objective == "onestep":
+            return self._onestep_loss(batch, flip, image_latents.float(), target_mean, generator)
         # Target latent: a posterior sample (mean + std * eps, as latent_dist.sample()), scaled.
         eps = torch.randn(target_mean.shape, generator=generator).to(device)
         latents = (target_mean + target_std * eps) * self.scaling_factor
@@ -116,6 +146,30 @@ class DiffusionObjective:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         pred = self.unet(torch.cat([noisy, image_latents], dim=1), timesteps, encoder_hidden_states=text_emb).sample
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+    def _onestep_loss(self, batch: dict, flip: torch.Tensor, image_latents: torch.Tensor, target_mean: torch.Tensor,
+                      generator: torch.Generator) -> torch.Tensor:
+        """The one-step sampler's x0 at t = T - 1 from Gaussian noise, against the target (latent or pixels)."""
+        device, n = self.device, len(flip)
+        noisy = torch.randn(target_mean.shape, generator=generator).to(device)  # init_noise_sigma = 1 (DDIM)
+        timesteps = torch.full((n,), self.noise_scheduler.config.num_train_timesteps - 1, dtype=torch.long, device=device)
+        text_emb, image_latents = apply_conditioning_dropout(self.texts(batch["instruction"]), image_latents, self.null_text,
+                                                             self.conditioning_dropout, generator)
+        pred = self.unet(torch.cat([noisy, image_latents], dim=1), timesteps, encoder_hidden_states=text_emb).sample
+        x0 = predicted_x0(self.noise_scheduler, pred, noisy, timesteps)
+        if self.onestep_loss == "latent":
+            # The deterministic target latent: the posterior mean, scaled (what the sampler's x0 should be).
+            return F.mse_loss(x0, target_mean.float() * self.scaling_factor, reduction="mean")
+        if "target" not in batch:
+            raise ValueError("a pixel-space one-step loss needs the batch's target images (PairDataset(target_images=True))")
+        target = batch["target"].to(device).float()
+        target = torch.where(flip.to(device)[:, None, None, None], target.flip(-1), target)
+        decoded = self.vae.decode((x0 / self.scaling_factor).to(self.weight_dtype)).sample.float()
+        if self.onestep_loss == "pixel_l1":
+            return F.l1_loss(decoded, target, reduction="mean")
+        if self.onestep_loss == "pixel_l2":
+            return F.mse_loss(decoded, target, reduction="mean")
+        raise ValueError(f"unknown onestep_loss {self.onestep_loss!r}")
 
 
 def train_micro_batch(accelerator, objective: DiffusionObjective, optimizer, lr_scheduler, batch: dict,
