@@ -301,7 +301,7 @@ def test_graph_shape():
     assert sorted(groups["train"]) == ["instructcv_fp_checkpoint", "instructcv_fp_onestep_checkpoint",
                                        "instructcv_rp_checkpoint", "instructcv_rp_onestep_checkpoint"]
     expected_eval = {f"eval_{b}_{v}" for b in BENCHMARKS for v in ("fp", "rp", "untrained")}
-    expected_eval |= {"eval_ade20k_heldout_fp", "eval_ade20k_heldout_rp", "table1", "table2", "table3"}
+    expected_eval |= {"eval_ade20k_heldout_fp", "eval_ade20k_heldout_rp", "table1", "table2", "table3", "speed_quality"}
     assert set(groups["eval"]) == expected_eval
     assert groups["plan"] == ["cost_plan"]
     assert sorted(groups["eval_shards"]) == ["eval_shards_fp", "eval_shards_rp"]
