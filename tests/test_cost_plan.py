@@ -30,7 +30,16 @@ def test_paper_plan_counts_unet_evaluations_and_gpu_hours(tmp_path):
     assert plan.train_gpu_hours == pytest.approx(16_000 / 3600)
     expected_eval = sum(r["both_outputs"] * 300 / 1000 / 3600 * r["checkpoints"] for r in rows.values())
     assert plan.eval_gpu_hours == pytest.approx(expected_eval)
-    assert plan.total_gpu_hours == pytest.approx(expected_eval + 2 * 16_000 / 3600)
+    # one-step fine-tunes: 20,000 steps x 32 samples each; the speed-quality curve: 16 grid points and 5 more of
+    # the guidance sweep (its 7.5/1.5 is the fp:paper point), each asking the standard questions of 50 images per
+    # in-domain benchmark (NYUv2 50 + ADE20K 50 x 150 + COCO 50 x 80 + Pets 50 x (37 breeds + the 2 binary
+    # questions) = 13,500): 100 steps x 3 branches, or x 1 unguided
+    assert plan.onestep_samples == 640_000 and plan.onestep_gpu_hours == pytest.approx(640_000 / 50 / 3600)
+    per_query = {"paper": 300, "few:4": 12, "few:10": 30, "one": 1}
+    grid = 4 * sum(per_query.values()) + 300 * 4 + 100  # sweep: 3/1.5, 7.5/1, 7.5/2, 12.5/1.5 guided; 1/1 unguided
+    assert plan.speed_quality_points == 21 and plan.speed_quality_unet_evaluations == 13_500 * grid
+    assert plan.total_gpu_hours == pytest.approx(expected_eval + 2 * 16_000 / 3600 + 2 * 640_000 / 50 / 3600
+                                                 + 13_500 * grid / 1000 / 3600)
 
 
 def test_plan_command_prints_the_table_and_names_its_anchors(tmp_path):

@@ -1,5 +1,5 @@
 """What a profile will cost before it runs: queries, UNet evaluations and GPU-hours per benchmark and
-protocol, and the training cost.
+protocol, the training cost (FP, RP and their one-step fine-tunes) and the speed-quality curve.
 
 Queries follow the planner's rules (`evaluation.planning`, the tasks' ``questions``): depth asks
 each image once; closed-set segmentation and detection ask the paper protocol for each GT-present
@@ -93,6 +93,9 @@ class CostPlan:
     train_samples_per_second: float
     train_source: str
     notes: list[str] = field(default_factory=list)
+    onestep_samples: int = 0  # samples of one one-step fine-tune (FP and RP each run one)
+    speed_quality_unet_evaluations: int = 0  # every point of the speed-quality curve
+    speed_quality_points: int = 0
 
     def gpu_hours(self, unet_evaluations: int) -> float:
         return unet_evaluations / self.unet_per_second / 3600
@@ -108,8 +111,18 @@ class CostPlan:
         return sum(self.gpu_hours(b.unet_evaluations("both")) * b.checkpoints for b in self.benchmarks)
 
     @property
+    def onestep_gpu_hours(self) -> float:
+        """One one-step fine-tune at the training throughput (a one-step sample costs one UNet forward and
+        backward, as a diffusion sample, plus a decoder pass under a pixel loss: an approximation)."""
+        return self.onestep_samples / self.train_samples_per_second / 3600
+
+    @property
+    def speed_quality_gpu_hours(self) -> float:
+        return self.gpu_hours(self.speed_quality_unet_evaluations)
+
+    @property
     def total_gpu_hours(self) -> float:
-        return 2 * self.train_gpu_hours + self.eval_gpu_hours
+        return 2 * self.train_gpu_hours + 2 * self.onestep_gpu_hours + self.eval_gpu_hours + self.speed_quality_gpu_hours
 
     def rows(self) -> list[dict]:
         """One row per benchmark (per checkpoint): queries, UNet evaluations and GPU-hours per protocol."""
@@ -143,6 +156,10 @@ class CostPlan:
             f"Training: {self.train_samples:,} samples ({self.train_samples_source}) x {self.train_epochs:g} epochs / "
             f"{self.train_samples_per_second:,.1f} samples/s = {self.train_gpu_hours:,.1f} GPU-hours per checkpoint, "
             f"{2 * self.train_gpu_hours:,.1f} for FP and RP ({self.train_source}).",
+            f"One-step fine-tunes: {self.onestep_samples:,} samples = {self.onestep_gpu_hours:,.1f} GPU-hours each, "
+            f"{2 * self.onestep_gpu_hours:,.1f} for FP and RP (at the training throughput).",
+            f"Speed-quality curve: {self.speed_quality_points} points, {self.speed_quality_unet_evaluations:,} UNet "
+            f"evaluations = {self.speed_quality_gpu_hours:,.1f} GPU-hours.",
             f"Total: {self.total_gpu_hours:,.1f} GPU-hours; on 8 GPUs about {self.total_gpu_hours / 8:,.1f} hours of "
             "wall clock when the steps fan out.",
         ]
@@ -230,12 +247,42 @@ def make_plan(profile: str, data_root: Path | None = None, *, unet_per_second: f
     else:  # a step-bounded recipe: its samples are steps x the effective batch
         resolved = resolve_schedule(train, num_processes, samples)
         epochs = resolved.max_steps * samples_per_step(resolved, num_processes) / max(samples, 1)
+    onestep = resolve_schedule(resolve(TrainConfig, profile, "train_onestep", base_model="-", manifest="-", image_store="-",
+                                       output_dir="-"), num_processes, samples)
+    curve_points, curve_evaluations = speed_quality_cost(profile, datasets_dir, eval_config)
     notes = []
     if profile != "paper":
         notes.append(f"Profile {profile}: its sampler runs {sampler.steps} steps; the anchors are GPU figures.")
     return CostPlan(profile, costs, unet_per_second or ANCHORS["unet_evaluations_per_second"][0], unet_source,
                     samples, samples_source, epochs,
-                    train_samples_per_second or ANCHORS["train_samples_per_second"][0], train_source, notes)
+                    train_samples_per_second or ANCHORS["train_samples_per_second"][0], train_source, notes,
+                    onestep_samples=onestep.max_steps * samples_per_step(onestep, num_processes),
+                    speed_quality_unet_evaluations=curve_evaluations, speed_quality_points=curve_points)
 
 
-__all__ = ["ANCHORS", "SPLIT_SIZES", "BenchmarkCost", "CostPlan", "make_plan", "queries_from_sizes"]
+def speed_quality_cost(profile: str, datasets_dir: Path | None, eval_config) -> tuple[int, int]:
+    """(points, UNet evaluations) of the profile's speed-quality curve: every point asks the standard
+    questions of ``images`` images of each of its benchmarks (counted on the test manifests when they
+    exist, else from the published sizes)."""
+    from dataclasses import replace
+
+    from instructcv_core.evaluation.speed_quality import SpeedQualityConfig, points
+    from instructcv_core.presets import resolve
+
+    curve = resolve(SpeedQualityConfig, profile, "speed_quality")
+    standard = 0
+    for name in curve.benchmarks:
+        spec = BENCHMARKS[name]
+        manifest = datasets_dir / "test" / f"{spec.test_manifest}.parquet" if datasets_dir is not None else None
+        if manifest is not None and manifest.exists():
+            config = replace(eval_config, max_images=curve.images, protocols=("standard",))
+            standard += queries_from_manifest(name, datasets_dir, datasets_dir.parent / "raw", config, [])[2]
+        else:
+            size = SPLIT_SIZES[name]
+            images = min(size.images, curve.images) if curve.images else size.images
+            standard += queries_from_sizes(spec, size, images, 0)[1]
+    grid = points(curve, eval_config.sampler)
+    return len(grid), sum(standard * point.sampler.unet_evals_per_query for point in grid)
+
+
+__all__ = ["ANCHORS", "SPLIT_SIZES", "BenchmarkCost", "CostPlan", "make_plan", "queries_from_sizes", "speed_quality_cost"]
