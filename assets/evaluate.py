@@ -87,7 +87,7 @@ def materialised_checkpoint(instance: dg.DagsterInstance, variant: str) -> dict:
             "asset": key.to_user_string()}
 
 
-def _load_model(instance: dg.DagsterInstance, settings: InstructCVSettings, variant: str, config):
+def load_model(instance: dg.DagsterInstance, settings: InstructCVSettings, variant: str, config):
     """(sampler factory, checkpoint identity, checkpoint description) of a variant."""
     from instructcv_core.inference.sampler import InstructCVSampler
 
@@ -162,7 +162,7 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
         from instructcv_core.evaluation.run import evaluate_benchmark
 
         core = eval_config(config, settings).for_checkpoint(variant)  # how this checkpoint is asked
-        factory, identity, checkpoint = _load_model(context.instance, settings, variant, core)
+        factory, identity, checkpoint = load_model(context.instance, settings, variant, core)
         cached = {}
 
         def sampler_factory():  # built once, on the first benchmark that must generate

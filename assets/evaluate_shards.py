@@ -20,7 +20,7 @@ import os
 import dagster as dg
 
 from assets.datasets import test_manifests
-from assets.evaluate import EvalAssetConfig, _load_model, eval_config, eval_dir
+from assets.evaluate import EvalAssetConfig, load_model, eval_config, eval_dir
 from assets.train import instructcv_fp_checkpoint, instructcv_rp_checkpoint
 from instructcv_core.benchmarks import BENCHMARKS
 from pipelines.resources import InstructCVSettings
@@ -77,7 +77,7 @@ def sharded_eval_asset(variant: str, upstream: dg.AssetsDefinition, shards: int 
         index, shards, values = shard
         core = eval_config(ShardedEvalConfig(**values), settings)
         core = dataclasses.replace(core, sampler=dataclasses.replace(core.sampler, device=_device_for(index, core.sampler.device)))
-        factory, identity, _ = _load_model(context.instance, settings, variant, core)
+        factory, identity, _ = load_model(context.instance, settings, variant, core)
         name = context.partition_key
         result = generate_shard(name, factory, identity, core, settings.profile_dir / "datasets", settings.profile_dir / "raw",
                                 eval_dir(settings, variant) / name, ImageStore(settings.profile_dir / "eval" / "outputs"),
@@ -94,7 +94,7 @@ def sharded_eval_asset(variant: str, upstream: dg.AssetsDefinition, shards: int 
         shard_results = [inputs[f"shard_{k}"] for k in range(shards)]
 
         core = eval_config(ShardedEvalConfig(**shard_results[0]["config"]), settings)
-        _, identity, _ = _load_model(context.instance, settings, variant, core)
+        _, identity, _ = load_model(context.instance, settings, variant, core)
         name = context.partition_key
 
         def no_generation():

@@ -13,7 +13,7 @@ import math
 import dagster as dg
 
 from assets.datasets import test_manifests
-from assets.evaluate import _load_model, eval_config, EvalAssetConfig  # noqa: F401  (EvalAssetConfig: sampler knobs)
+from assets.evaluate import EvalAssetConfig, eval_config, load_model
 from instructcv_core.evaluation.speed_quality import SpeedQualityConfig
 from pipelines.config import run_config_class, run_config_overrides
 from pipelines.resources import InstructCVSettings, MlflowTracking
@@ -68,7 +68,7 @@ def speed_quality(context: dg.AssetExecutionContext, config: SpeedQualityAssetCo
                            for k, v in curve.to_dict().items()})
         for point in sq.points(curve, base.sampler):
             core = dataclasses.replace(base, sampler=point.sampler).for_checkpoint(point.checkpoint.split("_")[0])
-            factory, identity, checkpoint = _load_model(context.instance, settings, point.checkpoint, core)
+            factory, identity, checkpoint = load_model(context.instance, settings, point.checkpoint, core)
             cached = loaded.setdefault(point.checkpoint, {})
 
             def sampler_factory(factory=factory, cached=cached, sampler_config=point.sampler):
