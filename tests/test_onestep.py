@@ -36,12 +36,7 @@ def _objective(base_model, data, **recipe):
     base = load_trainable_base(config)
     frozen = frozen_parts(base, "no", torch.device("cpu"))
     texts = TextEmbeddings(base.tokenizer, frozen.text_encoder)
-    objective = DiffusionObjective(unet=base.unet, vae=frozen.vae, noise_scheduler=base.noise_scheduler, texts=texts,
-                                   null_text=texts([""]), scaling_factor=base.vae.config.scaling_factor,
-                                   weight_dtype=torch.float32, device=torch.device("cpu"),
-                                   conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip,
-                                   train_timesteps=config.train_timesteps, objective=config.objective,
-                                   onestep_loss=config.onestep_loss)
+    objective = DiffusionObjective.from_config(config, base.unet, base, frozen, texts)
     frame = D.read_manifest(config.manifest)
     loader = D.make_loader(D.PairDataset(frame, ImageStore(Path(config.image_store)), RES), 4, seed=0)
     return objective, list(loader)

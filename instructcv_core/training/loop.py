@@ -106,13 +106,7 @@ def train(config: TrainConfig, *, on_log: Callable[[dict], None] | None = None) 
                            f"counted {expected_batches} (training/recipe.py no longer matches accelerate's sharding)")
 
     texts = TextEmbeddings(base.tokenizer, frozen.text_encoder)
-    null_text = texts([""])  # the null prompt of classifier-free guidance, CLIP("") in the official code
-    objective = DiffusionObjective(unet=unet, vae=frozen.vae, noise_scheduler=base.noise_scheduler, texts=texts,
-                                   null_text=null_text, scaling_factor=base.vae.config.scaling_factor,
-                                   weight_dtype=frozen.weight_dtype, device=device,
-                                   conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip,
-                                   train_timesteps=config.train_timesteps, objective=config.objective,
-                                   onestep_loss=config.onestep_loss)
+    objective = DiffusionObjective.from_config(config, unet, base, frozen, texts)
 
     # --- Resume: the last complete checkpoint, if any, must belong to the same trajectory.
     key = resume_key(config, accelerator.num_processes)

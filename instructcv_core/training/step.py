@@ -104,6 +104,15 @@ class DiffusionObjective:
     objective: str = "diffusion"
     onestep_loss: str = "latent"
 
+    @classmethod
+    def from_config(cls, config, unet, base, frozen, texts: TextEmbeddings) -> "DiffusionObjective":
+        """The objective of a `TrainConfig` run: its recipe knobs, the base's scheduler and VAE scaling, the
+        frozen parts (`training.setup.frozen_parts`) and the null prompt ``texts([""])`` (CLIP("") in the official code)."""
+        return cls(unet=unet, vae=frozen.vae, noise_scheduler=base.noise_scheduler, texts=texts, null_text=texts([""]),
+                   scaling_factor=base.vae.config.scaling_factor, weight_dtype=frozen.weight_dtype, device=frozen.device,
+                   conditioning_dropout=config.conditioning_dropout, random_flip=config.random_flip,
+                   train_timesteps=config.train_timesteps, objective=config.objective, onestep_loss=config.onestep_loss)
+
     def micro_batch_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """The loss of one micro-batch; draws flip, posterior eps, noise, timesteps and dropout from ``generator``
         (the one-step objective: flip, noise and dropout)."""
