@@ -19,7 +19,8 @@ import dagster as dg
 from assets.datasets import test_manifests
 from assets.instructions import heldout_instructions
 from assets.model import base_model, resolve_base_model
-from assets.train import instructcv_fp_checkpoint, instructcv_rp_checkpoint
+from assets.train import (  # noqa: F401  (checkpoint_asset_key: re-exported for the tests and shards)
+    checkpoint_asset_key, instructcv_fp_checkpoint, instructcv_rp_checkpoint, materialised_checkpoint)
 from instructcv_core.benchmarks import BENCHMARKS, TABLES
 from instructcv_core.evaluation.config import EvalConfig
 from instructcv_core.inference.config import SamplerConfig
@@ -53,38 +54,6 @@ def eval_dir(settings: InstructCVSettings, variant: str) -> Path:
 
 def asset_key(benchmark: str, variant: str) -> dg.AssetKey:
     return dg.AssetKey(f"eval_{benchmark}_{variant}")
-
-
-def checkpoint_asset_key(variant: str) -> dg.AssetKey:
-    return dg.AssetKey(f"instructcv_{variant}_checkpoint")
-
-
-def materialised_checkpoint(instance: dg.DagsterInstance, variant: str) -> dict:
-    """The checkpoint the latest materialisation of ``instructcv_<variant>_checkpoint`` produced.
-
-    Read from that materialisation's metadata (``checkpoint_path``, ``train_result``), so evaluation
-    loads exactly what its upstream asset handed over and the lineage in the UI is the data flow
-    (no mutable pointer file). Returns ``pipeline_dir``, ``identity`` (the folder and a hash of its
-    training result), ``run_id`` (the training run) and ``asset``.
-    """
-    key = checkpoint_asset_key(variant)
-    event = instance.get_latest_materialization_event(key)
-    if event is None or event.asset_materialization is None:
-        raise FileNotFoundError(f"{key.to_user_string()} has never been materialised: materialise it before evaluating "
-                                f"InstructCV-{variant.upper()}")
-    metadata = event.asset_materialization.metadata
-    missing = [k for k in ("checkpoint_path", "train_result") if k not in metadata]
-    if missing:
-        raise ValueError(f"the latest materialisation of {key.to_user_string()} (run {event.run_id}) has no "
-                         f"{', '.join(missing)} metadata: re-materialise it")
-    pipeline_dir, result = Path(metadata["checkpoint_path"].value), Path(metadata["train_result"].value)
-    for path in (pipeline_dir, result):
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: recorded by the latest materialisation of {key.to_user_string()} "
-                                    f"(run {event.run_id}) but no longer on disk; re-materialise it")
-    identity = f"{pipeline_dir}@{hashlib.sha256(result.read_bytes()).hexdigest()[:16]}"
-    return {"pipeline_dir": str(pipeline_dir), "identity": identity, "run_id": event.run_id,
-            "asset": key.to_user_string()}
 
 
 def load_model(instance: dg.DagsterInstance, settings: InstructCVSettings, variant: str, config):

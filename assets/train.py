@@ -10,6 +10,7 @@ pool: the instance runs one such step at a time.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -94,6 +95,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition, *, manif
     ``manifest_name`` manifest (default: the variant's) through Pipes + accelerate, logged to MLflow as a run and a
     LoggedModel. ``start_from``: a checkpoint asset whose latest materialised pipeline is the base
     (default: the settings' base model)."""
+    start_variant = start_from.key.path[-1].removeprefix("instructcv_").removesuffix("_checkpoint") if start_from else None
     description = description or (
         f"InstructCV-{variant.upper()}: the base model instruction-tuned on the {variant.upper()} manifest "
         "(InstructPix2Pix recipe: 8-channel conv_in, text/image conditioning dropout, EMA), saved as a diffusers "
@@ -115,7 +117,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition, *, manif
 
         from instructcv_core.data.records import atomic_write_text
 
-        base = upstream_pipeline(context.instance, start_from.key) if start_from is not None else None
+        base = materialised_checkpoint(context.instance, start_variant)["pipeline_dir"] if start_from is not None else None
         train_config = resolved_train_config(config, settings, variant, manifest=manifest_name, stage=stage, base=base)
         output = Path(train_config.output_dir)
         output.mkdir(parents=True, exist_ok=True)
@@ -161,21 +163,36 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition, *, manif
     return _checkpoint
 
 
-def upstream_pipeline(instance: dg.DagsterInstance, key: dg.AssetKey) -> str:
-    """The pipeline folder the latest materialisation of the checkpoint asset ``key`` recorded
-    (``checkpoint_path`` metadata): what a stage trained from that checkpoint starts from."""
+def checkpoint_asset_key(variant: str) -> dg.AssetKey:
+    return dg.AssetKey(f"instructcv_{variant}_checkpoint")
+
+
+def materialised_checkpoint(instance: dg.DagsterInstance, variant: str) -> dict:
+    """The checkpoint the latest materialisation of ``instructcv_<variant>_checkpoint`` produced.
+
+    Read from that materialisation's metadata (``checkpoint_path``, ``train_result``), so evaluation
+    and the one-step fine-tunes load exactly what their upstream asset handed over and the lineage in the UI is the data flow
+    (no mutable pointer file). Returns ``pipeline_dir``, ``identity`` (the folder and a hash of its
+    training result), ``run_id`` (the training run) and ``asset``.
+    """
+    key = checkpoint_asset_key(variant)
     event = instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
-        raise FileNotFoundError(f"{key.to_user_string()} has never been materialised: materialise it first")
+        raise FileNotFoundError(f"{key.to_user_string()} has never been materialised: materialise it before what "
+                                f"starts from InstructCV-{variant.upper()}")
     metadata = event.asset_materialization.metadata
-    if "checkpoint_path" not in metadata:
+    missing = [k for k in ("checkpoint_path", "train_result") if k not in metadata]
+    if missing:
         raise ValueError(f"the latest materialisation of {key.to_user_string()} (run {event.run_id}) has no "
-                         "checkpoint_path metadata: re-materialise it")
-    path = Path(metadata["checkpoint_path"].value)
-    if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"{path}: recorded by the latest materialisation of {key.to_user_string()} (run "
-                                f"{event.run_id}) but not a pipeline folder on disk (no model_index.json); re-materialise it")
-    return str(path)
+                         f"{', '.join(missing)} metadata: re-materialise it")
+    pipeline_dir, result = Path(metadata["checkpoint_path"].value), Path(metadata["train_result"].value)
+    for path in (pipeline_dir, result):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: recorded by the latest materialisation of {key.to_user_string()} "
+                                    f"(run {event.run_id}) but no longer on disk; re-materialise it")
+    identity = f"{pipeline_dir}@{hashlib.sha256(result.read_bytes()).hexdigest()[:16]}"
+    return {"pipeline_dir": str(pipeline_dir), "identity": identity, "run_id": event.run_id,
+            "asset": key.to_user_string()}
 
 
 def checkpoint_pointer(settings: InstructCVSettings, variant: str) -> Path:

@@ -190,7 +190,7 @@ def test_exponential_schedule_warms_up_then_decays_to_one_percent():
 def test_onestep_assets_start_from_the_ip2p_checkpoints_with_the_onestep_preset(tmp_path):
     import dagster as dg
 
-    from assets.train import TrainAssetConfig, resolved_train_config, upstream_pipeline
+    from assets.train import TrainAssetConfig, materialised_checkpoint, resolved_train_config
     from instructcv_core.presets import resolve
     from pipelines.definitions import defs
     from pipelines.resources import InstructCVSettings
@@ -225,7 +225,7 @@ def test_onestep_assets_start_from_the_ip2p_checkpoints_with_the_onestep_preset(
 
     with dg.DagsterInstance.ephemeral() as instance:
         with pytest.raises(FileNotFoundError, match="instructcv_fp_checkpoint has never been materialised"):
-            upstream_pipeline(instance, dg.AssetKey("instructcv_fp_checkpoint"))
+            materialised_checkpoint(instance, "fp")
 
 
 def test_onestep_asset_trains_from_the_materialised_ip2p_checkpoint_through_pipes(tiny_base, tmp_path):
@@ -233,14 +233,14 @@ def test_onestep_asset_trains_from_the_materialised_ip2p_checkpoint_through_pipe
     import dagster as dg
 
     from assets.train import instructcv_fp_onestep_checkpoint
+    from eval_fixture import point_checkpoint
     from pipelines.resources import InstructCVSettings, MlflowTracking
 
     datasets = tmp_path / "data" / "mini" / "datasets"
     manifest, _ = make_data(datasets, pairs=8)
     shutil.move(manifest, datasets / "fp_manifest.parquet")
     with dg.instance_for_test() as instance:
-        instance.report_runless_asset_event(dg.AssetMaterialization(
-            "instructcv_fp_checkpoint", metadata={"checkpoint_path": dg.MetadataValue.path(str(tiny_base))}))
+        point_checkpoint(tmp_path / "data" / "mini", "fp", tiny_base, instance)  # what the FP asset records
         recipe = {"max_steps": 2, "train_batch_size": 4, "checkpointing_steps": 2, "cache_latents": False}
         result = dg.materialize(
             [instructcv_fp_onestep_checkpoint], instance=instance,
