@@ -1,9 +1,11 @@
 """Model stage (group `model`): the base model that instruction tuning starts from.
 
 `paper`: Stable Diffusion v1.5 (hub id, local diffusers folder or single checkpoint file), checked and
-recorded. `mini`: a tiny SD-shaped model built from config in the real diffusers layout, whose
-autoencoder is first fitted on mini-benchmark inputs and targets (a random VAE cannot reconstruct
-images); its metadata reports the VAE round-trip ceiling of each task's visual encoding.
+recorded. `mini`: the pretrained mini base, the mini world's SD v1.5 (`instructcv_core.model.pretrain_mini`):
+its versioned UNet, VAE and scheduler, checked against their sha256, assembled with the installed MiniLM
+text encoder into a diffusers folder (or pretrained here with `rebuild: true`; or, with `pretrained: false`,
+the from-scratch ablation: a random tiny base whose autoencoder is fitted on the manifest images). Its
+metadata reports the VAE round-trip ceiling of each task's visual encoding.
 """
 
 import json
@@ -21,7 +23,7 @@ from pipelines.resources import InstructCVSettings
 
 BaseModelAssetConfig = run_config_class(
     BaseModelConfig, "BaseModelAssetConfig", exclude=("image_size", "seed"),
-    doc="The mini profile's tiny base and its autoencoder fit (unset: the profile's preset); ignored by the "
+    doc="The mini profile's tiny base: pretrained (versioned or rebuilt) or from scratch (unset: the profile's preset); ignored by the "
     "paper profile, which loads settings.base_model. Resolution and seed come from the settings.")
 
 
@@ -41,7 +43,7 @@ def resolve_base_model(settings: InstructCVSettings) -> str:
     deps=[fp_manifest, test_manifests],
     kinds={"pytorch", "diffusers"},
     description="The base text-to-image model that instruction tuning starts from (SD v1.5, or the "
-    "mini profile's tiny SD-shaped model with a fitted autoencoder), with the VAE round-trip ceiling "
+    "mini profile's pretrained tiny SD-shaped model), with the VAE round-trip ceiling "
     "of each task's visual encoding.",
 )
 def base_model(context: dg.AssetExecutionContext, config: BaseModelAssetConfig, settings: InstructCVSettings) -> dg.MaterializeResult:
@@ -52,28 +54,88 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelAssetConfig, 
         return dg.MaterializeResult(metadata={"source": settings.base_model_source, "profile": "paper",
                                               "allow_network": settings.allow_network})
 
-    import numpy as np
-    import pandas as pd
-
     from instructcv_core.data.imagestore import ImageStore
-    from instructcv_core.data.records import atomic_write_text
-    from instructcv_core.model.autoencoder import fit_autoencoder, reconstruction_report
-    from instructcv_core.model.loading import load_base
-    from instructcv_core.model.tiny_base import build_tiny_base
     from instructcv_core.presets import resolve
 
-    datasets = settings.profile_dir / "datasets"
-    store = ImageStore(datasets / "images")
-    manifest = pd.read_parquet(datasets / "fp_manifest.parquet", columns=["task", "input_digest", "target_digest"])
+    store = ImageStore(settings.profile_dir / "datasets" / "images")
     recipe = resolve(BaseModelConfig, settings.profile, "base_model", run_config_overrides(config),
                      image_size=settings.resolution_px, seed=settings.seed)
-    stamp = recipe.stamp(_digest_of(manifest))
     target = base_model_dir(settings)
+    if recipe.pretrained:
+        source, source_digest = _pretrained_source(context, settings, recipe)
+        made = {"pretrained": str(source)}
+    else:
+        import pandas as pd
+
+        manifest = pd.read_parquet(settings.profile_dir / "datasets" / "fp_manifest.parquet",
+                                   columns=["task", "input_digest", "target_digest"])
+        source_digest = _digest_of(manifest)
+    stamp = recipe.stamp(source_digest)
     stamp_path = target / "instructcv_base.json"
     if stamp_path.exists() and json.loads(stamp_path.read_text()).get("stamp") == stamp:
         saved = json.loads(stamp_path.read_text())
         context.log.info(f"base model unchanged: reusing {target}")
-        return dg.MaterializeResult(metadata=_metadata(target, saved["fit"], saved["report"], reused=True))
+        return dg.MaterializeResult(metadata=_metadata(target, saved["made"], saved["report"], reused=True))
+
+    from instructcv_core.data.records import atomic_write_text
+    from instructcv_core.model.autoencoder import reconstruction_report
+    from instructcv_core.model.loading import load_base
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".base-", dir=target.parent) as tmp:
+        if recipe.pretrained:
+            from instructcv_core.model.pretrain_mini import assemble_base
+
+            folder = assemble_base(source, Path(tmp) / "base")
+            components = load_base(str(folder))
+        else:
+            folder, components, made = _from_scratch(context, settings, recipe, store, manifest, Path(tmp) / "base")
+        report = reconstruction_report(components.vae, _held_out_by_task(settings, store))
+        atomic_write_text(folder / "instructcv_base.json", json.dumps({"stamp": stamp, "made": made, "report": report}, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        Path(folder).rename(target)
+    return dg.MaterializeResult(metadata=_metadata(target, made, report, reused=False))
+
+
+def _pretrained_source(context, settings: InstructCVSettings, recipe: BaseModelConfig) -> tuple[Path, str]:
+    """The pretrained mini base folder (the versioned one, or rebuilt under the data root), checked
+    against its SHA256SUMS and against the shape knobs; returns (folder, digest of its SHA256SUMS)."""
+    import dataclasses
+
+    from instructcv_core.model.loading import BaseModelError
+    from instructcv_core.model.pretrain_mini import VERSIONED_BASE, PretrainConfig, pretrain, verify_checksums
+
+    folder = VERSIONED_BASE
+    if recipe.rebuild:
+        pretrain_config = PretrainConfig(image_size=recipe.image_size, seed=recipe.seed)
+        folder = settings.profile_dir / "model" / "pretrained"
+        record = folder / "pretrain_record.json"
+        if not (record.exists() and json.loads(record.read_text())["config"] == dataclasses.asdict(pretrain_config)):
+            context.log.info(f"pretraining the mini base into {folder} (fixed steps: {pretrain_config})")
+            pretrain(pretrain_config, folder, workers=2, command="base_model: {rebuild: true}", log=context.log.info)
+    digest = verify_checksums(folder)
+    shape = json.loads((folder / "tiny_model_config.json").read_text())
+    wanted = dataclasses.asdict(recipe.tiny())
+    differs = sorted(k for k in wanted if k != "seed" and _plain(wanted[k]) != _plain(shape.get(k)))
+    if differs:
+        raise BaseModelError(f"{folder}: the pretrained mini base has {', '.join(f'{k}={shape.get(k)!r}' for k in differs)}, "
+                             f"but the config asks {', '.join(f'{k}={wanted[k]!r}' for k in differs)}; set "
+                             "base_model: {pretrained: false} for a from-scratch base of another shape")
+    return folder, digest
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _from_scratch(context, settings: InstructCVSettings, recipe: BaseModelConfig, store, manifest, out_dir: Path):
+    """The from-scratch ablation: a random tiny base whose autoencoder is fitted on the manifest images."""
+    import numpy as np
+
+    from instructcv_core.model.autoencoder import fit_autoencoder
+    from instructcv_core.model.loading import load_base
+    from instructcv_core.model.tiny_base import build_tiny_base
 
     # distinct images: fitting on the rows' images instead (colour blocks as often as rows use them)
     # measured a worse round-trip ceiling on every task (docs/benchmarks.md, "The mini recipe")
@@ -81,19 +143,11 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelAssetConfig, 
     step = max(1, len(digests) // recipe.fit_images)
     images = np.stack([store.get(d) for d in digests[::step]])
     context.log.info(f"fitting the tiny autoencoder on {len(images)} images for {recipe.fit_steps} steps")
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".base-", dir=target.parent) as tmp:
-        folder = build_tiny_base(recipe.tiny(), Path(tmp) / "base")
-        components = load_base(str(folder))
-        fit = fit_autoencoder(components.vae, images, steps=recipe.fit_steps, seed=settings.seed, log=context.log.info)
-        components.vae.save_pretrained(folder / "vae", safe_serialization=True)
-        report = reconstruction_report(components.vae, _held_out_by_task(settings, store))
-        atomic_write_text(folder / "instructcv_base.json", json.dumps({"stamp": stamp, "fit": fit, "report": report}, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        Path(folder).rename(target)
-    return dg.MaterializeResult(metadata=_metadata(target, fit, report, reused=False))
+    folder = build_tiny_base(recipe.tiny(), out_dir)
+    components = load_base(str(folder))
+    fit = fit_autoencoder(components.vae, images, steps=recipe.fit_steps, seed=settings.seed, log=context.log.info)
+    components.vae.save_pretrained(folder / "vae", safe_serialization=True)
+    return folder, components, {"autoencoder_fit": fit}
 
 
 def _held_out_by_task(settings: InstructCVSettings, store) -> dict:
@@ -115,14 +169,14 @@ def _digest_of(frame) -> str:
     return hashlib.sha256("".join(sorted(frame["input_digest"]) + sorted(frame["target_digest"])).encode()).hexdigest()
 
 
-def _metadata(target: Path, fit: dict, report: dict, reused: bool) -> dict:
+def _metadata(target: Path, made: dict, report: dict, reused: bool) -> dict:
     import pandas as pd
 
     table = pd.DataFrame([{"task": task, **{k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}}
                           for task, values in report.items()])
     return {
         "path": dg.MetadataValue.path(str(target)),
-        "autoencoder_fit": dg.MetadataValue.json(fit),
+        "made": dg.MetadataValue.json(made),
         "reconstruction_ceiling": dg.MetadataValue.md(table.to_markdown(index=False)),
         "reused": reused,
     }

@@ -67,7 +67,8 @@ def speed_quality(context: dg.AssetExecutionContext, config: SpeedQualityAssetCo
         mlflow.log_params({f"speed_quality.{k}": ",".join(map(str, v)) if isinstance(v, tuple) else v
                            for k, v in curve.to_dict().items()})
         for point in sq.points(curve, base.sampler):
-            core = dataclasses.replace(base, sampler=point.sampler).for_checkpoint(point.checkpoint.split("_")[0])
+            core = dataclasses.replace(base, sampler=point.sampler, max_images=curve.images_for(point.sampler.preset))
+            core = core.for_checkpoint(point.checkpoint.split("_")[0])
             factory, identity, checkpoint = load_model(context.instance, settings, point.checkpoint, core)
             cached = loaded.setdefault(point.checkpoint, {})
 
@@ -103,7 +104,8 @@ def speed_quality(context: dg.AssetExecutionContext, config: SpeedQualityAssetCo
         "plot": dg.MetadataValue.md(plot_md), "table": dg.MetadataValue.md(markdown),
         "path": dg.MetadataValue.path(str(parquet)), "plot_path": dg.MetadataValue.path(str(picture)),
         "points": int(frame[["checkpoint", "sampler"]].drop_duplicates().shape[0]), "rows": len(frame),
-        "device": device, "images_per_benchmark": curve.images or "all", "mlflow_run": dg.MetadataValue.url(url)})
+        "device": device, "images_per_benchmark": curve.images or "all",
+        "images_per_benchmark_paper_preset": curve.images_for("paper") or "all", "mlflow_run": dg.MetadataValue.url(url)})
 
 
 def _markdown(frame, summary) -> str:
@@ -112,7 +114,7 @@ def _markdown(frame, summary) -> str:
     shown = frame.assign(**{"value [95 % CI]": [f"{r.value:.4g} [{r.ci_low:.4g}, {r.ci_high:.4g}]" for r in frame.itertuples()]})
     shown = shown[["checkpoint", "sampler", "unet_evals_per_query", "images_per_second", "benchmark", "metric",
                    "value [95 % CI]", "n"]]
-    text = to_markdown(shown)
+    text = to_markdown(shown) + "\n\n(n: images per benchmark; the `paper` preset's points may use fewer, the first of the same seeded subset.)"
     if len(summary):
         text += ("\n\nOne step against the paper's sampler (best `one` setting vs best `paper` setting per benchmark; "
                  "quality_ratio >= 0.95 is within 5 %):\n\n" + to_markdown(summary))

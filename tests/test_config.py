@@ -16,7 +16,8 @@ FIXED = {"base_model": "b", "manifest": "m.parquet", "image_store": "i", "output
 MINI_TRAIN = {"max_steps": 400, "train_batch_size": 32, "learning_rate": 2e-3, "lr_scheduler": "cosine",
               "train_timesteps": (800, 1000),
               "checkpointing_steps": 12, "mixed_precision": "no", "gradient_checkpointing": False, "cache_latents": True}
-MINI_BASE = {"text_encoder": "minilm", "prediction_type": "v_prediction", "fit_steps": 600, "fit_images": 4000}
+MINI_BASE = {"text_encoder": "minilm", "prediction_type": "v_prediction", "zero_terminal_snr": True, "fit_steps": 600,
+             "fit_images": 4000}
 
 
 def _resolved_in_a_run(config_cls, run_config: dict, core_cls=TrainConfig, stage="train", profile="mini", **fixed):
@@ -90,12 +91,16 @@ def test_explicit_none_values_are_normalised():
 
 def test_base_model_stamp_of_the_mini_defaults():
     config = resolve(BaseModelConfig, "mini", "base_model", image_size=64, seed=0)
-    assert config.tiny() == TinyModelConfig()
-    assert config.stamp("d") == {
-        "tiny": {"image_size": 64, "vae_block_out_channels": [8, 16, 32], "vae_layers_per_block": 1, "latent_channels": 4,
-                 "unet_block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": 8,
-                 "text_encoder": "minilm", "prediction_type": "v_prediction", "seed": 0},
-        "fit_steps": MINI_BASE["fit_steps"], "fit_images": 4000, "manifest_digests": "d"}
+    assert config.tiny() == TinyModelConfig(zero_terminal_snr=True)
+    tiny = {"image_size": 64, "vae_block_out_channels": [8, 16, 32], "vae_layers_per_block": 1, "latent_channels": 4,
+            "unet_block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": 8,
+            "text_encoder": "minilm", "prediction_type": "v_prediction", "zero_terminal_snr": True, "seed": 0}
+    assert config.pretrained and not config.rebuild
+    assert config.stamp("d") == {"tiny": tiny, "pretrained": "d", "rebuild": False}
+    scratch = resolve(BaseModelConfig, "mini", "base_model", {"pretrained": False}, image_size=64, seed=0)
+    assert scratch.stamp("d") == {"tiny": tiny, "fit_steps": MINI_BASE["fit_steps"], "fit_images": 4000, "manifest_digests": "d"}
+    with pytest.raises(ValueError, match="rebuild: true pretrains the mini base; it needs pretrained: true"):
+        resolve(BaseModelConfig, "mini", "base_model", {"pretrained": False, "rebuild": True}, image_size=64, seed=0)
 
 
 # ------------------------------------------------------------------------------------------------

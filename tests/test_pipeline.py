@@ -51,9 +51,9 @@ def mirror_url(tmp_path_factory):
         yield server.url
 
 
-# Model and training budgets small enough for a test; the learning itself is tested in test_learning.py.
+# Training budgets small enough for a test (the base is the versioned pretrained one, as in the job); the
+# learning itself is tested in test_learning.py.
 TINY_TRAINING = {
-    "base_model": {"config": {"fit_steps": 4, "fit_images": 64}},
     **{f"instructcv_{v}_checkpoint": {"config": {"max_steps": 3, "train_batch_size": 4,
                                                  "checkpointing_steps": 2}} for v in ("fp", "rp", "fp_onestep", "rp_onestep")},
     # two images per benchmark, one for Table 3, two denoising steps, two category swaps and one image's task switches

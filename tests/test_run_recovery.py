@@ -197,7 +197,7 @@ def test_embedded_job_survives_ctrl_c_and_kill_9_during_training_and_resumes_exa
         config.write_text(yaml.safe_dump({
             "resources": {"settings": {"config": {"data_root": str(tmp_path / "data"), "mini_sizes": SMALL,
                                                   "mini_mirror_url": server.url, "progress_bars": False}}},
-            "ops": {"base_model": {"config": {"fit_steps": 4, "fit_images": 64}},
+            "ops": {
                     "instructcv_fp_checkpoint": {"config": {"max_steps": 14, "train_batch_size": 4,
                                                             "checkpointing_steps": 2}}},
             # one step at a time: steps creating a fresh MLflow sqlite store concurrently can race on its migrations

@@ -37,6 +37,15 @@ def test_specs_parse_and_bad_ones_are_named():
     assert sq.SpeedQualityConfig(images=0).images is None
 
 
+def test_the_paper_preset_can_take_fewer_images_than_the_other_points():
+    curve = sq.SpeedQualityConfig(images=4, paper_images=1)
+    assert (curve.images_for("paper"), curve.images_for("few"), curve.images_for("one")) == (1, 4, 4)
+    assert sq.SpeedQualityConfig(images=4).images_for("paper") == 4
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="paper_images must be between 1 and images"):
+            sq.SpeedQualityConfig(images=4, paper_images=bad)
+
+
 def test_points_cover_every_checkpoint_and_preset_and_the_sweep_once():
     config = sq.SpeedQualityConfig(grid=("fp:paper", "fp:few:4", "fp_onestep:paper", "fp:one", "fp_onestep:few:4",
                                          "fp_onestep:one"), guidance=("1.0/1.0", "7.5/1.5"), guidance_sampler="one", guidance_checkpoints=("fp",))

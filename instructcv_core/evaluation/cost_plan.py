@@ -270,19 +270,24 @@ def speed_quality_cost(profile: str, datasets_dir: Path | None, eval_config) -> 
     from instructcv_core.presets import resolve
 
     curve = resolve(SpeedQualityConfig, profile, "speed_quality")
-    standard = 0
-    for name in curve.benchmarks:
-        spec = BENCHMARKS[name]
-        manifest = datasets_dir / "test" / f"{spec.test_manifest}.parquet" if datasets_dir is not None else None
-        if manifest is not None and manifest.exists():
-            config = replace(eval_config, max_images=curve.images, protocols=("standard",))
-            standard += queries_from_manifest(name, datasets_dir, datasets_dir.parent / "raw", config, [])[2]
-        else:
-            size = SPLIT_SIZES[name]
-            images = min(size.images, curve.images) if curve.images else size.images
-            standard += queries_from_sizes(spec, size, images, 0)[1]
+
+    def standard_queries(limit: int | None) -> int:
+        standard = 0
+        for name in curve.benchmarks:
+            spec = BENCHMARKS[name]
+            manifest = datasets_dir / "test" / f"{spec.test_manifest}.parquet" if datasets_dir is not None else None
+            if manifest is not None and manifest.exists():
+                config = replace(eval_config, max_images=limit, protocols=("standard",))
+                standard += queries_from_manifest(name, datasets_dir, datasets_dir.parent / "raw", config, [])[2]
+            else:
+                size = SPLIT_SIZES[name]
+                images = min(size.images, limit) if limit else size.images
+                standard += queries_from_sizes(spec, size, images, 0)[1]
+        return standard
+
     grid = points(curve, eval_config.sampler)
-    return len(grid), sum(standard * point.sampler.unet_evals_per_query for point in grid)
+    queries = {limit: standard_queries(limit) for limit in {curve.images_for(p.sampler.preset) for p in grid}}
+    return len(grid), sum(queries[curve.images_for(p.sampler.preset)] * p.sampler.unet_evals_per_query for p in grid)
 
 
 __all__ = ["ANCHORS", "SPLIT_SIZES", "BenchmarkCost", "CostPlan", "make_plan", "queries_from_sizes", "speed_quality_cost"]

@@ -62,6 +62,9 @@ class SpeedQualityConfig:
         "help": "Benchmarks on the curve (their headline standard metric); default: every in-domain one."})
     images: int | None = field(default=50, metadata={
         "help": "Images per benchmark, the same seeded subset for every point (0 or None: the whole test split)."})
+    paper_images: int | None = field(default=None, metadata={
+        "help": "Images per benchmark for the `paper` preset's points (300 UNet evaluations per query), the first of "
+                "the same seeded subset; None: `images`."})
 
     def __post_init__(self) -> None:
         from instructcv_core.benchmarks import benchmark
@@ -88,6 +91,12 @@ class SpeedQualityConfig:
             raise ValueError(f"speed-quality: images must be >= 0 (0 or None: every image), got {self.images}")
         if self.images == 0:
             object.__setattr__(self, "images", None)
+        if self.paper_images is not None and not 1 <= self.paper_images <= (self.images or self.paper_images):
+            raise ValueError(f"speed-quality: paper_images must be between 1 and images ({self.images}), got {self.paper_images}")
+
+    def images_for(self, preset: str) -> int | None:
+        """Images per benchmark of a point of sampler preset ``preset``."""
+        return self.paper_images if preset == "paper" and self.paper_images is not None else self.images
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -43,6 +43,9 @@ class TinyModelConfig:
     prediction_type: Literal["epsilon", "v_prediction"] = knob(
         "v_prediction", "The scheduler's prediction type: `v_prediction` (learns image-to-image maps much "
         "faster on the mini model) or `epsilon` (SD v1.5 and the paper).")
+    zero_terminal_snr: bool = knob(
+        False, "Rescale the noise schedule to zero SNR at t = 999 (pure noise there; needs v_prediction). SD's "
+        "schedule leaves 0.068 x the target in the t = 999 training input, which the one-step sampler never has.")
     seed: int = knob(0, "Seeds every random initialisation.")
 
     def __post_init__(self) -> None:
@@ -53,6 +56,8 @@ class TinyModelConfig:
             raise ValueError(f"text_encoder must be 'minilm' or 'clip', got {self.text_encoder!r}")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise ValueError("zero_terminal_snr needs prediction_type 'v_prediction' (epsilon is undefined at zero SNR)")
         factor = 2 ** (len(self.vae_block_out_channels) - 1)
         if factor < 4:
             raise ValueError("vae_block_out_channels needs >= 3 levels (x4 downsampling); see cpu-feasibility.md")
@@ -67,18 +72,27 @@ class TinyModelConfig:
 
 @dataclass(frozen=True)
 class BaseModelConfig(TinyModelConfig):
-    """The base-model stage of the mini profile: the tiny model's shape and the fit of its autoencoder.
+    """The base-model stage of the mini profile: where the tiny base comes from, and its shape.
 
-    The fit is a fixed number of optimiser steps (``fit_steps``), so the same config and seed give
-    the same VAE on the same machine type; the stage records this config (:meth:`stamp`) and reuses
-    a base built from the same one.
+    ``pretrained`` (the default): the pretrained mini base, the mini world's SD v1.5
+    (:mod:`instructcv_core.model.pretrain_mini`), loaded from the versioned folder or, with
+    ``rebuild``, pretrained here; its shape must be the shape knobs' values. Otherwise the
+    from-scratch ablation: a randomly initialised base whose autoencoder is fitted for ``fit_steps``
+    fixed optimiser steps on the manifest images. The stage records what it built (:meth:`stamp`)
+    and reuses a base built from the same.
     """
 
-    fit_steps: int = knob(600, "Optimiser steps (batches of 16 images) of the tiny autoencoder's fit.")
-    fit_images: int = knob(4000, "At most this many distinct training images (inputs and targets) to fit on.")
+    pretrained: bool = knob(True, "Start from the pretrained mini base (as InstructCV starts from SD v1.5); false: "
+                            "a randomly initialised base with its autoencoder fitted on the manifest images.")
+    rebuild: bool = knob(False, "Pretrain the mini base here (`python -m instructcv_core.model.pretrain_mini build`, "
+                         "about an hour on 2 CPU cores) instead of loading the versioned folder.")
+    fit_steps: int = knob(600, "From-scratch base only: optimiser steps (batches of 16 images) of the autoencoder's fit.")
+    fit_images: int = knob(4000, "From-scratch base only: at most this many distinct training images to fit on.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.rebuild and not self.pretrained:
+            raise ValueError("rebuild: true pretrains the mini base; it needs pretrained: true")
         if self.fit_steps < 0:
             raise ValueError(f"fit_steps must be >= 0, got {self.fit_steps}")
         if self.fit_images < 1:
@@ -88,12 +102,15 @@ class BaseModelConfig(TinyModelConfig):
         """The model's shape alone (what :func:`build_tiny_base` takes)."""
         return TinyModelConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TinyModelConfig)})
 
-    def stamp(self, manifest_digests: str) -> dict:
+    def stamp(self, source_digest: str) -> dict:
         """What a built base records of its making; the same stamp means the same base (reused as is).
 
-        ``manifest_digests``: a digest of the images it was fitted on (see the base_model asset).
+        ``source_digest``: the pretrained folder's SHA256SUMS digest, or (from scratch) a digest of
+        the images the autoencoder was fitted on (see the base_model asset).
         """
         tiny = self.tiny()
-        return {"tiny": tiny.__dict__ | {"vae_block_out_channels": list(tiny.vae_block_out_channels),
-                                         "unet_block_out_channels": list(tiny.unet_block_out_channels)},
-                "fit_steps": self.fit_steps, "fit_images": self.fit_images, "manifest_digests": manifest_digests}
+        shape = {"tiny": tiny.__dict__ | {"vae_block_out_channels": list(tiny.vae_block_out_channels),
+                                          "unet_block_out_channels": list(tiny.unet_block_out_channels)}}
+        if self.pretrained:
+            return shape | {"pretrained": source_digest, "rebuild": self.rebuild}
+        return shape | {"fit_steps": self.fit_steps, "fit_images": self.fit_images, "manifest_digests": source_digest}

@@ -23,6 +23,8 @@ from instructcv_core.instructions.paraphrase import hub_offline, minilm_model_di
 from instructcv_core.model.loading import MAX_PROMPT_TOKENS, BaseModelError, check_tokenizer
 from instructcv_core.model.config import TinyModelConfig
 
+#: Hidden size of all-MiniLM-L6-v2 (the mini UNet's cross-attention dimension).
+MINILM_HIDDEN_SIZE = 384
 #: The tiny random CLIP text encoder of ``text_encoder="clip"``.
 TINY_CLIP = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4}
 
@@ -38,8 +40,14 @@ def _norm_groups(channels: Sequence[int]) -> int:
     return max(1, min(32, math.gcd(*channels) // 4))
 
 
-def sd_noise_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
-    """SD v1.5's training noise schedule: 1000 steps, scaled-linear betas 0.00085..0.012 (LDM's "linear")."""
+def sd_noise_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> DDPMScheduler:
+    """SD v1.5's training noise schedule: 1000 steps, scaled-linear betas 0.00085..0.012 (LDM's "linear").
+
+    ``zero_terminal_snr``: rescale the betas so that the last timestep is pure noise (Lin et al. 2024,
+    diffusers' ``rescale_betas_zero_snr``). SD's own schedule keeps sqrt(alpha_bar_999) = 0.068 of the
+    clean latent at t = 999, so a model trained there can read its target from its input, which a
+    sampler starting from pure noise never gives it (``docs/architecture.md``, "The mini base").
+    """
     return DDPMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -48,6 +56,7 @@ def sd_noise_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
         prediction_type=prediction_type,
         clip_sample=False,
         steps_offset=1,
+        rescale_betas_zero_snr=zero_terminal_snr,
     )
 
 
@@ -147,7 +156,7 @@ def build_tiny_base(config: TinyModelConfig, out_dir: Path) -> Path:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=sd_noise_scheduler(config.prediction_type),
+        scheduler=sd_noise_scheduler(config.prediction_type, config.zero_terminal_snr),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
