@@ -103,8 +103,7 @@ def _pretrained_source(context, settings: InstructCVSettings, recipe: BaseModelC
     against its SHA256SUMS and against the shape knobs; returns (folder, digest of its SHA256SUMS)."""
     import dataclasses
 
-    from instructcv_core.model.loading import BaseModelError
-    from instructcv_core.model.pretrain_mini import VERSIONED_BASE, PretrainConfig, pretrain, verify_checksums
+    from instructcv_core.model.pretrain_mini import VERSIONED_BASE, PretrainConfig, check_shape, pretrain, verify_checksums
 
     folder = VERSIONED_BASE
     if recipe.rebuild:
@@ -115,18 +114,8 @@ def _pretrained_source(context, settings: InstructCVSettings, recipe: BaseModelC
             context.log.info(f"pretraining the mini base into {folder} (fixed steps: {pretrain_config})")
             pretrain(pretrain_config, folder, workers=2, command="base_model: {rebuild: true}", log=context.log.info)
     digest = verify_checksums(folder)
-    shape = json.loads((folder / "tiny_model_config.json").read_text())
-    wanted = dataclasses.asdict(recipe.tiny())
-    differs = sorted(k for k in wanted if k != "seed" and _plain(wanted[k]) != _plain(shape.get(k)))
-    if differs:
-        raise BaseModelError(f"{folder}: the pretrained mini base has {', '.join(f'{k}={shape.get(k)!r}' for k in differs)}, "
-                             f"but the config asks {', '.join(f'{k}={wanted[k]!r}' for k in differs)}; set "
-                             "base_model: {pretrained: false} for a from-scratch base of another shape")
+    check_shape(folder, recipe.tiny())
     return folder, digest
-
-
-def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _from_scratch(context, settings: InstructCVSettings, recipe: BaseModelConfig, store, manifest, out_dir: Path):

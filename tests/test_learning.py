@@ -27,7 +27,6 @@ from instructcv_core.tasks.depth import decode_depth
 from instructcv_core.tasks.segmentation import decode_segmentation
 
 TRAIN_DATASETS = ("ade20k", "coco", "nyuv2", "pets")
-FIT_STEPS = 300  # autoencoder optimiser steps (fixed: no wall clock anywhere)
 TRAIN_STEPS = 300  # UNet optimiser steps (fixed)
 N_EVAL = 40  # test pairs per task
 
@@ -127,25 +126,14 @@ def _scores(pipeline_dir, store, test: pd.DataFrame) -> dict:
            "measuring (measured 0.645 < 0.70; segmentation IoU 0.411 and depth RMSE 1.545 m vs 3.100 m untrained "
            "pass; docs/benchmarks.md). Strict: the day it passes, this marker must go.")
 def test_embedded_default_learns_segmentation_depth_and_follows_instructions(tmp_path):
-    from instructcv_core.model.autoencoder import fit_autoencoder
-    from instructcv_core.model.config import BaseModelConfig
-    from instructcv_core.model.loading import load_base
-    from instructcv_core.model.tiny_base import build_tiny_base
+    from instructcv_core.model.pretrain_mini import VERSIONED_BASE, assemble_base
     from instructcv_core.presets import resolve
     from instructcv_core.training.config import TrainConfig
     from instructcv_core.training.loop import train
 
     manifest_path, test = _mini_pairs(tmp_path)
     store = ImageStore(tmp_path / "images")
-    manifest = pd.read_parquet(manifest_path)
-
-    recipe = resolve(BaseModelConfig, "mini", "base_model", image_size=64, seed=0)
-    base = build_tiny_base(recipe.tiny(), tmp_path / "base")
-    components = load_base(str(base))
-    digests = sorted(set(manifest["input_digest"]) | set(manifest["target_digest"]))
-    fit = fit_autoencoder(components.vae, np.stack([store.get(d) for d in digests]), steps=FIT_STEPS, seed=0)
-    assert fit["steps"] == FIT_STEPS
-    components.vae.save_pretrained(base / "vae", safe_serialization=True)
+    base = assemble_base(VERSIONED_BASE, tmp_path / "base")  # the job's base: the pretrained mini base
 
     config = resolve(TrainConfig, "mini", "train", {"checkpointing_steps": 10_000}, base_model=str(base),
                      manifest=str(manifest_path), image_store=str(tmp_path / "images"), output_dir=str(tmp_path / "trained"),

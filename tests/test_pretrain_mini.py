@@ -13,7 +13,7 @@ import torch
 from instructcv_core.model.loading import BaseModelError
 from instructcv_core.model.pretrain_corpus import all_captions, build_corpus, caption_of, render_item
 from instructcv_core.model.pretrain_mini import (
-    CHECKSUMS, RECORD, VERSIONED_BASE, PretrainConfig, assemble_base, main, sha256_file, verify_checksums,
+    CHECKSUMS, RECORD, VERSIONED_BASE, PretrainConfig, assemble_base, check_shape, main, sha256_file, verify_checksums,
 )
 from instructcv_core.model.tiny_base import sd_noise_scheduler
 
@@ -74,6 +74,16 @@ def test_the_versioned_base_matches_its_checksums_and_was_made_by_the_documented
     assert record["command"].startswith("python -m instructcv_core.model.pretrain_mini build")
     size = sum(p.stat().st_size for p in VERSIONED_BASE.rglob("*") if p.is_file())
     assert size <= 30 * 2**20
+
+
+def test_a_shape_other_than_the_base_is_refused_naming_the_knob():
+    from instructcv_core.model.config import TinyModelConfig
+
+    check_shape(VERSIONED_BASE, PretrainConfig().model())
+    with pytest.raises(BaseModelError, match=r"unet_block_out_channels=\[32, 64\].*asks unet_block_out_channels=\(64, 128\)"):
+        check_shape(VERSIONED_BASE, dataclasses.replace(PretrainConfig().model(), unet_block_out_channels=(64, 128)))
+    with pytest.raises(BaseModelError, match="text_encoder='minilm'.*pretrained: false"):
+        check_shape(VERSIONED_BASE, TinyModelConfig(text_encoder="clip", zero_terminal_snr=True))
 
 
 def test_a_changed_or_extra_file_in_the_base_is_refused_by_name(tmp_path):

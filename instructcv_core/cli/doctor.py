@@ -166,7 +166,14 @@ def _base_model_check(ctx: DoctorContext) -> Check:
     from instructcv_core.model.loading import BaseModelError, check_base_source
 
     if ctx.profile == "mini":
-        return Check("base model", "ok", "tiny SD-shaped model, built by the base_model asset")
+        from instructcv_core.model.pretrain_mini import VERSIONED_BASE, verify_checksums
+
+        try:
+            verify_checksums(VERSIONED_BASE)
+        except BaseModelError as exc:
+            return Check("base model", "missing", str(exc), "restore instructcv_core/model/mini_base/ from the "
+                         "repository, or set base_model: {rebuild: true}")
+        return Check("base model", "ok", f"pretrained mini base {VERSIONED_BASE.name}/ (sha256 checked)")
     source = str(ctx.settings.get("base_model") or DEFAULT_BASE_MODEL)
     try:
         check_base_source(source, allow_network=False)

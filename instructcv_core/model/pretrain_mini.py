@@ -328,6 +328,22 @@ def verify_checksums(folder: Path) -> str:
     return sha256_file(sums)
 
 
+def check_shape(folder: Path, wanted: TinyModelConfig) -> None:
+    """Refuse a pretrained folder whose model shape is not ``wanted`` (the seed aside), naming the knobs."""
+    from instructcv_core.model.loading import BaseModelError
+
+    def plain(value):
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    shape = json.loads((Path(folder) / "tiny_model_config.json").read_text())
+    asked = dataclasses.asdict(wanted)
+    differs = sorted(k for k in asked if k != "seed" and plain(asked[k]) != plain(shape.get(k)))
+    if differs:
+        raise BaseModelError(f"{folder}: the pretrained mini base has {', '.join(f'{k}={shape.get(k)!r}' for k in differs)}, "
+                             f"but the config asks {', '.join(f'{k}={asked[k]!r}' for k in differs)}; set "
+                             "base_model: {pretrained: false} for a from-scratch base of another shape")
+
+
 def assemble_base(pretrained: Path, out_dir: Path) -> Path:
     """The full ``StableDiffusionPipeline`` folder: a pretrained folder's UNet, VAE and scheduler with the
     installed MiniLM text encoder and tokenizer (checked against the record's weights sha256)."""
