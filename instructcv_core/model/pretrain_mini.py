@@ -288,11 +288,10 @@ def pretrain(config: PretrainConfig, out_dir: Path, device: str = "cpu", caption
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a file's bytes (hex)."""
+    from instructcv_core.data.download import file_digest
+
+    return file_digest(Path(path), "sha256")
 
 
 def write_checksums(folder: Path) -> None:
@@ -404,7 +403,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     command = "python -m instructcv_core.model.pretrain_mini " + " ".join(argv if argv is not None else sys.argv[1:])
     pretrain(config, args.out, device=args.device, caption_states_path=args.caption_states, workers=args.workers,
              command=command)
