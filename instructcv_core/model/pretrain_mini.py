@@ -222,7 +222,7 @@ def pretrain(config: PretrainConfig, out_dir: Path, device: str = "cpu", caption
 
     from instructcv_core.model.autoencoder import fit_autoencoder
     from instructcv_core.model.pretrain_corpus import build_corpus
-    from instructcv_core.model.tiny_base import MINILM_HIDDEN_SIZE, sd_noise_scheduler, tiny_unet, tiny_vae
+    from instructcv_core.model.tiny_base import sd_noise_scheduler, tiny_unet, tiny_vae
 
     out_dir = Path(out_dir)
     started = time.monotonic()
@@ -245,7 +245,7 @@ def pretrain(config: PretrainConfig, out_dir: Path, device: str = "cpu", caption
     fit = fit_autoencoder(vae, fit_images, steps=config.autoencoder_steps, batch_size=config.autoencoder_batch,
                           lr=config.autoencoder_lr, seed=config.seed, log=log)
     torch.manual_seed(model.seed + 1)
-    unet = tiny_unet(model, cross_attention_dim=MINILM_HIDDEN_SIZE).to(device)
+    unet = tiny_unet(model, cross_attention_dim=states.shape[-1]).to(device)  # the text encoder's width
     scheduler = sd_noise_scheduler(model.prediction_type, model.zero_terminal_snr)
     mean, std = encode_corpus(vae, images, device)
     caption_row = {c: i for i, c in enumerate(distinct)}

@@ -23,8 +23,6 @@ from instructcv_core.instructions.paraphrase import hub_offline, minilm_model_di
 from instructcv_core.model.loading import MAX_PROMPT_TOKENS, BaseModelError, check_tokenizer
 from instructcv_core.model.config import TinyModelConfig
 
-#: Hidden size of all-MiniLM-L6-v2 (the mini UNet's cross-attention dimension).
-MINILM_HIDDEN_SIZE = 384
 #: The tiny random CLIP text encoder of ``text_encoder="clip"``.
 TINY_CLIP = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4}
 
