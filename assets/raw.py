@@ -89,6 +89,7 @@ def raw_dataset_asset(name: str, description: str) -> dg.AssetsDefinition:
                 "missing_optional_files": dg.MetadataValue.json(result.missing_optional),
                 "records": result.n_records,
                 "quarantined": result.n_quarantined,
+                "warnings": dg.MetadataValue.json(result.warning_counts),  # per kind; each one in warnings.json
                 "splits": dg.MetadataValue.md(_table(result.split_counts, "split", "images")),
                 "categories": len(result.category_counts),
                 "category_counts": dg.MetadataValue.md(_table(dict(list(result.category_counts.items())[:40]), "category", "images")),

@@ -16,7 +16,10 @@ import scipy.io
 from PIL import Image
 
 from instructcv_core.data.datasets import ade20k, coco, fss1000, nyuv2, pets, sunrgbd, voc
-from instructcv_core.data.schema import AnnotationError
+from instructcv_core.data.images import read_rgb
+from instructcv_core.data.labels import decode_depth_png_mm
+from instructcv_core.data.records import QuarantineEntry, ReadWarning
+from instructcv_core.data.schema import MAX_LISTED, AnnotationError, SchemaErrors
 from instructcv_core.data.voc_xml import UnsafeXmlError
 
 
@@ -71,9 +74,9 @@ def test_coco_valid_file_reads(tmp_path):
         (lambda d: d["images"][1].update(id=1), "images[1].id", "duplicate image id 1"),
         (lambda d: d.update(categories=[]), "categories", "must not be empty"),
         (lambda d: d["categories"].append({"id": 3, "name": "bus"}), "categories[1].id", "duplicate category id 3"),
-        (lambda d: d["images"][0].update(width=0), "images[0].width", "must be in 1..inf, got 0"),
-        (lambda d: d["images"][0].update(file_name="../x.jpg"), "images[0].file_name", "must be a plain file name, got '../x.jpg'"),
-        (lambda d: d["annotations"][0].update(category_id=99), "annotations[0].category_id", "unknown category id 99"),
+        (lambda d: d["images"][0].update(width=0), "images[id=1].width", "must be in 1..inf, got 0"),
+        (lambda d: d["images"][0].update(file_name="../x.jpg"), "images[id=1].file_name", "must be a plain file name, got '../x.jpg'"),
+        (lambda d: d["annotations"][0].update(category_id=99), "annotations[id=10].category_id", "unknown category id 99"),
     ],
 )
 def test_coco_structural_errors_name_file_and_field(tmp_path, change, field, problem):
@@ -82,33 +85,112 @@ def test_coco_structural_errors_name_file_and_field(tmp_path, change, field, pro
     assert str(info.value) == f"annotations/instances_val2017.json: {field}: {problem}"
 
 
+def test_coco_schema_errors_list_every_bad_field_of_the_file(tmp_path):
+    def change(d):
+        d["images"][0].update(width=0, height="30")
+        d["images"][1].update(file_name="")
+        d["annotations"].append({**d["annotations"][0], "id": 11, "category_id": 99})
+    with pytest.raises(SchemaErrors) as info:
+        coco.read(coco_root(tmp_path, coco_variant(change)), splits=("val",))
+    assert str(info.value) == (
+        "annotations/instances_val2017.json: 4 schema errors:\n"
+        "  images[id=1].width: must be in 1..inf, got 0\n"
+        "  images[id=1].height: must be an integer, got a string '30'\n"
+        "  images[id=2].file_name: must not be empty\n"
+        "  annotations[id=11].category_id: unknown category id 99"
+    )
+
+
+def test_coco_schema_errors_beyond_the_listed_ones_are_counted(tmp_path):
+    def change(d):
+        d["annotations"] = [{**d["annotations"][0], "id": 100 + k, "category_id": 50 + k} for k in range(MAX_LISTED + 5)]
+    with pytest.raises(SchemaErrors) as info:
+        coco.read(coco_root(tmp_path, coco_variant(change)), splits=("val",))
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"annotations/instances_val2017.json: {MAX_LISTED + 5} schema errors:"
+    assert lines[1] == "  annotations[id=100].category_id: unknown category id 50"
+    assert lines[-1] == "  and 5 more" and len(lines) == MAX_LISTED + 2
+    assert len(info.value.errors) == MAX_LISTED + 5
+
+
+GOOD_SECOND = {"id": 11, "image_id": 1, "category_id": 3, "bbox": [20.0, 10.0, 10.0, 10.0], "iscrowd": 0,
+               "segmentation": [[20.0, 10.0, 30.0, 10.0, 30.0, 20.0, 20.0, 20.0]], "area": 100.0}
+
+
 @pytest.mark.parametrize(
     "change, problem",
     [
-        (lambda d: d["annotations"][0].update(bbox=[5.0, 5.0, -3.0, 10.0]), "annotations[0].bbox[2]: must be > 0, got -3.0"),
-        (lambda d: d["annotations"][0].update(bbox=[5.0, 5.0, 0, 10.0]), "annotations[0].bbox[2]: must be > 0, got 0.0"),
-        (lambda d: d["annotations"][0].update(bbox=[35.0, 5.0, 10.0, 10.0]),
-         "annotations[0].bbox: box [35.0, 5.0, 10.0, 10.0] reaches outside the 40x30 image"),
-        (lambda d: d["annotations"][0].update(segmentation=[[1.0, 2.0, 3.0]]),
-         "annotations[0].segmentation[0]: a polygon needs an even number (>= 6) of coordinates, got 3"),
-        (lambda d: d["annotations"][0].update(iscrowd=2), "annotations[0].iscrowd: must be in 0..1, got 2"),
+        ({"bbox": [5.0, 5.0, -3.0, 10.0]}, "annotations[id=10].bbox[2]: must be > 0, got -3.0"),
+        ({"bbox": [5.0, 5.0, 0, 10.0]}, "annotations[id=10].bbox[2]: must be > 0, got 0.0"),
+        ({"bbox": [45.0, 5.0, 10.0, 10.0]}, "annotations[id=10].bbox: box [45.0, 5.0, 10.0, 10.0] lies outside the 40x30 image"),
+        ({"segmentation": [[1.0, 2.0, 3.0]]},
+         "annotations[id=10].segmentation[0]: a polygon needs an even number (>= 6) of coordinates, got 3"),
+        ({"iscrowd": 2}, "annotations[id=10].iscrowd: must be in 0..1, got 2"),
+        ({"bbox": [5.0, 5.0, 10.0, -1.0], "iscrowd": 2},
+         "annotations[id=10].bbox[3]: must be > 0, got -1.0; annotations[id=10].iscrowd: must be in 0..1, got 2"),
     ],
 )
-def test_coco_bad_annotation_quarantines_its_image(tmp_path, change, problem):
-    result = coco.read(coco_root(tmp_path, coco_variant(change)), splits=("val",))
-    assert [r.image_id for r in result.records] == ["2"]
-    assert [(q.path, q.reason) for q in result.quarantine] == [
-        ("val2017/a.jpg", f"annotations/instances_val2017.json: {problem}")
+def test_coco_bad_annotation_is_quarantined_by_id_and_its_image_kept(tmp_path, change, problem):
+    data = coco_variant(lambda d: (d["annotations"][0].update(change), d["annotations"].append(dict(GOOD_SECOND))))
+    result = coco.read(coco_root(tmp_path, data), splits=("val",))
+    assert [r.image_id for r in result.records] == ["1", "2"]
+    kept = result.records[0]
+    assert [(b.x, b.y, b.w, b.h) for b in kept.boxes] == [(20.0, 10.0, 10.0, 10.0)]  # annotation 11 only
+    assert kept.categories == ["car"]
+    assert result.quarantine == [
+        QuarantineEntry("annotations/instances_val2017.json", f"{problem} (image id 1, a.jpg)", annotation="10")
     ]
+
+
+def test_coco_masks_leave_out_a_quarantined_annotation(tmp_path):
+    data = coco_variant(lambda d: (d["annotations"][0].update(bbox=[5.0, 5.0, 0, 10.0]),
+                                   d["annotations"].append(dict(GOOD_SECOND))))
+    root = coco_root(tmp_path, data)
+    record = coco.read(root, splits=("val",)).records[0]
+    masks, void = coco.class_masks(record, root)
+    assert set(masks) == {"car"} and not void.any()
+    rows, cols = np.nonzero(masks["car"])
+    assert (rows.min(), cols.min()) == (10, 20)  # annotation 11's square; 10's square (5..15) is absent
+
+
+def test_coco_box_partly_outside_is_clipped_and_reported(tmp_path):
+    data = coco_variant(lambda d: d["annotations"][0].update(bbox=[35.0, -4.0, 10.0, 10.0]))
+    result = coco.read(coco_root(tmp_path, data), splits=("val",))
+    assert result.quarantine == []
+    box = result.records[0].boxes[0]
+    assert (box.x, box.y, box.w, box.h) == (35.0, 0.0, 5.0, 6.0)
+    assert result.warnings == [ReadWarning(
+        "box_clipped", "annotations/instances_val2017.json",
+        "annotations[id=10].bbox: box [35.0, -4.0, 10.0, 10.0] reaches outside the 40x30 image (image id 1, a.jpg); "
+        "clipped to [35.0, 0.0, 5.0, 6.0]", annotation="10")]
+
+
+def test_coco_box_within_the_tolerance_is_kept_as_stored(tmp_path):
+    data = coco_variant(lambda d: d["annotations"][0].update(bbox=[-0.5, 5.0, 40.5, 10.0]))
+    result = coco.read(coco_root(tmp_path, data), splits=("val",))
+    box = result.records[0].boxes[0]
+    assert (box.x, box.w) == (-0.5, 40.5) and result.warnings == [] and result.quarantine == []
 
 
 def test_coco_annotation_of_a_missing_image_is_reported(tmp_path):
     data = coco_variant(lambda d: d["annotations"].append({**d["annotations"][0], "id": 11, "image_id": 7}))
     result = coco.read(coco_root(tmp_path, data), splits=("val",))
     assert len(result.records) == 2
-    assert [(q.path, q.reason) for q in result.quarantine] == [
-        ("annotations/instances_val2017.json", "annotations[1] (id 11): image_id 7 names no image in images[]")
-    ]
+    assert result.quarantine == [QuarantineEntry(
+        "annotations/instances_val2017.json", "annotations[id=11]: image_id 7 names no image in images[]", annotation="11"
+    )]
+
+
+def test_sixteen_bit_photograph_is_read_and_reported(tmp_path):
+    data = coco_variant(lambda d: d["images"][1].update(file_name="b.png"))
+    root = coco_root(tmp_path, data)
+    Image.fromarray(np.full((30, 40), 65535, np.uint16)).save(root / "val2017" / "b.png")
+    result = coco.read(root, splits=("val",))
+    assert [r.image_path for r in result.records] == ["val2017/a.jpg", "val2017/b.png"]
+    [warning] = result.warnings
+    assert (warning.kind, warning.path) == ("sixteen_bit_to_rgb", "val2017/b.png")
+    assert warning.detail.startswith("16-bit grey photograph (mode I")
+    assert read_rgb(root / "val2017" / "b.png").max() == 255  # scaled, as the warning says
 
 
 # --- VOC XML (VOC 2012 and Pets head boxes) ---------------------------------------------------------
@@ -141,21 +223,40 @@ def test_voc_valid_box(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "xml, problem",
+    "bad_object, problem",
     [
-        (voc_xml(voc_object(xmin=30, xmax=10)), "object[0].bndbox: inverted box: xmin 30.0 > xmax 10.0"),
-        (voc_xml("<object><name>cat</name></object>"), "object[0].bndbox: missing"),
-        (voc_xml(voc_object(), "<size><width>0</width><height>30</height></size>"), "size.width: must be in 1..inf, got 0"),
-        (voc_xml(voc_object(xmax=45)), "object[0].bndbox: xmin..xmax = 5.0..45.0 outside 1..40"),
-        (voc_xml(voc_object(name="unicorn")), "object[0].name: unknown class 'unicorn'"),
+        (voc_object(xmin=30, xmax=10, name="dog"), "object[1].bndbox: inverted box: xmin 30.0 > xmax 10.0"),
+        ("<object><name>dog</name></object>", "object[1].bndbox: missing"),
+        (voc_object(xmax=45, name="dog"), "object[1].bndbox: xmin..xmax = 5.0..45.0 outside 1..40"),
+        (voc_object(xmin=30, xmax=10, ymin="a", name="dog"),
+         "object[1].bndbox.ymin: must be a number, got 'a'; object[1].bndbox: inverted box: xmin 30.0 > xmax 10.0"),
     ],
 )
-def test_voc_bad_annotation_is_quarantined_naming_the_field(tmp_path, xml, problem):
+def test_voc_bad_object_is_quarantined_and_the_image_keeps_the_others(tmp_path, bad_object, problem):
+    result = voc.read(voc_root(tmp_path, voc_xml(voc_object() + bad_object)), splits=("val",))
+    [record] = result.records
+    assert [(b.category, b.x, b.y, b.w, b.h) for b in record.boxes] == [("cat", 4.0, 4.0, 16.0, 21.0)]
+    assert record.categories == ["cat"]
+    assert result.quarantine == [QuarantineEntry("Annotations/2007_000001.xml", problem, annotation="object1:dog")]
+
+
+def test_voc_object_of_an_unknown_class_is_quarantined_alone(tmp_path):
+    result = voc.read(voc_root(tmp_path, voc_xml(voc_object(name="unicorn") + voc_object())), splits=("val",))
+    assert [b.category for b in result.records[0].boxes] == ["cat"]
+    assert result.quarantine == [QuarantineEntry(
+        "Annotations/2007_000001.xml", "object[0].name: unknown class 'unicorn'", annotation="object0:unicorn")]
+
+
+def test_voc_bad_size_quarantines_the_image_naming_every_bad_field(tmp_path):
+    xml = voc_xml(voc_object(), "<size><width>0</width><height>x</height></size>")
     result = voc.read(voc_root(tmp_path, xml), splits=("val",))
     assert result.records == []
-    assert [(q.path, q.reason) for q in result.quarantine] == [
-        ("Annotations/2007_000001.xml", f"unusable annotation (AnnotationError: Annotations/2007_000001.xml: {problem})")
-    ]
+    [entry] = result.quarantine
+    assert entry.path == "Annotations/2007_000001.xml" and entry.annotation is None
+    assert entry.reason == (
+        "unusable annotation (SchemaErrors: Annotations/2007_000001.xml: 2 schema errors:\n"
+        "  size.width: must be in 1..inf, got 0\n  size.height: must be a number, got 'x')"
+    )
 
 
 def test_voc_entity_declaration_is_rejected_not_quarantined(tmp_path):
@@ -196,6 +297,17 @@ def test_pets_missing_trimap_is_quarantined(tmp_path):
     assert [(q.path, q.reason) for q in result.quarantine] == [
         ("annotations/trimaps/Abyssinian_1.png", "unusable trimap of images/Abyssinian_1.jpg: file not found")
     ]
+
+
+def test_pets_inverted_head_box_is_quarantined_and_the_record_kept(tmp_path):
+    root = pets_root(tmp_path, np.full((30, 40), 2, np.uint8))
+    (root / "annotations" / "xmls").mkdir()
+    (root / "annotations" / "xmls" / "Abyssinian_1.xml").write_text(voc_xml(voc_object(xmin=30, xmax=10, name="cat")))
+    result = pets.read(root)
+    assert [(r.image_id, r.boxes) for r in result.records] == [("Abyssinian_1", [])]
+    assert result.quarantine == [QuarantineEntry(
+        "annotations/xmls/Abyssinian_1.xml", "unusable head box: object[0].bndbox: inverted box: xmin 30.0 > xmax 10.0",
+        annotation="object0:cat")]
 
 
 def test_pets_trimap_value_outside_1_2_3_is_quarantined(tmp_path):
@@ -277,14 +389,26 @@ def test_sun_depth_of_another_size_is_quarantined(tmp_path):
 
 # --- NYU Depth v2 and BTS sync --------------------------------------------------------------------------
 
-def test_nyu_split_overlap_and_range_name_the_indices(tmp_path):
+def test_nyu_split_errors_list_every_index_of_both_splits(tmp_path):
     path = tmp_path / "splits.mat"
-    scipy.io.savemat(path, {"trainNdxs": np.array([[1], [2], [3]]), "testNdxs": np.array([[3], [2]])})
-    with pytest.raises(AnnotationError, match=r"trainNdxs/testNdxs: the splits overlap: indices 2, 3 are in both"):
-        nyuv2.load_splits(path)
-    scipy.io.savemat(path, {"trainNdxs": np.array([[0], [1]]), "testNdxs": np.array([[4]])})
-    with pytest.raises(AnnotationError, match=r"trainNdxs: indices are 1-based; 0 are below 1"):
-        nyuv2.load_splits(path)
+    scipy.io.savemat(path, {"trainNdxs": np.array([[0], [-2], [1], [2], [3], [9]]),
+                            "testNdxs": np.array([[3], [2], [4], [4], [8], [7]])})
+    with pytest.raises(SchemaErrors) as info:
+        nyuv2.load_splits(path, n_images=6)
+    assert str(info.value) == (
+        f"{path}: 5 schema errors:\n"
+        "  trainNdxs: indices are 1-based; 2 below 1: -2, 0\n"
+        "  trainNdxs: 1 indices beyond the 6 images of nyu_depth_v2_labeled.mat: 9\n"
+        "  testNdxs: 2 indices beyond the 6 images of nyu_depth_v2_labeled.mat: 7-8\n"
+        "  testNdxs: 1 indices appear more than once: 4\n"
+        "  trainNdxs/testNdxs: the splits overlap: 2 indices in both: 2-3"
+    )
+
+
+def test_nyu_index_runs_list_every_index_compactly():
+    assert nyuv2.index_runs([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
+    assert nyuv2.index_runs(list(range(796, 1450))) == "796-1449"
+    assert nyuv2.index_runs([1, 3, 5, 7, 8], shown=2) == "1, 3 and 3 more"
 
 
 def nyu_mat(path: Path, n_images: int, n_depths: int, depth_value: float = 2.0) -> Path:
@@ -295,34 +419,71 @@ def nyu_mat(path: Path, n_images: int, n_depths: int, depth_value: float = 2.0) 
     return path
 
 
+def nyu_root(root: Path, raw_depths: np.ndarray, train=(1,), test=(2,)) -> Path:
+    """A labeled mat of ``len(raw_depths)`` 6x8 samples (depths 2 m) with the given rawDepths (N, W=8, H=6)."""
+    nyu_mat(root / nyuv2.MAT_NAME, len(raw_depths), len(raw_depths))
+    with h5py.File(root / nyuv2.MAT_NAME, "a") as f:
+        f["rawDepths"][...] = raw_depths
+        refs = [f.create_dataset(f"#refs#/s{i}", data=np.array([[ord("k")]], np.uint16)).ref for i in range(len(raw_depths))]
+        f.create_dataset("sceneTypes", data=np.array([refs]), dtype=h5py.ref_dtype)
+    scipy.io.savemat(root / nyuv2.SPLITS_NAME, {"trainNdxs": np.array([[i] for i in train]),
+                                                "testNdxs": np.array([[i] for i in test])})
+    return root
+
+
 def test_nyu_image_and_depth_counts_must_agree(tmp_path):
     with h5py.File(nyu_mat(tmp_path / "m.mat", 3, 2), "r") as f, pytest.raises(AnnotationError, match=r"3 images .* but 2 depth maps"):
         nyuv2._check_shapes(f, tmp_path / "m.mat")
 
 
-def test_nyu_infinite_depth_is_refused_not_capped():
-    depth = np.array([[1.0, np.nan], [np.inf, 2.0]])
-    assert nyuv2.depth_problem(depth) == "1 values are infinite, negative or above 20 m (e.g. inf)"
-    assert nyuv2.depth_problem(np.array([[1.0, np.nan]])) is None  # NaN = no measurement
+def test_nyu_invalid_depth_is_masked_below_the_threshold_and_refused_above():
+    depth = np.array([[1.0, np.nan], [np.inf, 2.0], [-1.0, 25.0], [0.0, 3.0]])
+    assert nyuv2.invalid_depth(depth).tolist() == [[False, True], [True, False], [True, True], [False, False]]
+    assert nyuv2.depth_problem(depth) is None  # 4 of 8 = exactly the threshold: masked, kept
+    depth[3, 1] = np.inf
+    assert nyuv2.MAX_INVALID_DEPTH_FRACTION == 0.5
+    assert nyuv2.depth_problem(depth) == (
+        "62.5% of the pixels (5 of 8) are NaN, infinite, negative or above 20 m, "
+        "more than the 50% a depth map may have masked (e.g. nan)")
+
+
+def test_nyu_sample_with_some_invalid_depth_is_kept_masked_and_reported(tmp_path):
+    raw = np.full((3, 8, 6), 2.0, np.float32)
+    raw[0, 0, :3] = [np.inf, np.nan, -0.5]  # sample 1: 3 of 48 pixels invalid
+    raw[1, :6, :] = np.inf  # sample 2: 36 of 48 invalid
+    root = nyu_root(tmp_path, raw, train=(1, 3), test=(2,))
+    result = nyuv2.read(root)
+    assert sorted((r.split, r.image_id) for r in result.records) == [("train", "00001"), ("train", "00003")]
+    exported = decode_depth_png_mm(root / "export/train/depth_raw_00001.png")  # (H=6, W=8): mat (W, H) transposed
+    assert exported[:3, 0].tolist() == [0.0, 0.0, 0.0] and exported[3:, 0].tolist() == [2.0, 2.0, 2.0]
+    assert result.warnings == [ReadWarning(
+        "depth_masked", nyuv2.MAT_NAME,
+        "rawDepths[0] (sample 1): 3 of 48 pixels (6.2%) are NaN, infinite, negative or above 20 m; "
+        "written as 0 (no measurement) in export/train/depth_raw_00001.png")]
+    [entry] = result.quarantine
+    assert entry.path == nyuv2.MAT_NAME
+    assert entry.reason.startswith("nyu_depth_v2_labeled.mat: rawDepths[1] (sample 2): 75.0% of the pixels (36 of 48) are "
+                                   "NaN, infinite, negative or above 20 m, more than the 50%")
+    assert not (root / "export/test/rgb_00002.png").exists()  # refused before any file of it was written
+    again = nyuv2.read(root)  # a resumed export reports the same
+    assert again.warnings == result.warnings and again.quarantine == result.quarantine
 
 
 def test_nyu_split_index_beyond_the_mat_is_named(tmp_path):
-    root = tmp_path
-    nyu_mat(root / nyuv2.MAT_NAME, 2, 2)
-    with h5py.File(root / nyuv2.MAT_NAME, "a") as f:
-        refs = [f.create_dataset(f"#refs#/s{i}", data=np.array([[ord("k")]], np.uint16)).ref for i in range(2)]
-        f.create_dataset("sceneTypes", data=np.array([refs]), dtype=h5py.ref_dtype)
-    scipy.io.savemat(root / nyuv2.SPLITS_NAME, {"trainNdxs": np.array([[1]]), "testNdxs": np.array([[2], [5]])})
-    with pytest.raises(AnnotationError, match=r"testNdxs: indices 5 are beyond the 2 images"):
+    root = nyu_root(tmp_path, np.full((2, 8, 6), 2.0, np.float32), train=(1, 4), test=(2, 5, 6))
+    with pytest.raises(SchemaErrors, match=r"(?s)trainNdxs: 1 indices beyond the 2 images of nyu_depth_v2_labeled.mat: 4\n"
+                                          r"  testNdxs: 2 indices beyond the 2 images of nyu_depth_v2_labeled.mat: 5-6"):
         nyuv2.read(root)
+    assert not (root / "export" / "train").exists()  # nothing exported before the split was checked
 
 
 def test_bts_depth_of_another_size_is_quarantined_naming_it(tmp_path):
     jpg(tmp_path / "sync" / "kitchen_0001" / "rgb_00001.jpg", (40, 30))
     png(tmp_path / "sync" / "kitchen_0001" / "sync_depth_00001.png", np.zeros((20, 20), np.uint16))
     (tmp_path / nyuv2.SYNC_LIST_NAME).write_text("/kitchen_0001/rgb_00001.jpg /kitchen_0001/sync_depth_00001.png 518.8\n")
-    quarantine = []
-    assert nyuv2._sync_records(tmp_path, quarantine) == []
+    quarantine, warnings = [], []
+    assert nyuv2._sync_records(tmp_path, quarantine, warnings) == []
     assert [(q.path, q.reason) for q in quarantine] == [
         ("sync/kitchen_0001/sync_depth_00001.png", "depth is 20x20 but sync/kitchen_0001/rgb_00001.jpg is 40x30")
     ]
+    assert warnings == []

@@ -191,3 +191,73 @@ def test_an_optional_file_the_profile_requires_stops_the_stage(mirror, tmp_path)
     assert paper["sync.zip"].required and paper[nyuv2.SYNC_LIST_NAME].required
     assert "795" in paper["sync.zip"].missing_effect
     assert not {f.filename: f for f in nyuv2.SPEC.files}["sync.zip"].required
+
+
+def _coco_folder(root: Path, n_images: int, annotations: list[dict] | None = None) -> Path:
+    """A COCO val folder of ``n_images`` 40x30 JPEGs (``<k>.jpg``, ids 1..n) and its instances json."""
+    from PIL import Image
+
+    (root / "val2017").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    for k in range(1, n_images + 1):
+        Image.new("RGB", (40, 30), (90, 120, 150)).save(root / "val2017" / f"{k}.jpg")
+    data = {"images": [{"id": k, "file_name": f"{k}.jpg", "width": 40, "height": 30} for k in range(1, n_images + 1)],
+            "annotations": annotations or [], "categories": [{"id": 3, "name": "car"}]}
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    return root
+
+
+def _build_local(root: Path, target: Path, **kwargs):
+    spec = resolve_spec("coco", "paper", mirror_dir=target / "unused")
+    return build_raw_dataset("coco", spec, target, extracted_dir=root, reader_options={"splits": ["val"]},
+                             show_bar=False, **kwargs)
+
+
+def test_no_usable_image_writes_the_report_then_stops_naming_the_files(tmp_path):
+    from instructcv_core.data.datasets.base import DatasetLayoutError
+    from instructcv_core.data.schema import MAX_LISTED
+
+    root = _coco_folder(tmp_path / "coco", MAX_LISTED + 3)
+    first = _build_local(root, tmp_path / "raw")  # a good run first: its records must survive the failed one
+    records_bytes = first.records_path.read_bytes()
+    for image in (root / "val2017").iterdir():
+        image.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(DatasetLayoutError) as info:
+        _build_local(root, tmp_path / "raw")
+    quarantine = json.loads((tmp_path / "raw" / "quarantine.json").read_text())
+    assert len(quarantine) == MAX_LISTED + 3 and all("undecodable" in q["reason"] for q in quarantine)
+    assert set(quarantine[0]) == {"path", "reason"}  # whole images: the report's format of before
+    lines = str(info.value).splitlines()
+    assert lines[0] == (f"{root.resolve()}: no usable images found for coco: {MAX_LISTED + 3} quarantined "
+                        f"(all of them in {tmp_path / 'raw' / 'quarantine.json'}):")
+    assert lines[1] == f"  {quarantine[0]['path']}: {quarantine[0]['reason']}"
+    assert lines[-1] == "  and 3 more" and len(lines) == MAX_LISTED + 2
+    assert first.records_path.read_bytes() == records_bytes
+
+
+def test_read_warnings_are_counted_in_the_summary_reported_and_logged(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    square = [[5.0, 5.0, 15.0, 5.0, 15.0, 15.0, 5.0, 15.0]]
+    annotations = [
+        {"id": 10, "image_id": 1, "category_id": 3, "bbox": [35.0, 5.0, 10.0, 10.0], "iscrowd": 0, "segmentation": square},
+        {"id": 11, "image_id": 1, "category_id": 3, "bbox": [5.0, 5.0, 0, 10.0], "iscrowd": 0, "segmentation": square},
+    ]
+    root = _coco_folder(tmp_path / "coco", 2, annotations)
+    Image.fromarray(np.full((30, 40), 40000, np.uint16)).save(root / "val2017" / "2.jpg", format="PNG")
+    logged: list[str] = []
+    result = _build_local(root, tmp_path / "raw", warn=logged.append)
+
+    assert result.n_records == 2 and result.n_quarantined == 1 and result.n_quarantined_annotations == 1
+    assert result.warning_counts == {"box_clipped": 1, "sixteen_bit_to_rgb": 1}
+    summary = json.loads(result.summary_path.read_text())
+    assert summary["warning_counts"] == result.warning_counts and summary["n_quarantined_annotations"] == 1
+    warnings = json.loads(result.warnings_path.read_text())
+    assert [(w["kind"], w["path"], w.get("annotation")) for w in warnings] == [
+        ("box_clipped", "annotations/instances_val2017.json", "10"), ("sixteen_bit_to_rgb", "val2017/2.jpg", None)]
+    quarantine = json.loads(result.quarantine_path.read_text())
+    assert quarantine == [{"path": "annotations/instances_val2017.json", "annotation": "11",
+                           "reason": "annotations[id=11].bbox[2]: must be > 0, got 0.0 (image id 1, 1.jpg)"}]
+    assert [line.split(" warning")[0] for line in logged] == ["coco: 1 box_clipped", "coco: 1 sixteen_bit_to_rgb"]
+    assert "clipped to [35.0, 5.0, 5.0, 10.0]" in logged[0] and str(result.warnings_path) in logged[0]

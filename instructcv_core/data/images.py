@@ -14,6 +14,8 @@ Mode policy of `read_rgb` (what a *photograph* becomes; the result is always uin
 - ``RGB``: as stored. ``L`` (8-bit grey) and ``1`` (1-bit): the grey value in all three channels.
 - 16-bit grey (``I;16``, ``I;16B``, ``I;16L``, and ``I`` holding 0..65535): scaled to 8 bits
   (``round(v * 255 / 65535)``), never clipped at 255 (which would turn most of the picture white).
+  The conversion loses precision, so the dataset readers report every such image (`is_sixteen_bit`;
+  a ``sixteen_bit_to_rgb`` warning of the raw stage).
 - ``P`` (palette): looked up through its palette.
 - Alpha (``RGBA``, ``LA``, ``PA``): the alpha channel is dropped and the colour kept as stored,
   as every training loader of the field does (``convert("RGB")``); no compositing.
@@ -94,9 +96,19 @@ def header_size(path: Path, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
 
 def image_size(path: Path, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """(width, height) of a photograph `read_rgb` would accept: decoded in full, mode checked."""
+    return image_size_and_mode(path, max_pixels=max_pixels)[0]
+
+
+def image_size_and_mode(path: Path, *, max_pixels: int = MAX_PIXELS) -> tuple[tuple[int, int], str]:
+    """(width, height) and stored Pillow mode of a photograph `read_rgb` would accept (see `image_size`)."""
     with open_image(path, max_pixels=max_pixels) as im:
         _rgb_problem(im, path)
-        return im.size
+        return im.size, im.mode
+
+
+def is_sixteen_bit(mode: str) -> bool:
+    """Whether `read_rgb` scales a photograph of this (accepted) mode down from 16 bits to 8."""
+    return mode in SIXTEEN_BIT_GREY or mode == "I"
 
 
 def read_rgb(path: Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:

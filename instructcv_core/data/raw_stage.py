@@ -8,7 +8,13 @@ Acquisition, in order of preference:
 
 Everything lands under ``<data_root>/<profile>/raw/<dataset>/``:
 ``downloads/`` (verified archives), ``extracted/`` (the dataset root's parent), ``records.parquet``,
-``categories.json``, ``quarantine.json``, ``sample_grid.png`` and ``summary.json``.
+``categories.json``, ``quarantine.json``, ``warnings.json``, ``sample_grid.png`` and ``summary.json``.
+
+``quarantine.json`` lists what a reader could not use (a file or image, or one annotation of a file:
+then its ``annotation`` names it); ``warnings.json`` what it changed to keep usable input (clipped
+boxes, masked depth pixels, 16-bit photographs read as 8-bit RGB), counted per kind in the summary
+and logged. Both are written before the stage can fail for want of usable images, and that error
+lists the quarantined files with their reasons.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from instructcv_core.data.datasets.base import DatasetLayoutError, DatasetSpec, 
 from instructcv_core.data.download import content_problem, fetch, verification_level, verify_checksum
 from instructcv_core.data.structure import structure_problem
 from instructcv_core.data.extract import read_marker, safe_extract
-from instructcv_core.data.records import atomic_write_text, write_records
+from instructcv_core.data.records import QuarantineEntry, ReadWarning, atomic_write_text, report_entry, write_records
+from instructcv_core.data.schema import MAX_LISTED
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +60,15 @@ class RawDatasetResult:
     n_records: int
     split_counts: dict[str, int]
     category_counts: dict[str, int]
-    n_quarantined: int
+    n_quarantined: int  # lines of quarantine.json: files and images, and single annotations
     files: list[dict] = field(default_factory=list)  # filename, url, sha256, checksum, bytes, reused
     origin: str = "download"
     input_identity: dict | None = None  # what the records were read from (see _input_identity)
     reused_records: bool = False
     missing_optional: list[dict] = field(default_factory=list)  # filename, reason, effect
+    n_quarantined_annotations: int = 0  # of n_quarantined: single annotations (their image was kept)
+    warning_counts: dict[str, int] = field(default_factory=dict)  # ReadWarning kind -> count
+    warnings_path: Path | None = None  # warnings.json: every ReadWarning
 
     @property
     def status(self) -> str:
@@ -236,6 +246,10 @@ def build_raw_dataset(
     Idempotent: a re-run never downloads or extracts again, and when neither the archives, the
     reader options nor the reader's code changed it reuses the records instead of re-reading
     (re-checking every image of COCO takes minutes). A user's ``extracted_dir`` is always re-read.
+
+    The quarantine and warning reports are written first; a read that leaves no usable image
+    then stops with an error listing the quarantined files and why (records and summary of an
+    earlier run are left as they were).
     """
     target = Path(target)
     root, files, origin, missing = acquire(
@@ -253,14 +267,19 @@ def build_raw_dataset(
     result = dataset_module(name).read(root, **(reader_options or {}))
     info(f"{name}: {len(result.records)} records, {len(result.quarantine)} quarantined "
          f"in {time.monotonic() - started:.1f} s")
+    quarantine_path = target / "quarantine.json"
+    atomic_write_text(quarantine_path, json.dumps([report_entry(q) for q in result.quarantine], indent=1))
+    warnings_path = target / "warnings.json"
+    atomic_write_text(warnings_path, json.dumps([report_entry(w) for w in result.warnings], indent=1))
+    warning_counts = dict(sorted(Counter(w.kind for w in result.warnings).items()))
+    for line in warning_lines(name, result.warnings, warnings_path):
+        (warn or info)(line)
     if not result.records:
-        raise DatasetLayoutError(f"{root}: no usable images found for {name}")
+        raise DatasetLayoutError(no_usable_images(name, root, result.quarantine, quarantine_path))
 
     records_path = write_records(result.records, target / "records.parquet", root, result.categories)
     categories_path = target / "categories.json"
     atomic_write_text(categories_path, json.dumps([asdict(c) for c in result.categories], indent=1))
-    quarantine_path = target / "quarantine.json"
-    atomic_write_text(quarantine_path, json.dumps([asdict(q) for q in result.quarantine], indent=1))
 
     split_counts = dict(sorted(Counter(r.split for r in result.records).items()))
     category_counts = Counter(c for r in result.records for c in r.categories)
@@ -271,19 +290,50 @@ def build_raw_dataset(
         category_counts=dict(sorted(category_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         n_quarantined=len(result.quarantine), files=files, origin=origin_override or origin,
         input_identity=identity, missing_optional=missing,
+        n_quarantined_annotations=sum(q.annotation is not None for q in result.quarantine),
+        warning_counts=warning_counts, warnings_path=warnings_path,
     )
     atomic_write_text(summary.summary_path, json.dumps(_jsonable(asdict(summary)), indent=1))
     return summary
 
 
+def no_usable_images(name: str, root: Path, quarantine: list[QuarantineEntry], report: Path) -> str:
+    """The error of a read without a single usable image: what was quarantined and why.
+
+    Lists the first `MAX_LISTED` entries (whole files and images before single annotations) and
+    how many more there are; the full list is in ``report``.
+    """
+    if not quarantine:
+        return f"{root}: no usable images found for {name}: the reader found no image at all (nothing quarantined)"
+    ordered = sorted(quarantine, key=lambda q: q.annotation is not None)
+    lines = [f"  {q.path}" + (f" [{q.annotation}]" if q.annotation else "") + f": {q.reason}"
+             for q in ordered[:MAX_LISTED]]
+    if len(ordered) > MAX_LISTED:
+        lines.append(f"  and {len(ordered) - MAX_LISTED} more")
+    return (f"{root}: no usable images found for {name}: {len(quarantine)} quarantined "
+            f"(all of them in {report}):\n" + "\n".join(lines))
+
+
+def warning_lines(name: str, warnings: list[ReadWarning], report: Path, examples: int = 3) -> list[str]:
+    """One log line per warning kind: its count, the report that lists them all, and a few examples."""
+    lines = []
+    for kind, count in sorted(Counter(w.kind for w in warnings).items()):
+        shown = [w for w in warnings if w.kind == kind][:examples]
+        listed = "; ".join(f"{w.path}" + (f" [{w.annotation}]" if w.annotation else "") + f": {w.detail}"
+                           for w in shown)
+        lines.append(f"{name}: {count} {kind} warning{'s' if count != 1 else ''} (all in {report}); e.g. {listed}")
+    return lines
+
+
 def _input_identity(name: str, root: Path, target: Path, reader_options: dict | None) -> dict:
     """What a records table depends on: the unpacked archives, the reader options and reader code."""
+    from instructcv_core.data import images, labels, schema, voc_xml
     from instructcv_core.data import records as records_module
     from instructcv_core.data.datasets import base as base_module
 
     markers = target / "extracted" / ".instructcv-unpacked"
     code = hashlib.sha256()
-    for module in (dataset_module(name), base_module, records_module):
+    for module in (dataset_module(name), base_module, records_module, images, labels, schema, voc_xml):
         code.update(Path(module.__file__).read_bytes())
     return {
         "root": str(root),
@@ -300,8 +350,9 @@ def _load_summary(path: Path) -> RawDatasetResult | None:
         summary = RawDatasetResult(**data)
     except (OSError, ValueError, TypeError):
         return None
-    for key in ("root", "records_path", "categories_path", "quarantine_path", "summary_path"):
-        setattr(summary, key, Path(getattr(summary, key)))
+    for key in ("root", "records_path", "categories_path", "quarantine_path", "summary_path", "warnings_path"):
+        if getattr(summary, key) is not None:
+            setattr(summary, key, Path(getattr(summary, key)))
     if not summary.records_path.exists():
         return None
     return summary

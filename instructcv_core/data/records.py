@@ -90,10 +90,40 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class QuarantineEntry:
-    """A source file a reader could not use, and why (reported, never silently dropped)."""
+    """A source file a reader could not use, and why (reported, never silently dropped).
+
+    ``annotation`` is set when only one annotation of ``path`` is unusable (the image stays, with
+    its other annotations): COCO's annotation id (``"10"``), or ``object<k>:<name>`` for the k-th
+    (0-based) ``<object>`` of a VOC XML file. None means the whole file (or its image) is unused.
+    """
 
     path: str
     reason: str
+    annotation: str | None = None
+
+
+@dataclass(frozen=True)
+class ReadWarning:
+    """Something a reader changed in usable input to keep it, counted and reported (the data stays).
+
+    ``kind``: ``box_clipped`` (a box reaching outside its image, clipped to it), ``depth_masked``
+    (NaN, infinite, negative or implausible depth pixels set to 0 = no measurement) or
+    ``sixteen_bit_to_rgb`` (a 16-bit grey photograph scaled to 8-bit RGB when read). ``path``
+    and ``annotation`` name the file and annotation as a `QuarantineEntry` does.
+    """
+
+    kind: str
+    path: str
+    detail: str
+    annotation: str | None = None
+
+
+def report_entry(entry: QuarantineEntry | ReadWarning) -> dict:
+    """The JSON object of a report line; ``annotation`` only where set (older reports had none)."""
+    row = asdict(entry)
+    if row.get("annotation") is None:
+        row.pop("annotation", None)
+    return row
 
 
 _BOX_TYPE = pa.struct(

@@ -1,21 +1,27 @@
 """Typed checks for annotation files: every error names the file and the field path.
 
 A reader validates what it parses with these helpers, so that a wrong type or an out-of-range
-value is reported as, e.g., ``annotations/instances_val2017.json: annotations[17].bbox[2]: must
+value is reported as, e.g., ``annotations/instances_val2017.json: annotations[id=17].bbox[2]: must
 be > 0, got -3.0`` instead of a bare KeyError or a silently wrong record.
 
 Two outcomes, by scope: `AnnotationError` (raised) for a problem with a whole file (its structure,
 duplicate ids, an empty category table), which stops the reader; and the same message turned
-into a quarantine entry for a problem confined to one image (a degenerate box, a malformed
-polygon), which drops that image and says why.
+into a quarantine entry for a problem confined to one annotation (a degenerate box, a malformed
+polygon), which drops that annotation, keeps its image with the others and says why.
+
+A reader that stops names every bad field of the file, not only the first: it gathers them in a
+`FieldErrors` and raises one `SchemaErrors` listing up to `MAX_LISTED` of them and how many more.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+MAX_LISTED = 20  # how many problems (or values) one error message lists before "and N more"
+T = TypeVar("T")
 
 
 class AnnotationError(ValueError):
@@ -25,6 +31,51 @@ class AnnotationError(ValueError):
         self.file, self.field, self.problem = str(file), field, problem
         where = f"{self.file}: {field}: " if field else f"{self.file}: "
         super().__init__(where + problem)
+
+
+class SchemaErrors(AnnotationError):
+    """Several bad fields of one file, one per line (``errors``: each as an `AnnotationError`)."""
+
+    def __init__(self, file: Path | str, errors: list[AnnotationError]) -> None:
+        self.errors = list(errors)
+        shown = [f"  {e.field}: {e.problem}" if e.field else f"  {e.problem}" for e in self.errors[:MAX_LISTED]]
+        if len(self.errors) > MAX_LISTED:
+            shown.append(f"  and {len(self.errors) - MAX_LISTED} more")
+        super().__init__(file, "", f"{len(self.errors)} schema errors:\n" + "\n".join(shown))
+
+
+class FieldErrors:
+    """The schema errors of one file, gathered so that one failed read names all of them.
+
+    ``check(as_int, value, file, field, ...)`` returns the checked value, or None after recording
+    the error; `raise_if_any` then raises the single error (as it was) or a `SchemaErrors`.
+    """
+
+    def __init__(self, file: Path | str) -> None:
+        self.file = str(file)
+        self.errors: list[AnnotationError] = []
+
+    def check(self, validate: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        try:
+            return validate(*args, **kwargs)
+        except AnnotationError as exc:
+            self.errors.append(exc)
+            return None
+
+    def add(self, field: str, problem: str) -> None:
+        self.errors.append(AnnotationError(self.file, field, problem))
+
+    def raise_if_any(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise SchemaErrors(self.file, self.errors)
+
+
+def listed(values: list, shown: int = MAX_LISTED) -> str:
+    """The first ``shown`` values, comma-separated, and how many more there are."""
+    more = f" and {len(values) - shown} more" if len(values) > shown else ""
+    return ", ".join(str(v) for v in values[:shown]) + more
 
 
 def as_mapping(value: Any, file: Path | str, field: str) -> Mapping:

@@ -30,9 +30,10 @@ from instructcv_core.data.datasets.base import (
     StructurePin,
     check_images,
     require,
+    sixteen_bit_warnings,
 )
 from instructcv_core.data.images import read_label
-from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry
+from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry, ReadWarning
 from instructcv_core.data.schema import AnnotationError
 
 FOLDERS = {"train": "training", "val": "validation"}
@@ -105,6 +106,7 @@ def read(root: Path, splits: tuple[str, ...] = tuple(FOLDERS)) -> ReadResult:
     names = {c.id: c.name for c in categories}
     records: list[ImageRecord] = []
     quarantine: list[QuarantineEntry] = []
+    warnings: list[ReadWarning] = []
     for split in splits:
         folder = FOLDERS[split]
         images = require(root / "images" / folder, f"ADE20K {folder} image folder")
@@ -116,7 +118,9 @@ def read(root: Path, splits: tuple[str, ...] = tuple(FOLDERS)) -> ReadResult:
             for label in sorted((root / "annotations" / folder).glob("*.png"))
             if label.stem not in stems
         ]
-        for path, size in zip(paths, check_images(paths)):
+        sizes = check_images(paths)
+        warnings += sixteen_bit_warnings(root, paths, sizes)
+        for path, size in zip(paths, sizes):
             rel_image = f"images/{folder}/{path.name}"
             rel_label = f"annotations/{folder}/{path.stem}.png"
             if isinstance(size, str):
@@ -139,7 +143,7 @@ def read(root: Path, splits: tuple[str, ...] = tuple(FOLDERS)) -> ReadResult:
                     mask_format="ade20k_index",
                 )
             )
-    return ReadResult(records, categories, quarantine)
+    return ReadResult(records, categories, quarantine, warnings)
 
 
 def class_masks(record: ImageRecord, root: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:

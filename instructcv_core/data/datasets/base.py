@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from instructcv_core.data.images import ImageRefused, image_size
-from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry
+from instructcv_core.data.images import ImageRefused, image_size_and_mode, is_sixteen_bit
+from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry, ReadWarning
 from instructcv_core.data.structure import StructurePin
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,14 @@ class DatasetSpec:
 
 @dataclass
 class ReadResult:
-    """Everything a reader found: records, the category table, and files it could not use."""
+    """Everything a reader found: records, the category table, files (or annotations) it could not
+    use, and what it changed in usable input to keep it (`ReadWarning`: clipped boxes, masked depth
+    pixels, 16-bit photographs read as 8-bit RGB)."""
 
     records: list[ImageRecord]
     categories: list[Category]
     quarantine: list[QuarantineEntry] = field(default_factory=list)
+    warnings: list[ReadWarning] = field(default_factory=list)
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -105,19 +108,46 @@ def read_path_pairs(path: Path, expected: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def check_image(path: Path) -> tuple[int, int] | str:
-    """Return (width, height) of a usable photograph, or the reason it is unusable.
+class ImageSize(tuple):
+    """(width, height) of a usable photograph, compared and indexed as that tuple; ``mode`` is the
+    Pillow mode it is stored in (`sixteen_bit_warnings` reports the 16-bit ones)."""
+
+    mode: str
+
+    def __new__(cls, width: int, height: int, mode: str = "RGB") -> "ImageSize":
+        size = super().__new__(cls, (width, height))
+        size.mode = mode
+        return size
+
+
+def check_image(path: Path) -> ImageSize | str:
+    """Return the `ImageSize` of a usable photograph, or the reason it is unusable.
 
     Decodes the whole image (``verify`` alone misses truncated JPEG data) through
     `instructcv_core.data.images`, so the pixel cap and the mode policy apply here as everywhere.
     """
     try:
-        return image_size(path)
+        (width, height), mode = image_size_and_mode(path)
     except ImageRefused as exc:
         return exc.reason
+    return ImageSize(width, height, mode)
 
 
-def check_images(paths: Sequence[Path], workers: int | None = None) -> list[tuple[int, int] | str]:
+def sixteen_bit_warnings(root: Path, paths: Sequence[Path], sizes: Sequence[ImageSize | str]) -> list[ReadWarning]:
+    """A ``sixteen_bit_to_rgb`` warning per checked photograph stored as 16-bit grey.
+
+    `read_rgb` scales such an image to 8 bits (``round(v * 255 / 65535)``): usable, but not the
+    pixels as stored, so it is reported. ``paths`` and ``sizes`` are `check_images`' input and output.
+    """
+    return [
+        ReadWarning("sixteen_bit_to_rgb", Path(path).relative_to(root).as_posix(),
+                    f"16-bit grey photograph (mode {size.mode}) read as 8-bit RGB (value * 255 / 65535)")
+        for path, size in zip(paths, sizes)
+        if isinstance(size, ImageSize) and is_sixteen_bit(size.mode)
+    ]
+
+
+def check_images(paths: Sequence[Path], workers: int | None = None) -> list[ImageSize | str]:
     """`check_image` of every path, in input order, decoded by a pool of ``workers`` threads.
 
     Threads, not processes: Pillow releases the GIL while its decoders run (JPEG, PNG/zlib, ...),
@@ -137,7 +167,7 @@ def check_images(paths: Sequence[Path], workers: int | None = None) -> list[tupl
     # Small enough to keep every thread busy on short lists, large enough to amortise the futures.
     size = max(1, min(64, len(paths) // (workers * 4)))
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
-    results: list[tuple[int, int] | str] = []
+    results: list[ImageSize | str] = []
     last = time.monotonic()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check_image") as pool:
         for chunk in pool.map(_check_chunk, chunks):
@@ -148,5 +178,5 @@ def check_images(paths: Sequence[Path], workers: int | None = None) -> list[tupl
     return results
 
 
-def _check_chunk(paths: list[Path]) -> list[tuple[int, int] | str]:
+def _check_chunk(paths: list[Path]) -> list[ImageSize | str]:
     return [check_image(path) for path in paths]

@@ -13,6 +13,9 @@ Conventions:
 - Category ids are COCO's own, non-contiguous ids (1..90 with gaps); names come from the json's
   ``categories`` array.
 - Images without annotations are still records (no boxes, no categories).
+- An unusable annotation is quarantined by its id and left out of the record's boxes and masks;
+  its image stays with the other annotations. A box reaching more than 1 px outside its image
+  is clipped to it (and reported); one within 1 px is kept as stored.
 - Masks stay in the json (``mask_format = "coco_instances"``, ``mask_path`` = the json path):
   `class_masks` decodes polygons and RLE with pycocotools; crowd regions (``iscrowd = 1``) are
   returned as the void mask, never as category pixels.
@@ -39,9 +42,18 @@ from instructcv_core.data.datasets.base import (
     RemoteFile,
     check_images,
     require,
+    sixteen_bit_warnings,
 )
-from instructcv_core.data.records import Box, Category, ImageRecord, QuarantineEntry
-from instructcv_core.data.schema import AnnotationError, as_int, as_list, as_mapping, as_number, as_str
+from instructcv_core.data.records import Box, Category, ImageRecord, QuarantineEntry, ReadWarning
+from instructcv_core.data.schema import (
+    AnnotationError,
+    FieldErrors,
+    as_int,
+    as_list,
+    as_mapping,
+    as_number,
+    as_str,
+)
 
 SPLITS = ("train", "val")
 _S3 = "https://s3.amazonaws.com/images.cocodataset.org"
@@ -96,14 +108,17 @@ def annotation_path(split: str) -> str:
 def read(root: Path, splits: tuple[str, ...] = SPLITS) -> ReadResult:
     """Parse ``annotations/instances_<split>2017.json`` and check every image it lists.
 
-    The json is validated against the instances schema (`validate_instances`): a structural
-    problem is an `AnnotationError` naming the file and field; an annotation problem confined to
-    one image (a degenerate or out-of-image box, a malformed polygon) quarantines that image; an
-    annotation of an image the file does not list is reported in the quarantine list.
+    The json is validated against the instances schema (`validate_instances`): structural
+    problems stop the read with one `AnnotationError` naming the file and every bad field; an
+    unusable annotation (a degenerate or out-of-image box, a malformed polygon) is quarantined by
+    its id and its image kept with its other annotations; a box reaching partly outside its image
+    is clipped to it (a ``box_clipped`` warning); an annotation of an image the file does not list
+    is reported in the quarantine list.
     """
     root = Path(root)
     records: list[ImageRecord] = []
     quarantine: list[QuarantineEntry] = []
+    read_warnings: list[ReadWarning] = []
     table: dict[int, Category] = {}
     for split in splits:
         rel_json = annotation_path(split)
@@ -112,19 +127,19 @@ def read(root: Path, splits: tuple[str, ...] = SPLITS) -> ReadResult:
         for cat in instances.categories.values():
             table.setdefault(cat.id, cat)
         names = {cid: cat.name for cid, cat in instances.categories.items()}
-        quarantine += instances.orphans
-        rel_images = [f"{split}2017/{image['file_name']}" for image in instances.images]
-        sizes = check_images([root / rel_image for rel_image in rel_images])
-        for image, rel_image, size in zip(instances.images, rel_images, sizes):
+        quarantine += instances.orphans + instances.rejected
+        read_warnings += instances.clipped
+        image_paths = [root / f"{split}2017/{image['file_name']}" for image in instances.images]
+        sizes = check_images(image_paths)
+        read_warnings += sixteen_bit_warnings(root, image_paths, sizes)
+        for image, size in zip(instances.images, sizes):
+            rel_image = f"{split}2017/{image['file_name']}"
             if isinstance(size, str):
                 quarantine.append(QuarantineEntry(rel_image, size))
                 continue
             if size != (image["width"], image["height"]):
                 reason = f"image is {size[0]}x{size[1]} but {rel_json} says {image['width']}x{image['height']}"
                 quarantine.append(QuarantineEntry(rel_image, reason))
-                continue
-            if image["id"] in instances.problems:
-                quarantine.append(QuarantineEntry(rel_image, instances.problems[image["id"]]))
                 continue
             boxes = [_box(ann, names) for ann in instances.annotations.get(image["id"], [])]
             records.append(
@@ -141,21 +156,24 @@ def read(root: Path, splits: tuple[str, ...] = SPLITS) -> ReadResult:
                     mask_format="coco_instances",
                 )
             )
-    return ReadResult(records, [table[k] for k in sorted(table)], quarantine)
+    return ReadResult(records, [table[k] for k in sorted(table)], quarantine, read_warnings)
 
 
 @dataclass
 class Instances:
     """A validated instances json: what `read` needs, and what it must report.
 
-    ``problems``: image id -> why that image's annotations are unusable (it is quarantined);
+    ``annotations``: image id -> its usable annotations (a copy with the clipped ``bbox`` where
+    the box was clipped); ``rejected``: one quarantine entry per unusable annotation (by id; its
+    image keeps the others); ``clipped``: one ``box_clipped`` warning per clipped box;
     ``orphans``: one quarantine entry per annotation whose ``image_id`` names no image.
     """
 
     categories: dict[int, Category]
     images: list[dict]
-    annotations: dict[int, list[dict]]
-    problems: dict[int, str] = field(default_factory=dict)
+    annotations: dict[int, list[dict]] = field(default_factory=dict)
+    rejected: list[QuarantineEntry] = field(default_factory=list)
+    clipped: list[ReadWarning] = field(default_factory=list)
     orphans: list[QuarantineEntry] = field(default_factory=list)
 
 
@@ -165,96 +183,165 @@ def validate_instances(data: object, rel_json: str) -> Instances:
     Schema: ``categories[i]`` {id: int >= 1, unique; name: non-empty string}, at least one;
     ``images[i]`` {id: int >= 0, unique; file_name: a plain file name; width, height: int >= 1};
     ``annotations[i]`` {id: int; image_id: int; category_id: one of the categories; bbox: 4
-    finite numbers ``[x, y, w, h]`` with w, h > 0 inside the image (1 px tolerance); iscrowd: 0
-    or 1; segmentation: polygons (arrays of >= 3 x, y pairs) or RLE {size: [height, width],
-    counts}}.
+    finite numbers ``[x, y, w, h]`` with w, h > 0 overlapping the image; iscrowd: 0 or 1;
+    segmentation: polygons (arrays of >= 3 x, y pairs) or RLE {size: [height, width], counts}}.
+
+    Every structural problem (the first four lines' types, ids and ranges) is gathered and raised
+    together (`SchemaErrors`, up to `MAX_LISTED` listed). An entry is named by its id once that id
+    is valid (``annotations[id=10].category_id``), by its position otherwise (``images[3].id``).
     """
     data = as_mapping(data, rel_json, "")
+    errors = FieldErrors(rel_json)
     categories: dict[int, Category] = {}
-    for i, cat in enumerate(as_list(data["categories"], rel_json, "categories", non_empty=True)):
-        where = f"categories[{i}]"
-        cat = as_mapping(cat, rel_json, where)
-        cid = as_int(cat.get("id"), rel_json, f"{where}.id", lo=1)
-        if cid in categories:
-            raise AnnotationError(rel_json, f"{where}.id", f"duplicate category id {cid}")
-        supercategory = cat.get("supercategory", "")
-        categories[cid] = Category(cid, as_str(cat.get("name"), rel_json, f"{where}.name"),
-                                   as_str(supercategory, rel_json, f"{where}.supercategory", non_empty=False))
+    category_ids: set[int] = set()  # every valid category id, also of entries with another bad field
+    category_list = errors.check(as_list, data["categories"], rel_json, "categories", non_empty=True)
+    for i, cat in enumerate(category_list or []):
+        cat = errors.check(as_mapping, cat, rel_json, f"categories[{i}]")
+        if cat is None:
+            continue
+        cid = errors.check(as_int, cat.get("id"), rel_json, f"categories[{i}].id", lo=1)
+        if cid is not None and cid in category_ids:
+            errors.add(f"categories[{i}].id", f"duplicate category id {cid}")
+            continue
+        where = f"categories[id={cid}]" if cid is not None else f"categories[{i}]"
+        name = errors.check(as_str, cat.get("name"), rel_json, f"{where}.name")
+        supercategory = errors.check(as_str, cat.get("supercategory", ""), rel_json, f"{where}.supercategory",
+                                     non_empty=False)
+        if cid is None:
+            continue
+        category_ids.add(cid)
+        if name is not None and supercategory is not None:
+            categories[cid] = Category(cid, name, supercategory)
     images: list[dict] = []
     by_id: dict[int, dict] = {}
-    for i, image in enumerate(as_list(data["images"], rel_json, "images")):
-        where = f"images[{i}]"
-        image = as_mapping(image, rel_json, where)
-        image_id = as_int(image.get("id"), rel_json, f"{where}.id", lo=0)
-        if image_id in by_id:
-            raise AnnotationError(rel_json, f"{where}.id", f"duplicate image id {image_id}")
-        file_name = as_str(image.get("file_name"), rel_json, f"{where}.file_name")
-        if "/" in file_name or "\\" in file_name or file_name in (".", ".."):
-            raise AnnotationError(rel_json, f"{where}.file_name", f"must be a plain file name, got {file_name!r}")
-        as_int(image.get("width"), rel_json, f"{where}.width", lo=1)
-        as_int(image.get("height"), rel_json, f"{where}.height", lo=1)
-        by_id[image_id] = image
-        images.append(image)
-    result = Instances(categories, images, {})
-    for i, ann in enumerate(as_list(data["annotations"], rel_json, "annotations")):
-        where = f"annotations[{i}]"
-        ann = as_mapping(ann, rel_json, where)
-        as_int(ann.get("id"), rel_json, f"{where}.id")
-        image_id = as_int(ann.get("image_id"), rel_json, f"{where}.image_id")
-        category_id = as_int(ann.get("category_id"), rel_json, f"{where}.category_id")
-        if category_id not in categories:
-            raise AnnotationError(rel_json, f"{where}.category_id", f"unknown category id {category_id}")
-        if image_id not in by_id:
-            result.orphans.append(
-                QuarantineEntry(rel_json, f"{where} (id {ann['id']}): image_id {image_id} names no image in images[]")
-            )
+    image_ids: set[int] = set()  # every valid image id, also of entries with another bad field
+    for i, image in enumerate(errors.check(as_list, data["images"], rel_json, "images") or []):
+        image = errors.check(as_mapping, image, rel_json, f"images[{i}]")
+        if image is None:
             continue
+        image_id = errors.check(as_int, image.get("id"), rel_json, f"images[{i}].id", lo=0)
+        if image_id is not None and image_id in image_ids:
+            errors.add(f"images[{i}].id", f"duplicate image id {image_id}")
+            continue
+        where = f"images[id={image_id}]" if image_id is not None else f"images[{i}]"
+        file_name = errors.check(as_str, image.get("file_name"), rel_json, f"{where}.file_name")
+        if file_name is not None and ("/" in file_name or "\\" in file_name or file_name in (".", "..")):
+            errors.add(f"{where}.file_name", f"must be a plain file name, got {file_name!r}")
+            file_name = None
+        width = errors.check(as_int, image.get("width"), rel_json, f"{where}.width", lo=1)
+        height = errors.check(as_int, image.get("height"), rel_json, f"{where}.height", lo=1)
+        if image_id is None:
+            continue
+        image_ids.add(image_id)
+        if None not in (file_name, width, height):
+            by_id[image_id] = image
+            images.append(image)
+    result = Instances(categories, images)
+    for i, ann in enumerate(errors.check(as_list, data["annotations"], rel_json, "annotations") or []):
+        ann = errors.check(as_mapping, ann, rel_json, f"annotations[{i}]")
+        if ann is None:
+            continue
+        ann_id = errors.check(as_int, ann.get("id"), rel_json, f"annotations[{i}].id")
+        where = f"annotations[id={ann_id}]" if ann_id is not None else f"annotations[{i}]"
+        image_id = errors.check(as_int, ann.get("image_id"), rel_json, f"{where}.image_id")
+        category_id = errors.check(as_int, ann.get("category_id"), rel_json, f"{where}.category_id")
+        # (without a category table every id would be "unknown": that table's own error says enough)
+        if category_id is not None and category_list and category_id not in category_ids:
+            errors.add(f"{where}.category_id", f"unknown category id {category_id}")
+            continue
+        if None in (ann_id, image_id, category_id):
+            continue
+        if image_id not in image_ids:
+            result.orphans.append(QuarantineEntry(rel_json, f"{where}: image_id {image_id} names no image in images[]",
+                                                  annotation=str(ann_id)))
+            continue
+        if image_id not in by_id:  # an image entry with errors of its own, already recorded
+            continue
+        image = by_id[image_id]
         try:
-            _check_annotation(ann, by_id[image_id], rel_json, where)
+            bbox = _check_annotation(ann, image, rel_json, where)
         except AnnotationError as exc:
-            result.problems.setdefault(image_id, str(exc))
+            result.rejected.append(QuarantineEntry(
+                rel_json, f"{exc.problem} (image id {image_id}, {image['file_name']})", annotation=str(ann_id)))
+            continue
+        if bbox != ann["bbox"]:
+            result.clipped.append(ReadWarning(
+                "box_clipped", rel_json,
+                f"{where}.bbox: box {ann['bbox']} reaches outside the {image['width']}x{image['height']} image "
+                f"(image id {image_id}, {image['file_name']}); clipped to {bbox}",
+                annotation=str(ann_id)))
+            ann = {**ann, "bbox": bbox}
         result.annotations.setdefault(image_id, []).append(ann)
+    errors.raise_if_any()
     return result
 
 
-BOX_TOLERANCE_PX = 1.0  # how far a box may reach past the image edge (rounding in annotation tools)
+BOX_TOLERANCE_PX = 1.0  # how far a box may reach past the image edge unchanged (rounding in annotation tools)
 
 
-def _check_annotation(ann: Mapping, image: Mapping, rel_json: str, where: str) -> None:
-    """The per-annotation checks whose failure makes only this annotation's image unusable."""
-    bbox = as_list(ann.get("bbox"), rel_json, f"{where}.bbox")
-    if len(bbox) != 4:
-        raise AnnotationError(rel_json, f"{where}.bbox", f"must hold 4 numbers [x, y, w, h], got {len(bbox)}")
-    x, y = (as_number(v, rel_json, f"{where}.bbox[{k}]") for k, v in enumerate(bbox[:2]))
-    w, h = (as_number(v, rel_json, f"{where}.bbox[{k}]", positive=True) for k, v in enumerate(bbox[2:], 2))
-    width, height = image["width"], image["height"]
-    tol = BOX_TOLERANCE_PX
-    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
-        raise AnnotationError(
-            rel_json, f"{where}.bbox", f"box {[x, y, w, h]} reaches outside the {width}x{height} image"
-        )
-    iscrowd = as_int(ann.get("iscrowd", 0), rel_json, f"{where}.iscrowd", lo=0, hi=1)
+def _check_annotation(ann: Mapping, image: Mapping, rel_json: str, where: str) -> list:
+    """The per-annotation checks, whose failure makes only this annotation unusable.
+
+    Returns the usable ``bbox``: as stored, or clipped to the image when it reaches more than
+    `BOX_TOLERANCE_PX` outside it. Raises one `AnnotationError` naming every problem of the
+    annotation (``field: problem; field: problem``).
+    """
+    errors = FieldErrors(rel_json)
+    bbox = errors.check(_usable_bbox, ann.get("bbox"), image, rel_json, f"{where}.bbox")
+    height, width = image["height"], image["width"]
+    iscrowd = errors.check(as_int, ann.get("iscrowd", 0), rel_json, f"{where}.iscrowd", lo=0, hi=1)
     if "segmentation" not in ann:
-        raise AnnotationError(rel_json, f"{where}.segmentation", "missing")
-    segmentation = ann["segmentation"]
-    if isinstance(segmentation, Mapping):
-        size = as_list(segmentation.get("size"), rel_json, f"{where}.segmentation.size")
-        if size != [height, width]:
-            raise AnnotationError(rel_json, f"{where}.segmentation.size",
-                                  f"must be [height, width] = {[height, width]}, got {size}")
+        errors.add(f"{where}.segmentation", "missing")
+    elif isinstance(ann["segmentation"], Mapping):
+        segmentation = ann["segmentation"]
+        size = errors.check(as_list, segmentation.get("size"), rel_json, f"{where}.segmentation.size")
+        if size is not None and size != [height, width]:
+            errors.add(f"{where}.segmentation.size", f"must be [height, width] = {[height, width]}, got {size}")
         counts = segmentation.get("counts")
         if not isinstance(counts, (str, list)) or not counts:
-            raise AnnotationError(rel_json, f"{where}.segmentation.counts", "must be a non-empty RLE string or array")
+            errors.add(f"{where}.segmentation.counts", "must be a non-empty RLE string or array")
     elif iscrowd:
-        raise AnnotationError(rel_json, f"{where}.segmentation", "a crowd annotation must be RLE {size, counts}")
+        errors.add(f"{where}.segmentation", "a crowd annotation must be RLE {size, counts}")
     else:
-        for k, polygon in enumerate(as_list(segmentation, rel_json, f"{where}.segmentation", non_empty=True)):
-            polygon = as_list(polygon, rel_json, f"{where}.segmentation[{k}]")
+        for k, polygon in enumerate(errors.check(as_list, ann["segmentation"], rel_json, f"{where}.segmentation",
+                                                 non_empty=True) or []):
+            polygon = errors.check(as_list, polygon, rel_json, f"{where}.segmentation[{k}]")
+            if polygon is None:
+                continue
             if len(polygon) < 6 or len(polygon) % 2:
-                raise AnnotationError(rel_json, f"{where}.segmentation[{k}]",
-                                      f"a polygon needs an even number (>= 6) of coordinates, got {len(polygon)}")
-            if not all(type(v) in (int, float) and math.isfinite(v) for v in polygon):
-                raise AnnotationError(rel_json, f"{where}.segmentation[{k}]", "coordinates must be finite numbers")
+                errors.add(f"{where}.segmentation[{k}]",
+                           f"a polygon needs an even number (>= 6) of coordinates, got {len(polygon)}")
+            elif not all(type(v) in (int, float) and math.isfinite(v) for v in polygon):
+                errors.add(f"{where}.segmentation[{k}]", "coordinates must be finite numbers")
+    if errors.errors:
+        raise AnnotationError(rel_json, "", "; ".join(f"{e.field}: {e.problem}" for e in errors.errors))
+    return bbox
+
+
+def _usable_bbox(value: object, image: Mapping, rel_json: str, field_path: str) -> list:
+    """``[x, y, w, h]`` with w, h > 0, as stored or clipped to the image; an error if it misses the image."""
+    bbox = as_list(value, rel_json, field_path)
+    if len(bbox) != 4:
+        raise AnnotationError(rel_json, field_path, f"must hold 4 numbers [x, y, w, h], got {len(bbox)}")
+    x, y = (as_number(v, rel_json, f"{field_path}[{k}]") for k, v in enumerate(bbox[:2]))
+    w, h = (as_number(v, rel_json, f"{field_path}[{k}]", positive=True) for k, v in enumerate(bbox[2:], 2))
+    width, height = image["width"], image["height"]
+    tol = BOX_TOLERANCE_PX
+    if x >= -tol and y >= -tol and x + w <= width + tol and y + h <= height + tol:
+        return bbox
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+    if x1 <= x0 or y1 <= y0:
+        raise AnnotationError(rel_json, field_path, f"box {[x, y, w, h]} lies outside the {width}x{height} image")
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def annotation_is_usable(ann: Mapping, image: Mapping) -> bool:
+    """Whether `read` keeps this annotation (the masks skip the ones it quarantined)."""
+    try:
+        _check_annotation(ann, image, "", "")
+    except AnnotationError:
+        return False
+    return True
 
 
 def class_masks(record: ImageRecord, root: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -270,6 +357,8 @@ def class_masks(record: ImageRecord, root: Path) -> tuple[dict[str, np.ndarray],
     void = np.zeros((info["height"], info["width"]), bool)
     masks: dict[str, np.ndarray] = {}
     for ann in coco.imgToAnns.get(image_id, []):
+        if not annotation_is_usable(ann, info):  # quarantined by `read`: neither box nor mask
+            continue
         with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword deprecation notice
             warnings.simplefilter("ignore", DeprecationWarning)
             mask = coco.annToMask(ann).astype(bool)

@@ -32,6 +32,7 @@ from instructcv_core.data.datasets.base import (
     StructurePin,
     check_images,
     require,
+    sixteen_bit_warnings,
 )
 from instructcv_core.data.images import read_grey
 from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry
@@ -101,7 +102,9 @@ def read(root: Path, split_file: Path | None = None, split: str = "all") -> Read
         (name, split, sorted((root / name).glob("*.jpg"), key=_stem_order) if name in classes else None)
         for name, split in class_splits(classes, split_file).items()
     ]
-    sizes = iter(check_images([path for _, _, paths in listed for path in paths or ()]))
+    image_paths = [path for _, _, paths in listed for path in paths or ()]
+    checked = check_images(image_paths)
+    sizes = iter(checked)
     for name, split, paths in listed:
         if paths is None:
             quarantine.append(QuarantineEntry(f"{name}/", f"class listed for split {split!r} has no folder"))
@@ -109,7 +112,7 @@ def read(root: Path, split_file: Path | None = None, split: str = "all") -> Read
         for path in paths:
             result = _record(root, name, path, split, next(sizes))
             (quarantine if isinstance(result, QuarantineEntry) else records).append(result)
-    return ReadResult(records, categories, quarantine)
+    return ReadResult(records, categories, quarantine, sixteen_bit_warnings(root, image_paths, checked))
 
 
 def class_folders(root: Path) -> tuple[list[str], list[QuarantineEntry]]:

@@ -29,8 +29,9 @@ from instructcv_core.data.datasets.base import (
     ReadResult,
     RemoteFile,
     check_images,
+    sixteen_bit_warnings,
 )
-from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry
+from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry, ReadWarning
 
 SPLITS = ("train", "val")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -115,6 +116,7 @@ def read(root: Path) -> ReadResult:
     labels = {w: i for i, w in enumerate(wnids)}
     records: list[ImageRecord] = []
     quarantine: list[QuarantineEntry] = []
+    warnings: list[ReadWarning] = []
     for split in splits:
         images = [
             (wnid, path)
@@ -123,11 +125,12 @@ def read(root: Path) -> ReadResult:
             if path.suffix.lower() in IMAGE_SUFFIXES
         ]
         sizes = check_images([path for _, path in images])
+        warnings += sixteen_bit_warnings(root, [path for _, path in images], sizes)
         for (wnid, path), size in zip(images, sizes):
             record = _record(root, split, path, size, labels[wnid], names[wnid], quarantine)
             if record is not None:
                 records.append(record)
-    return ReadResult(records, categories, quarantine)
+    return ReadResult(records, categories, quarantine, warnings)
 
 
 def class_names(root: Path, wnids: list[str]) -> dict[str, str]:

@@ -17,7 +17,9 @@ and ``depth_%05d.png`` (in-painted depths, uint16 mm). ``%05d`` is the 1-based i
 the index splits.mat uses (BTS names its files with the 0-based index instead). The export is
 idempotent and resumable: files already there are kept while the mat and split files are unchanged
 (``export/.export.json`` records their size and mtime; a change wipes the export and redoes it), and
-each file appears atomically.
+each file appears atomically. Depth pixels that are no distance (NaN, infinite, negative, above
+`MAX_DEPTH_M`) are written as 0 = missing and reported (``depth_masked`` warnings); a depth map with
+more than `MAX_INVALID_DEPTH_FRACTION` of them quarantines its sample.
 
 Records: labeled samples get split "train"/"test", ``image_id`` = "%05d" (1-based), ``depth_path``
 = the raw depth, ``depth_dense_path`` = the in-painted one, ``label_name`` = the scene type. Sync
@@ -46,10 +48,11 @@ from instructcv_core.data.datasets.base import (
     check_images,
     read_path_pairs,
     require,
+    sixteen_bit_warnings,
 )
 from instructcv_core.data.images import ImageRefused, header_size
-from instructcv_core.data.records import ImageRecord, QuarantineEntry, atomic_write, atomic_write_text
-from instructcv_core.data.schema import AnnotationError
+from instructcv_core.data.records import ImageRecord, QuarantineEntry, ReadWarning, atomic_write, atomic_write_text
+from instructcv_core.data.schema import MAX_LISTED, AnnotationError, FieldErrors
 
 MAT_NAME = "nyu_depth_v2_labeled.mat"
 SPLITS_NAME = "splits.mat"
@@ -119,12 +122,15 @@ SPEC = DatasetSpec(
 def read(root: Path, include_sync: bool = True) -> ReadResult:
     """Records of the labeled set (exported to PNG on first use) and, if present, the sync set."""
     root = Path(root)
-    require(root / MAT_NAME, "NYU Depth v2 labeled set (MATLAB v7.3 / HDF5 file)")
+    mat_path = require(root / MAT_NAME, "NYU Depth v2 labeled set (MATLAB v7.3 / HDF5 file)")
     splits_path = require(root / SPLITS_NAME, "NYU Depth v2 official split (trainNdxs / testNdxs)")
-    splits = load_splits(splits_path)
-    scene_types, refused = export_labeled(root, splits)
+    with _open_mat(mat_path) as f:
+        n_images = _check_mat(f, mat_path)
+    splits = load_splits(splits_path, n_images)
+    scene_types, refused, masked = export_labeled(root, splits)
     records: list[ImageRecord] = []
     quarantine: list[QuarantineEntry] = [QuarantineEntry(MAT_NAME, reason) for reason in refused.values()]
+    warnings: list[ReadWarning] = list(masked)
     for split, indices in splits.items():
         indices = [idx for idx in indices if int(idx) not in refused]
         sizes = check_images([root / export_paths(split, int(idx))["rgb"] for idx in indices])
@@ -133,49 +139,72 @@ def read(root: Path, include_sync: bool = True) -> ReadResult:
             if record is not None:
                 records.append(record)
     if include_sync and (root / SYNC_DIR).is_dir():
-        records += _sync_records(root, quarantine)
-    return ReadResult(records, [], quarantine)
+        records += _sync_records(root, quarantine, warnings)
+    return ReadResult(records, [], quarantine, warnings)
 
 
-def load_splits(path: Path) -> dict[str, np.ndarray]:
-    """{"train": trainNdxs, "test": testNdxs} as 1-based int64 vectors (MATLAB v5 file)."""
+def load_splits(path: Path, n_images: int | None = None) -> dict[str, np.ndarray]:
+    """{"train": trainNdxs, "test": testNdxs} as 1-based int64 vectors (MATLAB v5 file).
+
+    Every problem is named in one `AnnotationError` (`SchemaErrors` when there are several): per
+    split, the indices below 1, beyond ``n_images`` (when given: the samples of the mat) and
+    repeated; then the indices both splits share. Indices are listed as runs (``796-1449``).
+    """
     try:
         mat = scipy.io.loadmat(path)
     except (ValueError, NotImplementedError, OSError) as exc:
         raise ValueError(f"{path}: not a readable MATLAB v5 split file ({exc})") from None
+    errors = FieldErrors(path)
     splits = {}
     for split, key in SPLIT_KEYS.items():
         if key not in mat:
-            raise ValueError(f"{path}: no {key!r} variable (has {sorted(k for k in mat if not k.startswith('__'))})")
+            errors.add(key, f"no such variable (has {sorted(k for k in mat if not k.startswith('__'))})")
+            continue
         values = np.asarray(mat[key]).ravel()
         if values.dtype.kind not in "iuf" or not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
-            raise AnnotationError(path, key, f"must hold whole numbers, got {values.dtype} {values[:5].tolist()}...")
-        splits[split] = values.astype(np.int64)
-        below = sorted(set(splits[split][splits[split] < 1].tolist()))
+            errors.add(key, f"must hold whole numbers, got {values.dtype} {values[:5].tolist()}...")
+            continue
+        splits[split] = indices = values.astype(np.int64)
+        below = sorted(set(indices[indices < 1].tolist()))
         if below:
-            raise AnnotationError(path, key, f"indices are 1-based; {_listed(below)} are below 1")
-        repeated = sorted({int(v) for v, c in zip(*np.unique(splits[split], return_counts=True)) if c > 1})
+            errors.add(key, f"indices are 1-based; {len(below)} below 1: {index_runs(below)}")
+        beyond = sorted(set(indices[indices > n_images].tolist())) if n_images is not None else []
+        if beyond:
+            errors.add(key, f"{len(beyond)} indices beyond the {n_images} images of {MAT_NAME}: {index_runs(beyond)}")
+        repeated = sorted(int(v) for v, c in zip(*np.unique(indices, return_counts=True)) if c > 1)
         if repeated:
-            raise AnnotationError(path, key, f"indices {_listed(repeated)} appear more than once")
-    shared = sorted(set(splits["train"].tolist()) & set(splits["test"].tolist()))
-    if shared:
-        raise AnnotationError(path, "trainNdxs/testNdxs", f"the splits overlap: indices {_listed(shared)} are in both")
+            errors.add(key, f"{len(repeated)} indices appear more than once: {index_runs(repeated)}")
+    if len(splits) == len(SPLIT_KEYS):
+        shared = sorted(set(splits["train"].tolist()) & set(splits["test"].tolist()))
+        if shared:
+            errors.add("trainNdxs/testNdxs", f"the splits overlap: {len(shared)} indices in both: {index_runs(shared)}")
+    errors.raise_if_any()
     return splits
 
 
-def _listed(values: list[int], shown: int = 10) -> str:
-    """The first ``shown`` values, and how many more there are."""
-    more = f" and {len(values) - shown} more" if len(values) > shown else ""
-    return ", ".join(str(v) for v in values[:shown]) + more
+def index_runs(values: list[int], shown: int = MAX_LISTED) -> str:
+    """Sorted integers as runs, ``"1-3, 7, 9-12"``: every index, compactly; past ``shown`` runs, a count."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    text = [str(a) if a == b else f"{a}-{b}" for a, b in runs]
+    more = sum(b - a + 1 for a, b in runs[shown:])
+    return ", ".join(text[:shown]) + (f" and {more} more" if more else "")
 
 
-def export_labeled(root: Path, splits: dict[str, np.ndarray]) -> tuple[list[str], dict[int, str]]:
+def export_labeled(root: Path, splits: dict[str, np.ndarray]) -> tuple[list[str], dict[int, str], list[ReadWarning]]:
     """Write the PNG export of every split sample (missing files only).
 
-    Returns the scene types and, per refused 1-based index, why (`depth_problem`): a refused
-    sample gets no files and no record. Images: ``images[i]`` is (3, W, H) under h5py and ``.T``
-    gives (H, W, 3); depths likewise ``depths[i].T``. Depths are rounded to whole millimetres;
-    0 (and NaN) stays 0 = missing.
+    Returns the scene types; per refused 1-based index, why (a depth map with more than
+    `MAX_INVALID_DEPTH_FRACTION` invalid pixels, `depth_problem`): a refused sample gets no files
+    and no record; and a ``depth_masked`` warning per depth map whose invalid pixels (NaN,
+    infinite, negative, above `MAX_DEPTH_M`) were exported as 0 = missing. The depth maps are
+    checked on every read, also where their files exist, so the report is the same after a
+    resumed export. Images: ``images[i]`` is (3, W, H) under h5py and ``.T`` gives (H, W, 3);
+    depths likewise ``depths[i].T``. Depths are rounded to whole millimetres; 0 stays 0 = missing.
     """
     mat_path = root / MAT_NAME
     stamp = {"version": EXPORT_VERSION, "mat": _fingerprint(mat_path), "splits": _fingerprint(root / SPLITS_NAME)}
@@ -184,42 +213,61 @@ def export_labeled(root: Path, splits: dict[str, np.ndarray]) -> tuple[list[str]
     if not keep_existing:  # another mat or split file (or none recorded): start from scratch
         for split in SPLIT_KEYS:
             shutil.rmtree(root / EXPORT_DIR / split, ignore_errors=True)
-    # Stamp first: an interrupted export resumes (files appear atomically, so existing = complete).
-    atomic_write_text(stamp_path, json.dumps(stamp))
     with _open_mat(mat_path) as f:
-        for key in ("images", "depths", "rawDepths", "sceneTypes"):
-            if key not in f:
-                raise ValueError(f"{mat_path}: no {key!r} dataset (is this the labeled NYU Depth v2 file?)")
-        n = _check_shapes(f, mat_path)
+        n = _check_mat(f, mat_path)
         scene_types = cell_strings(f, "sceneTypes")
         if len(scene_types) != n:
             raise ValueError(f"{mat_path}: {len(scene_types)} sceneTypes for {n} images")
+        beyond = {split: int(indices.max()) for split, indices in splits.items() if len(indices) and indices.max() > n}
+        if beyond:
+            raise ValueError(f"{mat_path}: split indices beyond its {n} images ({beyond}): check them with "
+                             "load_splits(path, n_images) first")
+        # Stamp first: an interrupted export resumes (files appear atomically, so existing = complete).
+        atomic_write_text(stamp_path, json.dumps(stamp))
         refused: dict[int, str] = {}
+        masked: list[ReadWarning] = []
         for split, indices in splits.items():
-            beyond = sorted(set(indices[indices > n].tolist()))
-            if beyond:
-                raise AnnotationError(root / SPLITS_NAME, SPLIT_KEYS[split],
-                                      f"indices {_listed(beyond)} are beyond the {n} images of {MAT_NAME}")
             for idx in indices:
                 try:
-                    _export_sample(f, root, split, int(idx), keep_existing)
+                    masked += _export_sample(f, root, split, int(idx), keep_existing)
                 except AnnotationError as exc:
                     refused[int(idx)] = str(exc)
-    return scene_types, refused
+    return scene_types, refused, masked
 
 
 MAX_DEPTH_M = 20.0  # beyond any Kinect reading; a larger value is corruption, not a far wall
+#: A depth map with more invalid pixels than this fraction is refused (its sample quarantined);
+#: with fewer, they are masked: exported as 0, the encoding of "no measurement" (as the raw Kinect holes).
+MAX_INVALID_DEPTH_FRACTION = 0.5
+_INVALID_DEPTH = f"NaN, infinite, negative or above {MAX_DEPTH_M:g} m"
+
+
+def invalid_depth(depth_m: np.ndarray) -> np.ndarray:
+    """The pixels of a depth map in metres that are no distance: NaN, infinite, negative or above
+    `MAX_DEPTH_M` (0 is not among them: it is the encoding of "no measurement")."""
+    depth_m = np.asarray(depth_m, np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(depth_m) | (depth_m < 0) | (depth_m > MAX_DEPTH_M)
 
 
 def depth_problem(depth_m: np.ndarray) -> str | None:
-    """Why a depth map in metres is unusable, or None: NaN means "missing" (exported as 0), but an
-    infinite, negative or implausibly large value would silently become a wrong distance."""
-    values = depth_m[~np.isnan(depth_m)]
-    bad = ~np.isfinite(values) | (values < 0) | (values > MAX_DEPTH_M)
-    if not bad.any():
+    """Why a depth map in metres is unusable, or None: more than `MAX_INVALID_DEPTH_FRACTION` of its
+    pixels are invalid (`invalid_depth`). Fewer are masked, not refused."""
+    invalid = invalid_depth(depth_m)
+    fraction = float(invalid.mean()) if invalid.size else 0.0
+    if fraction <= MAX_INVALID_DEPTH_FRACTION:
         return None
-    return (f"{int(bad.sum())} values are infinite, negative or above {MAX_DEPTH_M:g} m "
-            f"(e.g. {float(values[bad][0])})")
+    return (f"{fraction:.1%} of the pixels ({int(invalid.sum())} of {invalid.size}) are {_INVALID_DEPTH}, "
+            f"more than the {MAX_INVALID_DEPTH_FRACTION:.0%} a depth map may have masked "
+            f"(e.g. {float(np.asarray(depth_m)[invalid].flat[0])})")
+
+
+def _check_mat(f: h5py.File, mat_path: Path) -> int:
+    """The number of samples of the labeled mat, after checking its datasets and their shapes."""
+    for key in ("images", "depths", "rawDepths", "sceneTypes"):
+        if key not in f:
+            raise ValueError(f"{mat_path}: no {key!r} dataset (is this the labeled NYU Depth v2 file?)")
+    return _check_shapes(f, mat_path)
 
 
 def _check_shapes(f: h5py.File, mat_path: Path) -> int:
@@ -276,24 +324,36 @@ def _matlab_string(ds: h5py.Dataset) -> str:
     return str(data)
 
 
-def _export_sample(f: h5py.File, root: Path, split: str, idx: int, keep_existing: bool) -> None:
-    """Write the three PNGs of 1-based sample ``idx`` (only the missing ones if ``keep_existing``)."""
+def _export_sample(f: h5py.File, root: Path, split: str, idx: int, keep_existing: bool) -> list[ReadWarning]:
+    """Write the three PNGs of 1-based sample ``idx`` (only the missing ones if ``keep_existing``).
+
+    Invalid depth pixels are written as 0 and reported (one warning per masked map); a map with too
+    many of them raises `AnnotationError` before any file of the sample is written.
+    """
     i = idx - 1
-    missing = {kind: root / rel for kind, rel in export_paths(split, idx).items()
-               if not (keep_existing and (root / rel).exists())}
-    if not missing:
-        return
-    depths = {"depth_raw": f["rawDepths"][i].T, "depth": f["depths"][i].T}  # (W, H) -> (H, W)
+    paths = export_paths(split, idx)
+    missing = {kind: root / rel for kind, rel in paths.items() if not (keep_existing and (root / rel).exists())}
+    depths = {"depth_raw": np.asarray(f["rawDepths"][i].T), "depth": np.asarray(f["depths"][i].T)}  # (W, H) -> (H, W)
+    masked: list[ReadWarning] = []
     for kind, key in (("depth_raw", "rawDepths"), ("depth", "depths")):
-        problem = depth_problem(np.asarray(depths[kind], np.float64))
-        if problem:  # checked before any file of the sample is written
-            raise AnnotationError(MAT_NAME, f"{key}[{i}] (sample {idx})", problem)
+        where = f"{key}[{i}] (sample {idx})"
+        problem = depth_problem(depths[kind])
+        if problem:
+            raise AnnotationError(MAT_NAME, where, problem)
+        invalid = invalid_depth(depths[kind])
+        if invalid.any():
+            depths[kind] = np.where(invalid, depths[kind].dtype.type(0), depths[kind])  # dtype kept: same rounding
+            masked.append(ReadWarning(
+                "depth_masked", MAT_NAME,
+                f"{where}: {int(invalid.sum())} of {invalid.size} pixels ({invalid.mean():.1%}) are {_INVALID_DEPTH}; "
+                f"written as 0 (no measurement) in {paths[kind]}"))
     for kind, path in missing.items():
         if kind == "rgb":
             rgb = np.ascontiguousarray(f["images"][i].T)  # (3, W, H) -> (H, W, 3)
             _write_png(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         else:
             _write_png(path, metres_to_mm_png(depths[kind]))
+    return masked
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -333,7 +393,7 @@ def scene_type_of(scene: str) -> str:
     return match.group(1) if match else scene
 
 
-def _sync_records(root: Path, quarantine: list[QuarantineEntry]) -> list[ImageRecord]:
+def _sync_records(root: Path, quarantine: list[QuarantineEntry], warnings: list[ReadWarning]) -> list[ImageRecord]:
     list_path = root / SYNC_LIST_NAME
     if not list_path.exists():
         raise DatasetLayoutError(f"{list_path}: missing BTS sync pair list (the sync/ folder is present)")
@@ -342,7 +402,9 @@ def _sync_records(root: Path, quarantine: list[QuarantineEntry]) -> list[ImageRe
         for rgb, depth in read_path_pairs(list_path, "<rgb> <depth> [focal]")
     ]
     records = []
-    sizes = check_images([root / rgb_rel for rgb_rel, _ in pairs])
+    image_paths = [root / rgb_rel for rgb_rel, _ in pairs]
+    sizes = check_images(image_paths)
+    warnings += sixteen_bit_warnings(root, image_paths, sizes)
     for (rgb_rel, depth_rel), size in zip(pairs, sizes):
         if isinstance(size, str):
             quarantine.append(QuarantineEntry(rgb_rel, size))

@@ -34,9 +34,10 @@ from instructcv_core.data.datasets.base import (
     RemoteFile,
     check_images,
     require,
+    sixteen_bit_warnings,
 )
 from instructcv_core.data.images import ImageRefused, open_image
-from instructcv_core.data.records import Box, Category, ImageRecord, QuarantineEntry
+from instructcv_core.data.records import Box, Category, ImageRecord, QuarantineEntry, ReadWarning
 from instructcv_core.data.schema import AnnotationError
 from instructcv_core.data.voc_xml import UnsafeXmlError, parse_voc_xml
 
@@ -105,6 +106,7 @@ def read(root: Path) -> ReadResult:
     categories = [Category(cid, name, SPECIES[sp]) for cid, (name, sp) in sorted(table.items())]
     records: list[ImageRecord] = []
     quarantine: list[QuarantineEntry] = []
+    warnings: list[ReadWarning] = []
     for split in SPLITS:
         list_path = require(ann / f"{split}.txt", f"Oxford-IIIT Pet {split} list (annotations/{split}.txt)")
         rows = _rows(list_path)
@@ -116,12 +118,14 @@ def read(root: Path) -> ReadResult:
                     f"{list_path}: {image} has CLASS-ID {class_id} and SPECIES {species_id}, but list.txt gives "
                     f"CLASS-ID {class_id} to breed {table[class_id][0]!r} of SPECIES {table[class_id][1]}"
                 )
-        sizes = check_images([root / _image_rel(image) for image, *_ in rows])
+        image_paths = [root / _image_rel(image) for image, *_ in rows]
+        sizes = check_images(image_paths)
+        warnings += sixteen_bit_warnings(root, image_paths, sizes)
         for (image, class_id, species_id, _breed_id), size in zip(rows, sizes):
             record = _record(root, split, image, size, class_id, SPECIES[species_id], table, quarantine)
             if record is not None:
                 records.append(record)
-    return ReadResult(records, categories, quarantine)
+    return ReadResult(records, categories, quarantine, warnings)
 
 
 def class_masks(record: ImageRecord, root: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -228,7 +232,9 @@ def _record(root, split, image, size, class_id, species, table, quarantine) -> I
 def _head_boxes(root: Path, xml_rel: str, species: str, quarantine) -> list[Box]:
     """Head boxes of the VOC XML (1-based inclusive corners -> pixel-edge xywh); none if absent.
 
-    An unusable XML is reported and the record keeps no box; a hostile one (`UnsafeXmlError`) stops.
+    An unusable XML is reported and the record keeps no box; an unusable ``<object>`` is reported
+    by its id (``object<k>:<name>``) and the record keeps the other boxes; a hostile file
+    (`UnsafeXmlError`) stops.
     """
     path = root / xml_rel
     if not path.exists():
@@ -241,6 +247,8 @@ def _head_boxes(root: Path, xml_rel: str, species: str, quarantine) -> list[Box]
     except (AnnotationError, OSError) as exc:
         quarantine.append(QuarantineEntry(xml_rel, f"unreadable head-box XML ({type(exc).__name__}: {exc})"))
         return []
+    quarantine += [QuarantineEntry(xml_rel, f"unusable head box: {r.error.problem}", annotation=r.object_id)
+                   for r in annotation.rejected]
     return [
         Box(species, species_id, o.xmin - 1, o.ymin - 1, o.xmax - o.xmin + 1, o.ymax - o.ymin + 1, difficult=o.difficult)
         for o in annotation.objects

@@ -41,6 +41,7 @@ from instructcv_core.data.datasets.base import (
     check_images,
     read_path_pairs,
     require,
+    sixteen_bit_warnings,
 )
 from instructcv_core.data.images import ImageRefused
 from instructcv_core.data.records import ImageRecord, QuarantineEntry
@@ -125,7 +126,10 @@ def read(
         if not (exclude_nyu and (scene + "/").startswith(NYU_PREFIX))
     ]
     image_rels = [found[0] for _, found in located if not isinstance(found, QuarantineEntry)]
-    sizes = iter(check_images([root / image_rel for image_rel in image_rels]))
+    image_paths = [root / image_rel for image_rel in image_rels]
+    checked = check_images(image_paths)
+    sizes = iter(checked)
+    warnings = sixteen_bit_warnings(root, image_paths, checked)
     for scene, found in located:
         if isinstance(found, QuarantineEntry):
             quarantine.append(found)
@@ -133,7 +137,7 @@ def read(
         record = _record(root, scene, *found, next(sizes), depth_variant, quarantine)
         if record is not None:
             records.append(record)
-    return ReadResult(records, [], quarantine)
+    return ReadResult(records, [], quarantine, warnings)
 
 
 def find_scenes(root: Path) -> list[str]:
