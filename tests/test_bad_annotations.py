@@ -285,6 +285,19 @@ def test_pets_malformed_list_line_names_it(tmp_path):
         pets.read(root)
 
 
+def test_pets_list_errors_name_every_bad_line(tmp_path):
+    root = pets_root(tmp_path, np.full((30, 40), 2, np.uint8), "Abyssinian_1 1 1\nAbyssinian_2 1 3 1\nAbyssinian_3 0 1 1")
+    path = root / "annotations" / "trainval.txt"
+    with pytest.raises(ValueError) as info:
+        pets.read(root)
+    assert str(info.value) == (
+        f"{path}: 3 problems:\n"
+        f"  {path}:1: expected `Image CLASS-ID SPECIES BREED-ID`, got 'Abyssinian_1 1 1'\n"
+        f"  {path}:2: SPECIES must be 1 (cat) or 2 (dog), got 3\n"
+        f"  {path}:3: CLASS-ID and BREED-ID are 1-based, got 0 and 1"
+    )
+
+
 def test_pets_split_line_contradicting_list_txt_is_an_error(tmp_path):
     root = pets_root(tmp_path, np.full((30, 40), 2, np.uint8), "Abyssinian_1 1 2 1")
     with pytest.raises(ValueError, match="has CLASS-ID 1 and SPECIES 2, but list.txt gives CLASS-ID 1 to breed 'Abyssinian' of SPECIES 1"):

@@ -38,7 +38,7 @@ from instructcv_core.data.datasets.base import (
 )
 from instructcv_core.data.images import ImageRefused, open_image
 from instructcv_core.data.records import Box, Category, ImageRecord, QuarantineEntry, ReadWarning
-from instructcv_core.data.schema import AnnotationError
+from instructcv_core.data.schema import MAX_LISTED, AnnotationError
 from instructcv_core.data.voc_xml import UnsafeXmlError, parse_voc_xml
 
 # The 37 breeds in CLASS-ID order (CLASS-ID = index + 1), spelled as the image file stems.
@@ -110,14 +110,16 @@ def read(root: Path) -> ReadResult:
     for split in SPLITS:
         list_path = require(ann / f"{split}.txt", f"Oxford-IIIT Pet {split} list (annotations/{split}.txt)")
         rows = _rows(list_path)
+        problems = []
         for image, class_id, species_id, _breed_id in rows:
             if class_id not in table:
-                raise ValueError(f"{list_path}: {image} has CLASS-ID {class_id}, absent from list.txt")
-            if table[class_id] != (breed_of(image), species_id):
-                raise ValueError(
+                problems.append(f"{list_path}: {image} has CLASS-ID {class_id}, absent from list.txt")
+            elif table[class_id] != (breed_of(image), species_id):
+                problems.append(
                     f"{list_path}: {image} has CLASS-ID {class_id} and SPECIES {species_id}, but list.txt gives "
                     f"CLASS-ID {class_id} to breed {table[class_id][0]!r} of SPECIES {table[class_id][1]}"
                 )
+        _raise_if_any(list_path, problems)
         image_paths = [root / _image_rel(image) for image, *_ in rows]
         sizes = check_images(image_paths)
         warnings += sixteen_bit_warnings(root, image_paths, sizes)
@@ -173,8 +175,11 @@ def _class_table(list_path: Path) -> dict[int, tuple[str, int]]:
 
 
 def _rows(path: Path) -> list[tuple[str, int, int, int]]:
-    """The `Image CLASS-ID SPECIES BREED-ID` rows of a list file ('#' lines are headers)."""
-    rows = []
+    """The `Image CLASS-ID SPECIES BREED-ID` rows of a list file ('#' lines are headers).
+
+    A malformed line stops the read; the error names every malformed line of the file (`_raise_if_any`).
+    """
+    rows, problems = [], []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -184,13 +189,27 @@ def _rows(path: Path) -> list[tuple[str, int, int, int]]:
                 raise ValueError
             image, class_id, species_id, breed_id = parts[0], *map(int, parts[1:4])
         except ValueError:
-            raise ValueError(f"{path}:{lineno}: expected `Image CLASS-ID SPECIES BREED-ID`, got {line!r}") from None
+            problems.append(f"{path}:{lineno}: expected `Image CLASS-ID SPECIES BREED-ID`, got {line!r}")
+            continue
         if class_id < 1 or breed_id < 1:
-            raise ValueError(f"{path}:{lineno}: CLASS-ID and BREED-ID are 1-based, got {class_id} and {breed_id}")
-        if species_id not in SPECIES:
-            raise ValueError(f"{path}:{lineno}: SPECIES must be 1 (cat) or 2 (dog), got {species_id}")
-        rows.append((image, class_id, species_id, breed_id))
+            problems.append(f"{path}:{lineno}: CLASS-ID and BREED-ID are 1-based, got {class_id} and {breed_id}")
+        elif species_id not in SPECIES:
+            problems.append(f"{path}:{lineno}: SPECIES must be 1 (cat) or 2 (dog), got {species_id}")
+        else:
+            rows.append((image, class_id, species_id, breed_id))
+    _raise_if_any(path, problems)
     return rows
+
+
+def _raise_if_any(path: Path, problems: list[str]) -> None:
+    """One ValueError naming every problem of a list file (the first `MAX_LISTED`, then a count)."""
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:
+        shown = [f"  {p}" for p in problems[:MAX_LISTED]]
+        if len(problems) > MAX_LISTED:
+            shown.append(f"  and {len(problems) - MAX_LISTED} more")
+        raise ValueError(f"{path}: {len(problems)} problems:\n" + "\n".join(shown))
 
 
 def _image_rel(image: str) -> str:
