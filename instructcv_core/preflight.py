@@ -39,6 +39,37 @@ def base_model_problem(source: str, allow_network: bool) -> str | None:
     )
 
 
+def released_model_problem(source: str, allow_network: bool, revision: str | None = None,
+                           single_file_config: str | None = None) -> str | None:
+    """Why the released InstructCV weights at ``source`` (hub id, diffusers folder or single file) cannot
+    be loaded, or None (`instructcv_core.model.released`; this check imports nothing heavy)."""
+    from instructcv_core.model.released import IP2P_CONFIG_REPO, how_to_provide
+
+    path = Path(source).expanduser()
+    looks_local = source.startswith((".", "/", "~")) or path.suffix in SINGLE_FILE_SUFFIXES or path.exists()
+    if looks_local:
+        if not path.exists():
+            return f"released weights {source!r}: no such file or folder. {how_to_provide(source)}"
+        if path.is_dir() and not (path / "model_index.json").exists():
+            return (f"released weights {source!r}: the folder has no model_index.json (not a diffusers pipeline "
+                    f"folder). {how_to_provide(source)}")
+        if path.is_file():
+            if path.suffix not in SINGLE_FILE_SUFFIXES:
+                return f"released weights {source!r}: a single-file checkpoint must end in .safetensors or .ckpt"
+            config = single_file_config or IP2P_CONFIG_REPO
+            config_path = Path(config).expanduser()
+            if not config_path.is_dir() and not allow_network and not _in_hub_cache(config):
+                return (f"released weights {source!r}: a single file needs the component configs of {config!r}, which "
+                        "is neither a local diffusers folder nor in the local Hugging Face cache; set "
+                        "released_single_file_config to a local InstructPix2Pix diffusers folder, or allow_network: true")
+        return None
+    if allow_network or _in_hub_cache(source, revision):
+        return None
+    at = f" at revision {revision!r}" if revision else ""
+    return (f"released weights {source!r} are not in the local Hugging Face cache ({_hub_cache()}){at} and downloads "
+            f"are disabled. {how_to_provide(source)}")
+
+
 def gpu_problem() -> str | None:
     """None when a CUDA GPU is usable, else why not (imports torch: call only when a GPU is required)."""
     import torch
@@ -58,6 +89,15 @@ def _hub_cache() -> Path:
     return home / "hub"
 
 
-def _in_hub_cache(repo_id: str) -> bool:
-    folder = _hub_cache() / ("models--" + repo_id.replace("/", "--")) / "snapshots"
-    return folder.is_dir() and any((snap / "model_index.json").exists() for snap in folder.iterdir())
+def _in_hub_cache(repo_id: str, revision: str | None = None) -> bool:
+    """Whether a snapshot of ``repo_id`` with a model_index.json is cached (at ``revision``: a commit, or a
+    branch or tag the cache's refs/ name; unset: any snapshot)."""
+    repo = _hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    folder = repo / "snapshots"
+    if not folder.is_dir():
+        return False
+    if revision is not None:
+        ref = repo / "refs" / revision
+        commit = ref.read_text().strip() if ref.is_file() else revision
+        return (folder / commit / "model_index.json").exists()
+    return any((snap / "model_index.json").exists() for snap in folder.iterdir())

@@ -92,6 +92,12 @@ class InstructCVSampler:
             raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
         pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
             str(path), safety_checker=None, feature_extractor=None, requires_safety_checker=False, local_files_only=True)
+        return cls.from_pipeline(pipe, config)
+
+    @classmethod
+    def from_pipeline(cls, pipe, config: SamplerConfig) -> InstructCVSampler:
+        """A sampler over a loaded InstructPix2Pix pipeline's modules (e.g. the released weights,
+        `instructcv_core.model.released.load_released`); its scheduler contributes only its config."""
         return cls(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler.config, config)
 
     # ----------------------------------------------------------------------------------------------

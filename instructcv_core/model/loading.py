@@ -76,80 +76,95 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
-def _hub_cached(repo_id: str, filename: str = "model_index.json") -> bool:
+def _hub_cached(repo_id: str, filename: str = "model_index.json", revision: str | None = None) -> bool:
+    return hub_cached_file(repo_id, filename, revision) is not None
+
+
+def hub_cached_file(repo_id: str, filename: str = "model_index.json", revision: str | None = None) -> Path | None:
+    """The local copy of ``filename`` of hub repo ``repo_id`` at ``revision`` (default: the cached
+    ``main``) in the Hugging Face cache, or None; its folder is the snapshot named by the commit."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, filename)
-    return isinstance(found, str) and Path(found).exists()
+    found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    return Path(found) if isinstance(found, str) and Path(found).exists() else None
 
 
-def _check_folder(folder: Path, source: str) -> None:
+def _check_folder(folder: Path, source: str, how: str = HOW_TO_PROVIDE, error: type[BaseModelError] = BaseModelError) -> None:
     index_path = folder / "model_index.json"
     if not index_path.is_file():
-        raise BaseModelError(f"{source}: folder has no model_index.json, so it is not a diffusers pipeline folder. {HOW_TO_PROVIDE}")
+        raise error(f"{source}: folder has no model_index.json, so it is not a diffusers pipeline folder. {how}")
     try:
         index = json.loads(index_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise BaseModelError(f"{source}: unreadable model_index.json ({exc}). {HOW_TO_PROVIDE}") from exc
+        raise error(f"{source}: unreadable model_index.json ({exc}). {how}") from exc
     for name in REQUIRED_COMPONENTS:
         entry = index.get(name)
         if not isinstance(entry, list) or None in entry:
-            raise BaseModelError(f"{source}: model_index.json declares no {name!r} component. {HOW_TO_PROVIDE}")
+            raise error(f"{source}: model_index.json declares no {name!r} component. {how}")
         sub = folder / name
         if not sub.is_dir():
-            raise BaseModelError(f"{source}: missing component folder {sub}. {HOW_TO_PROVIDE}")
+            raise error(f"{source}: missing component folder {sub}. {how}")
         if name == "tokenizer":
             if not any(sub.iterdir()):  # would load as a 2-token tokenizer (cpu-feasibility trap)
-                raise BaseModelError(f"{source}: empty tokenizer folder {sub}. {HOW_TO_PROVIDE}")
+                raise error(f"{source}: empty tokenizer folder {sub}. {how}")
             continue
         config_file = sub / ("scheduler_config.json" if name == "scheduler" else "config.json")
         if not config_file.is_file():
-            raise BaseModelError(f"{source}: missing {config_file}. {HOW_TO_PROVIDE}")
+            raise error(f"{source}: missing {config_file}. {how}")
         if name in ("unet", "vae", "text_encoder"):
             weights = [p for p in sub.iterdir() if p.suffix in (".safetensors", ".bin") or p.name.endswith(".index.json")]
             if not weights:
-                raise BaseModelError(f"{source}: no weights (*.safetensors / *.bin) in {sub}. {HOW_TO_PROVIDE}")
+                raise error(f"{source}: no weights (*.safetensors / *.bin) in {sub}. {how}")
 
 
-def _classify(source: str, allow_network: bool, single_file_config: str | Path | None) -> str:
-    """Cheap validation of ``source`` (no model is loaded); returns its kind."""
+def _classify(source: str, allow_network: bool, single_file_config: str | Path | None, *,
+              default_config_repo: str = SD15_CONFIG_REPO, revision: str | None = None, what: str = "base model",
+              how: str = HOW_TO_PROVIDE, error: type[BaseModelError] = BaseModelError) -> str:
+    """Cheap validation of ``source`` (no model is loaded); returns its kind.
+
+    ``default_config_repo``: where diffusers takes a single file's component configs when
+    ``single_file_config`` is not given; ``revision``: the hub revision a hub id is looked up at;
+    ``what``, ``how`` and ``error``: how messages name the model and say how to provide it.
+    """
     if not isinstance(source, (str, Path)) or not str(source).strip():
-        raise BaseModelError(f"empty base model source {source!r}. {HOW_TO_PROVIDE}")
+        raise error(f"empty {what} source {source!r}. {how}")
     source = str(source)
     path = Path(source).expanduser()
     if path.is_dir():
-        _check_folder(path, source)
+        _check_folder(path, source, how, error)
         return "folder"
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            raise BaseModelError(f"{source}: a file that is not a .safetensors/.ckpt checkpoint. {HOW_TO_PROVIDE}")
+            raise error(f"{source}: a file that is not a .safetensors/.ckpt checkpoint. {how}")
         if single_file_config is not None:
             config_dir = Path(single_file_config).expanduser()
             if config_dir.is_dir():
-                _check_folder(config_dir, str(single_file_config))
+                _check_folder(config_dir, str(single_file_config), how, error)
             elif not allow_network and not _hub_cached(str(single_file_config)):
-                raise BaseModelError(
+                raise error(
                     f"{source}: single_file_config {str(single_file_config)!r} is neither a local diffusers folder nor a cached hub id."
                 )
-        elif not allow_network and not _hub_cached(SD15_CONFIG_REPO):
-            raise BaseModelError(
-                f"{source}: converting a single checkpoint file needs the SD v1.5 component configs, which diffusers "
-                f"takes from the hub repo {SD15_CONFIG_REPO!r} (not in the local cache). Pass single_file_config= a local "
+        elif not allow_network and not _hub_cached(default_config_repo):
+            kind = "SD v1.5" if default_config_repo == SD15_CONFIG_REPO else "InstructPix2Pix"
+            raise error(
+                f"{source}: converting a single checkpoint file needs the {kind} component configs, which diffusers "
+                f"takes from the hub repo {default_config_repo!r} (not in the local cache). Pass single_file_config= a local "
                 "diffusers folder of the same architecture, or set allow_network=True."
             )
         return "single_file"
     if _looks_like_path(source):
-        raise BaseModelError(f"{source}: no such file or folder. {HOW_TO_PROVIDE}")
+        raise error(f"{source}: no such file or folder. {how}")
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(source)
     except HFValidationError as exc:
-        raise BaseModelError(f"{source}: neither an existing path nor a valid hub id ({exc}). {HOW_TO_PROVIDE}") from exc
-    if not allow_network and not _hub_cached(source):
-        raise BaseModelError(
-            f"{source}: no such local folder, and the hub id is not in the local Hugging Face cache "
-            f"(allow_network is off, so nothing is downloaded). {HOW_TO_PROVIDE}"
+        raise error(f"{source}: neither an existing path nor a valid hub id ({exc}). {how}") from exc
+    if not allow_network and not _hub_cached(source, revision=revision):
+        at = f" at revision {revision!r}" if revision else ""
+        raise error(
+            f"{source}: no such local folder, and the hub id is not in the local Hugging Face cache{at} "
+            f"(allow_network is off, so nothing is downloaded). {how}"
         )
     return "hub"
 
