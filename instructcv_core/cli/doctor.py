@@ -26,6 +26,11 @@ APPROX_SIZES = {
 #: checkpoints, evaluation outputs), an estimate; --outputs-gb changes it.
 OUTPUTS_GB = {"paper": 20.0, "mini": 1.0}
 GB = 1e9
+#: Download size of the released weights when they are not on disk: an SD v1.5-sized InstructPix2Pix pipeline
+#: in float32 safetensors (UNet 3.4 GB, VAE 0.3 GB, CLIP text encoder 0.5 GB), an estimate.
+RELEASED_BYTES = 4_300_000_000
+#: The jobs the doctor can check for: what each loads besides the datasets.
+JOBS = ("full_reproduction", "released_evaluation")
 
 
 @dataclass
@@ -189,6 +194,31 @@ def _base_model_check(ctx: DoctorContext) -> Check:
     return Check("base model", "ok", f"{source} (found locally; weights not loaded)")
 
 
+def _released_check(ctx: DoctorContext) -> Check:
+    """The released InstructCV weights `released_evaluation` scores (found locally; not loaded)."""
+    from instructcv_core.model.loading import BaseModelError
+    from instructcv_core.model.released import RELEASED_MODEL, check_released_source
+
+    source = str(ctx.settings.get("released_model") or RELEASED_MODEL)
+    revision = ctx.settings.get("released_revision")
+    try:
+        kind = check_released_source(source, revision=revision, allow_network=False,
+                                     single_file_config=ctx.settings.get("released_single_file_config"))
+    except BaseModelError as exc:
+        local = source.startswith((".", "/", "~")) or Path(source).suffix != "" or Path(source).expanduser().exists()
+        if not local:
+            ctx.need_bytes.append(("released weights download", RELEASED_BYTES))
+        network = " (a run with resources.settings.config.allow_network: true downloads it)" \
+            if ctx.settings.get("allow_network") else ""
+        first = str(exc).split(". Provide")[0] if local else f"{source}: not in the local Hugging Face cache"
+        fix = ("point resources.settings.config.released_model at" if local else
+               f"`hf download {source} --local-dir <folder>`{network}, or set resources.settings.config.released_model to")
+        return Check("released weights", "missing", first, f"{fix} a local diffusers folder (model_index.json, unet/, vae/, "
+                     "text_encoder/, tokenizer/, scheduler/) or a .safetensors/.ckpt file")
+    at = f" at {revision}" if revision else ""
+    return Check("released weights", "ok", f"{source}{at} ({kind}, found locally; weights not loaded)")
+
+
 def _paraphraser_check(ctx: DoctorContext) -> Check:
     config = (ctx.ops.get("paraphrase_bank") or {}).get("config") or {}
     model_id = str(config.get("model_id") or "humarin/chatgpt_paraphraser_on_T5_base")
@@ -299,13 +329,16 @@ def render_table(checks: Sequence[Check], use_rich: bool) -> str | None:
               help="Disk allowance in GB for what a run writes besides the raw datasets [default: paper 20, mini 1].")
 @click.option("--release-stale", is_flag=True,
               help="Mark failed the Dagster runs whose processes died and free the pool slots they hold.")
+@click.option("--job", type=click.Choice(JOBS), default="full_reproduction", show_default=True,
+              help="The job to check for: everything (base model, paraphraser), or released_evaluation (the released weights).")
 def doctor(profile: str | None, config: Path | None, data_root: Path | None, verify: bool,
-           outputs_gb: float | None, release_stale: bool) -> None:
+           outputs_gb: float | None, release_stale: bool, job: str) -> None:
     """Report what a (paper) run needs and what is missing on this machine.
 
     Checks every source dataset (archives in the downloads folder, with size and, with --verify,
-    checksum; or an extracted copy), the base model (found locally, weights not loaded), the
-    paraphrase model, the GPU, free disk space and the Python packages, and the Dagster instance
+    checksum; or an extracted copy), the base model (found locally, weights not loaded) and the
+    paraphrase model (with --job released_evaluation: the released InstructCV weights instead), the
+    GPU, free disk space and the Python packages, and the Dagster instance
     ($DAGSTER_HOME): runs left STARTED by a killed process and the pool slots they hold
     (--release-stale frees them). Exit code 0 when a run needs nothing more (no downloads), 1
     otherwise; each missing item says what to do.
@@ -315,10 +348,11 @@ def doctor(profile: str | None, config: Path | None, data_root: Path | None, ver
       instructcv doctor
       instructcv doctor --config my-paper.yaml --data-root /data/instructcv --verify
       instructcv doctor --profile mini --release-stale   # after a killed run
+      instructcv doctor --job released_evaluation         # the released weights (configs/released.yaml)
     """
     root = PROJECT_DIR
     if config is None and (profile or "paper") == "paper":
-        default = root / "configs" / "paper.yaml"
+        default = root / "configs" / ("released.yaml" if job == "released_evaluation" else "paper.yaml")
         config = default if default.is_file() else None
     run_config = _load_run_config(config)
     settings = ((run_config.get("resources") or {}).get("settings") or {}).get("config") or {}
@@ -338,14 +372,15 @@ def doctor(profile: str | None, config: Path | None, data_root: Path | None, ver
     else:
         checks += [_dataset_check(ctx, name) for name in DATASETS]
     outputs_gb = OUTPUTS_GB[profile] if outputs_gb is None else outputs_gb
-    checks += [_base_model_check(ctx), _paraphraser_check(ctx), _gpu_check(ctx), _disk_check(ctx, outputs_gb),
-               _packages_check()]
+    models = [_released_check(ctx)] if job == "released_evaluation" else [_base_model_check(ctx), _paraphraser_check(ctx)]
+    checks += [*models, _gpu_check(ctx), _disk_check(ctx, outputs_gb), _packages_check()]
     from instructcv_core.cli.doctor_runs import instance_checks
 
     checks += instance_checks(release_stale)
 
     source = f"config {config}" if config else "built-in defaults"
-    click.echo(f"instructcv doctor: profile {profile}, {source}, data root {ctx.data_root}")
+    job_text = "" if job == "full_reproduction" else f", job {job}"
+    click.echo(f"instructcv doctor: profile {profile}{job_text}, {source}, data root {ctx.data_root}")
     text = render_table(checks, use_rich=_rich_available() and sys.stdout.isatty())
     if text is not None:
         click.echo(text)

@@ -1,6 +1,10 @@
 """What a profile will cost before it runs: queries, UNet evaluations and GPU-hours per benchmark and
 protocol, the training cost (FP, RP and their one-step fine-tunes) and the speed-quality curve.
 
+Per job (:data:`JOBS`): ``full_reproduction`` evaluates FP, RP and the untrained reference and trains;
+``released_evaluation`` evaluates the authors' released weights once, with no training, one-step
+fine-tune or speed-quality curve.
+
 Queries follow the planner's rules (`evaluation.planning`, the tasks' ``questions``): depth asks
 each image once; closed-set segmentation and detection ask the paper protocol for each GT-present
 category and the standard protocol for every category (the paper questions are a subset, so both
@@ -63,6 +67,8 @@ ANCHORS = {
 }
 #: Training pairs assumed when the manifest does not exist yet (the official config names say ~100k).
 DEFAULT_TRAIN_SAMPLES = 100_000
+#: The jobs a plan can be made for (`pipelines/jobs.py`).
+JOBS = ("full_reproduction", "released_evaluation")
 
 
 @dataclass
@@ -96,6 +102,12 @@ class CostPlan:
     onestep_samples: int = 0  # samples of one one-step fine-tune (FP and RP each run one)
     speed_quality_unet_evaluations: int = 0  # every point of the speed-quality curve
     speed_quality_points: int = 0
+    job: str = "full_reproduction"  # released_evaluation: the released weights' evaluation alone
+
+    @property
+    def trains(self) -> bool:
+        """Whether the job trains (and runs the one-step fine-tunes and the speed-quality curve)."""
+        return self.job == "full_reproduction"
 
     def gpu_hours(self, unet_evaluations: int) -> float:
         return unet_evaluations / self.unet_per_second / 3600
@@ -122,6 +134,8 @@ class CostPlan:
 
     @property
     def total_gpu_hours(self) -> float:
+        if not self.trains:
+            return self.eval_gpu_hours
         return 2 * self.train_gpu_hours + 2 * self.onestep_gpu_hours + self.eval_gpu_hours + self.speed_quality_gpu_hours
 
     def rows(self) -> list[dict]:
@@ -148,6 +162,16 @@ class CostPlan:
                          f"{r['paper_gpu_hours']:,.2f} | {r['standard_queries']:,} | {r['standard_unet_evals']:,} | "
                          f"{r['standard_gpu_hours']:,.2f} | {r['both_outputs']:,} | {r['both_gpu_hours']:,.2f} | {r['checkpoints']} |")
         per_checkpoint = sum(self.gpu_hours(b.unet_evaluations("both")) for b in self.benchmarks)
+        if not self.trains:
+            lines += [
+                "",
+                f"Job {self.job}: the released weights evaluated once, both protocols (shared outputs): "
+                f"{self.eval_gpu_hours:,.1f} GPU-hours at {self.unet_per_second:,.0f} UNet evaluations/s "
+                f"({self.unet_source}). No training, one-step fine-tune or speed-quality curve.",
+                f"Total: {self.total_gpu_hours:,.1f} GPU-hours, about as many hours of wall clock: the evaluation is one "
+                "step on one GPU (the data stages before it run on CPUs).",
+            ]
+            return self._footer(lines)
         lines += [
             "",
             f"Evaluation: {per_checkpoint:,.1f} GPU-hours per checkpoint (both protocols, shared outputs); "
@@ -163,6 +187,9 @@ class CostPlan:
             f"Total: {self.total_gpu_hours:,.1f} GPU-hours; on 8 GPUs about {self.total_gpu_hours / 8:,.1f} hours of "
             "wall clock when the steps fan out.",
         ]
+        return self._footer(lines)
+
+    def _footer(self, lines: list[str]) -> str:
         if any(not b.counted for b in self.benchmarks):
             lines.append("* published split sizes (no test manifest yet): " + "; ".join(
                 f"{b.benchmark}: {SPLIT_SIZES[b.benchmark].source}" for b in self.benchmarks if not b.counted))
@@ -202,8 +229,11 @@ def queries_from_manifest(name: str, datasets_dir: Path, raw_dir: Path, eval_con
 
 def make_plan(profile: str, data_root: Path | None = None, *, unet_per_second: float | None = None,
               train_samples_per_second: float | None = None, train_samples: int | None = None,
-              num_processes: int = 1) -> CostPlan:
-    """The cost plan of ``profile``; counts from ``data_root/<profile>`` where its manifests exist."""
+              num_processes: int = 1, job: str = "full_reproduction") -> CostPlan:
+    """The cost plan of ``job`` (:data:`JOBS`) under ``profile``; counts from ``data_root/<profile>``
+    where its manifests exist."""
+    if job not in JOBS:
+        raise ValueError(f"no cost plan for job {job!r} (known: {', '.join(JOBS)})")
     from instructcv_core.benchmarks import TABLE3_INSTRUCTIONS
     from instructcv_core.evaluation.config import EvalConfig
     from instructcv_core.inference.config import SamplerConfig
@@ -229,8 +259,9 @@ def make_plan(profile: str, data_root: Path | None = None, *, unet_per_second: f
             images = min(size.images, limit) if limit else size.images
             paper_q, standard_q, outputs = queries_from_sizes(spec, size, images, len(phrasings))
             counted = False
+        checkpoints = 1 if job == "released_evaluation" else 3 if spec.untrained_reference else 2
         costs.append(BenchmarkCost(name, images, paper_q, standard_q, outputs, counted, sampler.unet_evaluations(1),
-                                   3 if spec.untrained_reference else 2))
+                                   checkpoints))
 
     unet_source = "given" if unet_per_second else ANCHORS["unet_evaluations_per_second"][1]
     train_source = "given" if train_samples_per_second else ANCHORS["train_samples_per_second"][1]
@@ -249,15 +280,15 @@ def make_plan(profile: str, data_root: Path | None = None, *, unet_per_second: f
         epochs = resolved.max_steps * samples_per_step(resolved, num_processes) / max(samples, 1)
     onestep = resolve_schedule(resolve(TrainConfig, profile, "train_onestep", base_model="-", manifest="-", image_store="-",
                                        output_dir="-"), num_processes, samples)
-    curve_points, curve_evaluations = speed_quality_cost(profile, datasets_dir, eval_config)
+    curve_points, curve_evaluations = speed_quality_cost(profile, datasets_dir, eval_config) if job == "full_reproduction" else (0, 0)
     notes = []
     if profile != "paper":
         notes.append(f"Profile {profile}: its sampler runs {sampler.steps} steps; the anchors are GPU figures.")
     return CostPlan(profile, costs, unet_per_second or ANCHORS["unet_evaluations_per_second"][0], unet_source,
                     samples, samples_source, epochs,
                     train_samples_per_second or ANCHORS["train_samples_per_second"][0], train_source, notes,
-                    onestep_samples=onestep.max_steps * samples_per_step(onestep, num_processes),
-                    speed_quality_unet_evaluations=curve_evaluations, speed_quality_points=curve_points)
+                    onestep_samples=onestep.max_steps * samples_per_step(onestep, num_processes) if job == "full_reproduction" else 0,
+                    speed_quality_unet_evaluations=curve_evaluations, speed_quality_points=curve_points, job=job)
 
 
 def speed_quality_cost(profile: str, datasets_dir: Path | None, eval_config) -> tuple[int, int]:
@@ -290,4 +321,4 @@ def speed_quality_cost(profile: str, datasets_dir: Path | None, eval_config) -> 
     return len(grid), sum(queries[curve.images_for(p.sampler.preset)] * p.sampler.unet_evals_per_query for p in grid)
 
 
-__all__ = ["ANCHORS", "SPLIT_SIZES", "BenchmarkCost", "CostPlan", "make_plan", "queries_from_sizes", "speed_quality_cost"]
+__all__ = ["ANCHORS", "JOBS", "SPLIT_SIZES", "BenchmarkCost", "CostPlan", "make_plan", "queries_from_sizes", "speed_quality_cost"]

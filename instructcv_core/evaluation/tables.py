@@ -3,7 +3,10 @@
 Every table is a long DataFrame (one row per benchmark/metric or instruction) with the published
 InstructCV-FP and -RP numbers in the columns next to ours under both protocols, so a reader sees at
 once how close the `paper` protocol comes to the published figure and how far the `standard` one
-moves it. Which benchmark fills which row, with which metric, and the published InstructCV figures
+moves it. A ``released`` column shows the authors' released weights evaluated here under both
+protocols (``not evaluated`` until the `released_evaluation` job has run); its provenance (hub
+commit or sha256) is each cell's ``checkpoint``. Released cells computed on other terms than the
+FP/RP cells of their row (sampler, image set) are left out of the row with a note. Which benchmark fills which row, with which metric, and the published InstructCV figures
 come from the benchmark table (`instructcv_core.benchmarks`); the published rows of other models
 are kept here as published tables of their own.
 
@@ -44,7 +47,11 @@ TABLE1_BASELINES: list[tuple[str, list[float | str | None]]] = [
 #: Published rows of Table 2 from other models (InstructCV's own row comes from the benchmark table).
 TABLE2_BASELINES = {"Inpainting (visual prompting)": 58.5, "Painter": 62.3}
 VARIANTS = ("fp", "rp")
+#: The authors' released weights, evaluated here: a column beside FP and RP (`assets/evaluate.py`).
+RELEASED = "released"
 PROTOCOLS = ("paper", "standard")
+#: What an empty released cell says in Markdown when the released weights were not evaluated.
+NOT_EVALUATED = "not evaluated"
 
 
 def table1_columns() -> list[str]:
@@ -166,8 +173,9 @@ def _mark_subset(frame: pd.DataFrame, cells: list[tuple[int, str]]) -> pd.DataFr
 
 def check_comparable(results: pd.DataFrame, benchmark: str) -> None:
     """Refuse to set FP and RP cells of one benchmark side by side unless they were computed on the
-    same terms: the same sampler settings and the same evaluated images (test manifest and ids)."""
-    cells = results[results["benchmark"] == benchmark]
+    same terms: the same sampler settings and the same evaluated images (test manifest and ids).
+    Released cells are not refused here: :func:`released_conflict` leaves them out of the row instead."""
+    cells = results[(results["benchmark"] == benchmark) & results["variant"].isin(VARIANTS)]
     for column in ("sampler", "image_set"):
         values = cells.groupby("variant")[column].first().to_dict()
         if len(set(values.values())) > 1:
@@ -177,29 +185,75 @@ def check_comparable(results: pd.DataFrame, benchmark: str) -> None:
                                     f"cannot share a table row ({found}); re-evaluate them with the same settings")
 
 
+def released_conflict(results: pd.DataFrame, benchmark: str) -> str | None:
+    """Why the released cells of ``benchmark`` cannot sit beside its FP/RP cells (another sampler or
+    image set, named with both values), or None when they can (or either side is missing)."""
+    cells = results[results["benchmark"] == benchmark]
+    released, ours = cells[cells["variant"] == RELEASED], cells[cells["variant"].isin(VARIANTS)]
+    if released.empty or ours.empty:
+        return None
+    for column in ("sampler", "image_set"):
+        theirs, mine = released[column].iloc[0], ours[column].iloc[0]
+        if theirs != mine:
+            return (f"{benchmark}: the released weights were evaluated with another {column.replace('_', ' ')} "
+                    f"({theirs}) than FP/RP ({mine}), so their cells are left out of the row; re-evaluate them "
+                    f"with the same settings ({released['source'].iloc[0]})")
+    return None
+
+
+def _released_cell(results: pd.DataFrame, benchmark: str, protocol: str, metric: str) -> pd.Series | None:
+    """The released cell, or None when there is none or it was computed on other terms than FP/RP."""
+    if released_conflict(results, benchmark) is not None:
+        return None
+    return _cell(results, RELEASED, benchmark, protocol, metric)
+
+
+def _released_evaluated(results: pd.DataFrame, benchmark: str) -> bool:
+    return bool(((results["variant"] == RELEASED) & (results["benchmark"] == benchmark)).any())
+
+
 def table_rows(results: pd.DataFrame, table: str) -> pd.DataFrame:
-    """One row per (benchmark, table row): published FP/RP beside ours under both protocols, with
-    each cell's 95 % CI (``<column> ci_low`` / ``ci_high``, NaN where the results have none) and a
-    row ``note`` where a column cannot be read beside the published figure as is."""
+    """One row per (benchmark, table row): published FP/RP beside ours under both protocols, then the
+    released weights evaluated here (``released (<protocol>)``), with each cell's 95 % CI
+    (``<column> ci_low`` / ``ci_high``, NaN where the results have none) and a row ``note`` where a
+    column cannot be read beside the published figure as is."""
     from instructcv_core.benchmarks import BENCHMARKS
 
-    rows, subset_cells = [], []
+    rows, subset_cells, not_evaluated = [], [], []
     for benchmark, spec in in_table(table):
         check_comparable(results, benchmark.name)
         row = {"benchmark": benchmark.name, "metric": spec.label}
-        for variant, published in (("fp", spec.published_fp), ("rp", spec.published_rp)):
-            row[f"{variant.upper()} published"] = published
+        for variant, published in (("fp", spec.published_fp), ("rp", spec.published_rp), (RELEASED, None)):
+            if published is not None:
+                row[f"{variant.upper()} published"] = published
             for protocol in PROTOCOLS:
-                column = f"{variant.upper()} ours ({protocol})"
-                cell = _cell(results, variant, benchmark.name, protocol, spec.metric(protocol))
+                metric = spec.metric(protocol)
+                if variant == RELEASED:
+                    column, cell = released_column(protocol), _released_cell(results, benchmark.name, protocol, metric)
+                else:
+                    column, cell = f"{variant.upper()} ours ({protocol})", _cell(results, variant, benchmark.name, protocol, metric)
                 row[column] = math.nan if cell is None else float(cell["value"])
                 row[f"{column} ci_low"] = math.nan if cell is None else float(cell["ci_low"])
                 row[f"{column} ci_high"] = math.nan if cell is None else float(cell["ci_high"])
                 if _is_subset(cell):
                     subset_cells.append((len(rows), column))
+                if variant == RELEASED and not _released_evaluated(results, benchmark.name):
+                    not_evaluated.append((len(rows), column))
         row["note"] = PAPER_NOTES.get(BENCHMARKS[benchmark.name].task, "")
         rows.append(row)
-    return _mark_subset(pd.DataFrame(rows), subset_cells)
+    return _mark_not_evaluated(_mark_subset(pd.DataFrame(rows), subset_cells), not_evaluated)
+
+
+def released_column(protocol: str) -> str:
+    """The table column of the released weights under ``protocol``."""
+    return f"released ({protocol})"
+
+
+def _mark_not_evaluated(frame: pd.DataFrame, cells: list[tuple[int, str]]) -> pd.DataFrame:
+    """Remember which released cells were not evaluated (``frame.attrs["not_evaluated_cells"]``);
+    :func:`to_markdown` writes :data:`NOT_EVALUATED` there."""
+    frame.attrs["not_evaluated_cells"] = cells
+    return frame
 
 
 def table1(results: pd.DataFrame) -> pd.DataFrame:
@@ -215,15 +269,23 @@ def cells_table(results: pd.DataFrame, benchmarks: Iterable[str]) -> pd.DataFram
 
 
 def table_notes(results: pd.DataFrame, benchmarks: Iterable[str], statuses: Mapping[str, str] | None = None) -> list[str]:
-    """What a reader must know beside a table: cells without a confidence interval, and upstream
-    data that is incomplete (``statuses``: asset name -> its status line, e.g. ``raw_nyuv2``)."""
+    """What a reader must know beside a table: cells without a confidence interval, released cells left
+    out because they were computed on other terms than FP/RP, which released weights the released
+    cells are (source and revision), and upstream data that is incomplete (``statuses``: asset name
+    -> its status line, e.g. ``raw_nyuv2``)."""
     notes = []
-    cells = results[results["benchmark"].isin(list(benchmarks))]
+    benchmarks = list(benchmarks)
+    cells = results[results["benchmark"].isin(benchmarks)]
     bare = cells[cells["ci_low"].isna() | cells["ci_high"].isna()]
     if len(bare):
         names = sorted({f"{v.upper()} {b}" for v, b in zip(bare["variant"], bare["benchmark"])})
         notes.append(f"no 95 % CI in the metrics.parquet of {', '.join(names)} (results written before confidence "
                      "intervals were recorded): those values are shown without one")
+    notes += [conflict for conflict in (released_conflict(results, b) for b in benchmarks) if conflict]
+    weights = sorted(set(cells[cells["variant"] == RELEASED]["checkpoint"]))
+    if weights:
+        notes.append("released: the authors' released weights evaluated here, " + "; ".join(weights)
+                     + " (source @ hub commit or sha256), asked the fixed templates")
     for asset, status in sorted((statuses or {}).items()):
         if status and status != "complete":
             notes.append(f"{asset} is {status}")
@@ -244,39 +306,55 @@ def table2(results: pd.DataFrame) -> pd.DataFrame:
         published[spec.label] = spec.published_rp  # the paper reports the RP model only
     rows = [{"model": name, "source": "published", "protocol": "paper", "mIoU": value, "mIoU ci_low": math.nan,
              "mIoU ci_high": math.nan} for name, value in published.items()]
-    subset_cells = []
+    subset_cells, not_evaluated = [], []
     for benchmark, spec in entries:
         check_comparable(results, benchmark.name)
-        for variant in VARIANTS:
+        for variant in (*VARIANTS, RELEASED):
             for protocol in PROTOCOLS:
-                cell = _cell(results, variant, benchmark.name, protocol, spec.metric(protocol))
+                if variant == RELEASED:
+                    cell = _released_cell(results, benchmark.name, protocol, spec.metric(protocol))
+                    if not _released_evaluated(results, benchmark.name):
+                        not_evaluated.append((len(rows), "mIoU"))
+                    model, source = "InstructCV released weights (evaluated here)", RELEASED
+                else:
+                    cell = _cell(results, variant, benchmark.name, protocol, spec.metric(protocol))
+                    model, source = f"InstructCV-{variant.upper()} (ours)", "ours"
                 if _is_subset(cell):
                     subset_cells.append((len(rows), "mIoU"))
-                rows.append({"model": f"InstructCV-{variant.upper()} (ours)", "source": "ours", "protocol": protocol,
+                rows.append({"model": model, "source": source, "protocol": protocol,
                              "mIoU": math.nan if cell is None else float(cell["value"]),
                              "mIoU ci_low": math.nan if cell is None else float(cell["ci_low"]),
                              "mIoU ci_high": math.nan if cell is None else float(cell["ci_high"])})
-    return _mark_subset(pd.DataFrame(rows), subset_cells)
+    return _mark_not_evaluated(_mark_subset(pd.DataFrame(rows), subset_cells), not_evaluated)
 
 
-def table3(heldout: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
-    """Table 3: mIoU per held-out instruction. ``heldout[variant][protocol][instruction] = mIoU``."""
-    rows = []
+def table3(heldout: dict[str, dict[str, dict[str, float]]], results: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 3: mIoU per held-out instruction. ``heldout[variant][protocol][instruction] = mIoU``
+    (variants ``fp``, ``rp`` and ``released``); ``results`` (the cells of the evaluations) leaves out
+    released values computed on other terms than FP/RP (:func:`released_conflict`)."""
+    rows, not_evaluated = [], []
+    conflict = results is not None and any(released_conflict(results, b.name) for b, _ in in_table("table3"))
     for _benchmark, spec in in_table("table3"):
         row = {"instruction": spec.label}
         for variant, published in (("fp", spec.published_fp), ("rp", spec.published_rp)):
             row[f"{variant.upper()} published"] = published
             for protocol in PROTOCOLS:
                 row[f"{variant.upper()} ours ({protocol})"] = heldout.get(variant, {}).get(protocol, {}).get(spec.label, math.nan)
+        for protocol in PROTOCOLS:
+            column = released_column(protocol)
+            value = heldout.get(RELEASED, {}).get(protocol, {}).get(spec.label, math.nan)
+            row[column] = math.nan if conflict else value
+            if RELEASED not in heldout:
+                not_evaluated.append((len(rows), column))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _mark_not_evaluated(pd.DataFrame(rows), not_evaluated)
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
     """A table as Markdown, numbers to 3 decimals, missing values blank; a column with ``ci_low`` /
     ``ci_high`` companions is shown as ``52.100 [48.000, 56.300]`` (the value alone where the
     interval is missing); cells computed on a seeded subset of the images (subset mode) carry a
-    ``†`` and a note under the table."""
+    ``†`` and a note under the table; released cells that were not evaluated say so."""
     from instructcv_core.evaluation.subset import SUBSET_MARK
 
     shown = frame.copy()
@@ -293,6 +371,9 @@ def to_markdown(frame: pd.DataFrame) -> str:
     for row, column in cells:
         if shown.at[row, column]:
             shown.at[row, column] = f"{shown.at[row, column]} {SUBSET_MARK}"
+    for row, column in frame.attrs.get("not_evaluated_cells", []):
+        if not shown.at[row, column]:
+            shown.at[row, column] = NOT_EVALUATED
     text = shown.drop(columns=companions).to_markdown(index=False)
     if cells:
         text += (f"\n\n{SUBSET_MARK} standard protocol on a seeded subset of the test images "
@@ -315,6 +396,7 @@ def _cell_text(value) -> str:
     return str(value)
 
 
-__all__ = ["CELL_COLUMNS", "PAPER_NOTES", "SAMPLER_KEYS", "TABLE1_BASELINES", "TABLE2_BASELINES", "IncomparableCells", "cells_table",
-           "check_comparable", "read_result", "read_results", "sampler_summary", "table1", "table1_baselines", "table1_columns", "table2",
-           "table3", "table_notes", "table_rows", "to_markdown"]
+__all__ = ["CELL_COLUMNS", "NOT_EVALUATED", "PAPER_NOTES", "RELEASED", "SAMPLER_KEYS", "TABLE1_BASELINES", "TABLE2_BASELINES",
+           "IncomparableCells", "cells_table", "check_comparable", "read_result", "read_results", "released_column",
+           "released_conflict", "sampler_summary", "table1", "table1_baselines", "table1_columns", "table2", "table3",
+           "table_notes", "table_rows", "to_markdown"]
