@@ -6,6 +6,10 @@ benchmark asset in the UI evaluates only that one. Each benchmark asset writes i
 outputs, a metrics table (both protocols) and a sample grid, logs `eval/<benchmark>/<protocol>/<metric>`
 to one MLflow run per checkpoint, and carries blocking checks: metrics finite and in range, and (FP,
 RP) the trained model significantly better than the untrained one (`beats_untrained`). `results_tables` assembles Tables 1–3.
+
+The authors' released weights (`settings.released_model`, default `alaa-lab/InstructCV`) are a fourth
+checkpoint (group `eval_released`, job `released_evaluation`): the same benchmarks, protocols, sampler,
+intervals and MLflow run, with the same checks as warnings (a published model is measured, not gated).
 """
 
 import dataclasses
@@ -24,6 +28,7 @@ from assets.train import (  # noqa: F401  (checkpoint_asset_key: re-exported for
 from instructcv_core.benchmarks import BENCHMARKS, TABLES
 from instructcv_core.evaluation.config import EvalConfig
 from instructcv_core.inference.config import SamplerConfig
+from instructcv_core.model.released import RELEASED_MODEL
 from pipelines.config import run_config_class, run_config_overrides
 from pipelines.resources import InstructCVSettings, MlflowTracking
 
@@ -56,6 +61,10 @@ def asset_key(benchmark: str, variant: str) -> dg.AssetKey:
     return dg.AssetKey(f"eval_{benchmark}_{variant}")
 
 
+#: The checkpoints Tables 1-3 show beside the published numbers: our FP and RP, and the released weights.
+TABLE_VARIANTS = ("fp", "rp", "released")
+
+
 def load_model(instance: dg.DagsterInstance, settings: InstructCVSettings, variant: str, config):
     """(sampler factory, checkpoint identity, checkpoint description) of a variant."""
     from instructcv_core.inference.sampler import InstructCVSampler
@@ -72,9 +81,29 @@ def load_model(instance: dg.DagsterInstance, settings: InstructCVSettings, varia
             return InstructCVSampler(unet, base.vae, base.text_encoder, base.tokenizer, base.noise_scheduler.config, config.sampler)
 
         return factory, f"untrained:{source}@{_folder_fingerprint(Path(source))}", source
+    if variant == "released":
+        weights = released_weights(settings)
+
+        def released_factory():
+            from instructcv_core.model.released import load_released
+
+            return InstructCVSampler.from_pipeline(load_released(weights, allow_network=settings.allow_network),
+                                                   config.sampler)
+
+        return released_factory, weights.identity, weights.source
     checkpoint = materialised_checkpoint(instance, variant)
     return ((lambda: InstructCVSampler.from_pretrained(checkpoint["pipeline_dir"], config.sampler)),
             checkpoint["identity"], checkpoint["pipeline_dir"])
+
+
+def released_weights(settings: InstructCVSettings):
+    """The released weights the settings name, with their exact revision (hub commit or sha256); fails
+    at once, naming the source and how to provide a local copy, when they cannot be found."""
+    from instructcv_core.model.released import resolve_released
+
+    return resolve_released(settings.released_model_source, revision=settings.released_revision,
+                            allow_network=settings.allow_network,
+                            single_file_config=settings.released_single_file_config)
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -88,38 +117,43 @@ def _folder_fingerprint(folder: Path) -> str:
 
 def eval_assets(variant: str) -> dg.AssetsDefinition:
     trained = variant != "untrained"
-    upstream = {"fp": instructcv_fp_checkpoint, "rp": instructcv_rp_checkpoint}.get(variant, base_model)
+    released = variant == "released"
+    upstream = {"fp": [instructcv_fp_checkpoint], "rp": [instructcv_rp_checkpoint], "released": []}.get(variant, [base_model])
     names = [b.name for b in BENCHMARKS.values() if trained or b.untrained_reference]
     specs, checks = [], []
     for name in names:
         bench = BENCHMARKS[name]
         compared = trained and bench.untrained_reference
-        deps = [upstream, test_manifests]
+        deps = [*upstream, test_manifests]
         if bench.kind == "heldout":
             deps.append(heldout_instructions)
         if compared:
             deps.append(asset_key(name, "untrained"))  # read by the beats_untrained check
-        who = f"InstructCV-{variant.upper()}" if trained else "the untrained base (reference for checks)"
+        who = ("the released InstructCV weights (settings.released_model, default " + RELEASED_MODEL + ")" if released
+               else f"InstructCV-{variant.upper()}" if trained else "the untrained base (reference for checks)")
+        severity = ("Released weights: a failure is reported as a warning (a published model is measured, not gated)."
+                    if released else "Blocking: an in-domain benchmark." if bench.in_domain else
+                    "External benchmark: a failure is reported as a warning.")
         specs.append(dg.AssetSpec(
-            asset_key(name, variant), group_name="eval", deps=deps, kinds={"pytorch", "parquet", "mlflow"},
+            asset_key(name, variant), group_name="eval_released" if released else "eval", deps=deps,
+            kinds={"pytorch", "parquet", "mlflow"},
             description=f"{bench.description}: {who}, both protocols. Queries and outputs, metrics (Parquet + "
                         "Markdown), sample grid (input | output | prediction | ground truth) and evaluation cost."))
-        checks.append(dg.AssetCheckSpec("metrics_valid", asset=asset_key(name, variant), blocking=True,
-                                        description="Every metric present, finite and within its valid range."))
+        checks.append(dg.AssetCheckSpec("metrics_valid", asset=asset_key(name, variant), blocking=not released,
+                                        description="Every metric present, finite and within its valid range."
+                                        + (" " + severity if released else "")))
         if compared:
             checks.append(dg.AssetCheckSpec(
-                "beats_untrained", asset=asset_key(name, variant), blocking=True,
+                "beats_untrained", asset=asset_key(name, variant), blocking=not released,
                 description="This checkpoint is significantly better than the untrained base on the headline metric "
                             "(one-sided paired t-test over images, 95 %); no per-image evidence fails. "
-                            + ("Blocking: an in-domain benchmark." if bench.in_domain else
+                            + (severity if released or bench.in_domain else
                                "External benchmark: a failure is reported as a warning (distribution shift is a finding, not a bug).")))
             checks.append(dg.AssetCheckSpec(
-                "follows_instructions", asset=asset_key(name, variant), blocking=True,
+                "follows_instructions", asset=asset_key(name, variant), blocking=not released,
                 description="The output follows the instruction: swapping the category asked changes the answer "
                             "to that category on >= 90 % of seeded pairs, and switching the task word switches the "
-                            "output kind (mask, boxes, depth, colour block) on >= 90 % of outputs. "
-                            + ("Blocking: an in-domain benchmark." if bench.in_domain else
-                               "External benchmark: a failure is reported as a warning.")))
+                            "output kind (mask, boxes, depth, colour block) on >= 90 % of outputs. " + severity))
 
     @dg.multi_asset(name=f"evaluate_{variant}", specs=specs, check_specs=checks, can_subset=True, pool="gpu")
     def _evaluate(context: dg.AssetExecutionContext, config: EvalAssetConfig, settings: InstructCVSettings,
@@ -147,6 +181,8 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
         store = ImageStore(settings.profile_dir / "eval" / "outputs")
         with mlflow_tracking.start_run(context, settings, run_name=f"eval-{variant}-{settings.profile}",
                                        tags={"stage": "eval", "variant": variant, "checkpoint": checkpoint}) as (run, url):
+            if released:  # the exact weights: a hub commit or a sha256
+                mlflow.log_params({"released.source": checkpoint, "released.revision": identity.rsplit("@", 1)[1]})
             mlflow.log_params({"checkpoint": checkpoint, **{f"sampler.{k}": v for k, v in core.sampler.to_dict().items()},
                                "sampler.label": core.sampler.label,
                                "sampler.unet_evals_per_query": core.sampler.unet_evals_per_query,
@@ -159,7 +195,10 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
                     eval_dir(settings, variant) / name, store, heldout_phrasings=heldout, log=context.log.info)
                 _log_mlflow(mlflow, name, result)
                 key = asset_key(name, variant)
-                yield dg.MaterializeResult(asset_key=key, metadata=_metadata(result, url))
+                metadata = _metadata(result, url)
+                if released:
+                    metadata.update(released_source=checkpoint, released_revision=identity.rsplit("@", 1)[1])
+                yield dg.MaterializeResult(asset_key=key, metadata=metadata)
                 following = lambda n=name: _instruction_following(  # noqa: E731  (runs only when its check is selected)
                     n, settings, variant, core, sampler_factory, identity, store, context.log.info)
                 for check in _checks(context, settings, variant, name, result, following):
@@ -239,14 +278,15 @@ def _checks(context, settings: InstructCVSettings, variant: str, name: str, resu
     if valid_key in selected:
         problems = invalid_metrics(name, result.metrics)
         yield dg.AssetCheckResult(asset_key=key, check_name="metrics_valid", passed=not problems,
+                                  severity=dg.AssetCheckSeverity.WARN if variant == "released" else dg.AssetCheckSeverity.ERROR,
                                   metadata={"problems": dg.MetadataValue.json(problems)})
     beat_key = dg.AssetCheckKey(key, "beats_untrained")
     if beat_key in selected:
         reference = eval_dir(settings, "untrained") / name / "details.json"
-        yield beats_untrained_check(key, name, result.details, reference, _severity(name))
+        yield beats_untrained_check(key, name, result.details, reference, _severity(name, variant))
     follow_key = dg.AssetCheckKey(key, "follows_instructions")
     if follow_key in selected and following is not None:
-        yield instruction_following_check(key, following(), _severity(name))
+        yield instruction_following_check(key, following(), _severity(name, variant))
 
 
 def _instruction_following(name: str, settings: InstructCVSettings, variant: str, core, sampler_factory, identity: str,
@@ -277,8 +317,11 @@ def instruction_following_check(key: dg.AssetKey, summary: dict,
                   "probes": dg.MetadataValue.path(summary["path"])})
 
 
-def _severity(name: str) -> dg.AssetCheckSeverity:
-    """ERROR (blocks what depends on it) on in-domain benchmarks, WARN on external ones."""
+def _severity(name: str, variant: str = "fp") -> dg.AssetCheckSeverity:
+    """ERROR (blocks what depends on it) on in-domain benchmarks, WARN on external ones and for the
+    released weights (measured, not gated)."""
+    if variant == "released":
+        return dg.AssetCheckSeverity.WARN
     return dg.AssetCheckSeverity.ERROR if BENCHMARKS[name].in_domain else dg.AssetCheckSeverity.WARN
 
 
@@ -315,7 +358,8 @@ def beats_untrained_check(key: dg.AssetKey, name: str, details: dict, reference:
 evaluate_fp = eval_assets("fp")
 evaluate_rp = eval_assets("rp")
 evaluate_untrained = eval_assets("untrained")
-EVAL_ASSETS = [evaluate_untrained, evaluate_fp, evaluate_rp]
+evaluate_released = eval_assets("released")
+EVAL_ASSETS = [evaluate_untrained, evaluate_fp, evaluate_rp, evaluate_released]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,7 +374,7 @@ TABLE_SPECS = {name: (description, tuple(b.name for b in BENCHMARKS.values() if 
 @dg.multi_asset(
     name="results_tables",
     specs=[dg.AssetSpec(name, group_name="eval", description=description, kinds={"pandas", "mlflow"},
-                        deps=[asset_key(b, v) for b in benchmarks for v in ("fp", "rp")])
+                        deps=[asset_key(b, v) for b in benchmarks for v in TABLE_VARIANTS])
            for name, (description, benchmarks) in TABLE_SPECS.items()],
     can_subset=True,
 )
@@ -345,7 +389,7 @@ def results_tables(context: dg.AssetExecutionContext, settings: InstructCVSettin
     selected = [n for n in TABLE_SPECS if dg.AssetKey(n) in context.selected_asset_keys]
     wanted = {b for n in selected for b in TABLE_SPECS[n][1]}
     # exactly the results the upstream evaluation assets recorded (their latest materialisation)
-    sources = {(v, b): upstream_results_dir(context.instance, b, v) for b in wanted for v in ("fp", "rp")}
+    sources = {(v, b): upstream_results_dir(context.instance, b, v) for b in wanted for v in TABLE_VARIANTS}
     results = tables.read_results(sources)
     statuses = raw_statuses(context.instance)
     heldout = {}
@@ -354,7 +398,7 @@ def results_tables(context: dg.AssetExecutionContext, settings: InstructCVSettin
             details = json.loads((folder / "details.json").read_text())
             heldout[variant] = {p: d.get("by_phrasing", {}) for p, d in details.items()}
     built = {"table1": lambda: tables.table1(results), "table2": lambda: tables.table2(results),
-             "table3": lambda: (tables.check_comparable(results, "ade20k_heldout"), tables.table3(heldout))[1]}
+             "table3": lambda: (tables.check_comparable(results, "ade20k_heldout"), tables.table3(heldout, results))[1]}
     with mlflow_tracking.start_run(context, settings, run_name=f"tables-{settings.profile}", tags={"stage": "tables"}) as (run, url):
         for name in selected:
             frame = built[name]()

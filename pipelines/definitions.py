@@ -16,7 +16,8 @@ from assets.speed_quality import speed_quality
 from assets.raw import raw_assets, raw_catalog, raw_checks
 from assets.train import (instructcv_fp_checkpoint, instructcv_fp_onestep_checkpoint, instructcv_rp_checkpoint,
                           instructcv_rp_onestep_checkpoint)
-from pipelines.jobs import full_reproduction, raw_data, sharded_evaluation, sharded_evaluation_k8s_job
+from pipelines.jobs import (full_reproduction, raw_data, released_evaluation, sharded_evaluation,
+                           sharded_evaluation_k8s_job)
 from pipelines.project import ensure_dagster_home
 from pipelines.resources import InstructCVSettings, MlflowTracking
 from pipelines.run_recovery import recovering_executor, stale_run_sensor
@@ -33,7 +34,7 @@ defs = dg.Definitions(
         *EVAL_ASSETS, results_tables, speed_quality, eval_shards_fp, eval_shards_rp,
     ],
     asset_checks=[*raw_checks, paraphrase_bank_variety, *manifest_checks],
-    jobs=[full_reproduction, raw_data, sharded_evaluation, sharded_evaluation_k8s_job()],
+    jobs=[full_reproduction, raw_data, released_evaluation, sharded_evaluation, sharded_evaluation_k8s_job()],
     # A run killed outright (kill -9, OOM) keeps its `gpu` slot: every run releases such runs before
     # its first step, and the daemon of `dagster dev` does so every minute (pipelines/run_recovery.py).
     executor=recovering_executor,

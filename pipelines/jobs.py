@@ -33,8 +33,9 @@ ALL_SHARDS = {
 
 full_reproduction = dg.define_asset_job(
     "full_reproduction",
-    # the sharded evaluation is another way to the same results (partitioned by benchmark): its own job
-    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("eval_shards"),
+    # the sharded evaluation is another way to the same results (partitioned by benchmark): its own job;
+    # the released weights are evaluated by `released_evaluation` (a download the reproduction does not need)
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("eval_shards", "eval_released"),
     config=load_run_config(EMBEDDED_PROFILE),
     run_tags=ALL_SHARDS,
     description="Rebuild every dataset and results table from scratch. Default config: the embedded "
@@ -47,6 +48,23 @@ raw_data = dg.define_asset_job(
     # the embedded profile less its ops section, whose assets are not in this job
     config={k: v for k, v in load_run_config(EMBEDDED_PROFILE).items() if k != "ops"},
     description="Only the raw-dataset stage: download, verify, extract and read every source dataset.",
+)
+
+# What `released_evaluation` runs: the data stages evaluation reads, the released weights' evaluation and the tables.
+RELEASED_SELECTION = (dg.AssetSelection.groups("raw") | dg.AssetSelection.assets("encoded_pairs", "test_manifests",
+                                                                                  "heldout_instructions")
+                      | dg.AssetSelection.groups("eval_released") | dg.AssetSelection.assets("table1", "table2", "table3"))
+
+released_evaluation = dg.define_asset_job(
+    "released_evaluation",
+    selection=RELEASED_SELECTION,
+    # the embedded profile's settings and its pair-building workers (its other ops are not in this job)
+    config={**{k: v for k, v in load_run_config(EMBEDDED_PROFILE).items() if k != "ops"},
+            "ops": {k: v for k, v in (load_run_config(EMBEDDED_PROFILE).get("ops") or {}).items() if k == "encoded_pairs"}},
+    run_tags=ALL_SHARDS,
+    description="The authors' released InstructCV weights (settings.released_model, default alaa-lab/InstructCV) "
+    "scored on every benchmark under both protocols, with Tables 1-3, without training: the data stages, "
+    "eval_<benchmark>_released and the tables. Paper scale: `-c configs/released.yaml` (docs/released.md).",
 )
 
 sharded_evaluation = dg.define_asset_job(

@@ -46,6 +46,19 @@ class InstructCVSettings(dg.ConfigurableResource):
         description="paper profile: SD v1.5 as a hub id, a local diffusers folder or a .safetensors/.ckpt file "
         "(unset = stable-diffusion-v1-5/stable-diffusion-v1-5). The mini profile builds its own tiny base.",
     )
+    released_model: Optional[str] = Field(
+        default=None,
+        description="The authors' released InstructCV weights evaluated by eval_<benchmark>_released: a hub id, a local "
+        "diffusers StableDiffusionInstructPix2PixPipeline folder or a single .safetensors/.ckpt file (unset = "
+        "alaa-lab/InstructCV).",
+    )
+    released_revision: Optional[str] = Field(
+        default=None, description="Hub revision (branch, tag or commit) of a hub-id released_model; unset = main.")
+    released_single_file_config: Optional[str] = Field(
+        default=None,
+        description="Component configs of a single-file released_model: a local InstructPix2Pix diffusers folder or "
+        "a hub id (unset = timbrooks/instruct-pix2pix, which must then be cached unless allow_network).",
+    )
     allow_network: bool = Field(default=False, description="Let model loading download from the Hugging Face hub.")
     require_gpu: Optional[bool] = Field(default=None, description="Fail early without a CUDA GPU; unset = required in the paper profile.")
     download_retries: int = Field(default=5, description="Retries per URL for transient download errors.")
@@ -83,21 +96,34 @@ class InstructCVSettings(dg.ConfigurableResource):
         return value
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Fail every step of a run early, with a clear message, when the paper profile cannot work."""
-        from instructcv_core.preflight import PreflightError, base_model_problem, gpu_problem
+        """Fail every step of a run early, with a clear message, when what the run loads is missing: the
+        paper profile's base model and GPU, and the released weights in a run that evaluates them."""
+        from instructcv_core.preflight import PreflightError, base_model_problem, gpu_problem, released_model_problem
 
-        if self.profile != "paper":
-            return
-        problems = [base_model_problem(self.base_model_source, self.allow_network)]
-        if self.require_gpu is not False:
-            problems.append(gpu_problem())
+        needs = run_needs(getattr(context, "run", None))
+        problems = []
+        if "released" in needs:
+            problems.append(released_model_problem(self.released_model_source, self.allow_network,
+                                                   self.released_revision, self.released_single_file_config))
+        if self.profile == "paper":
+            if "base" in needs:
+                problems.append(base_model_problem(self.base_model_source, self.allow_network))
+            if self.require_gpu is not False:
+                problems.append(gpu_problem())
         problems = [p for p in problems if p]
         if problems:
-            raise PreflightError("the paper profile cannot run:\n- " + "\n- ".join(problems))
+            raise PreflightError(f"the {self.profile} profile cannot run:\n- " + "\n- ".join(problems))
 
     @property
     def base_model_source(self) -> str:
         return self.base_model or DEFAULT_BASE_MODEL
+
+    @property
+    def released_model_source(self) -> str:
+        """The released weights evaluated by `eval_<benchmark>_released` (default: the authors' hub id)."""
+        from instructcv_core.model.released import RELEASED_MODEL
+
+        return self.released_model or RELEASED_MODEL
 
     @property
     def data_dir(self) -> Path:
@@ -114,6 +140,29 @@ class InstructCVSettings(dg.ConfigurableResource):
     def profile_dir(self) -> Path:
         """Everything produced under this profile (mini and paper artefacts never mix)."""
         return self.data_dir / self.profile
+
+
+#: The job that evaluates the released weights without training (`pipelines/jobs.py`).
+RELEASED_JOB = "released_evaluation"
+
+
+def run_needs(run) -> set[str]:
+    """Which models a run loads, for the preflight: ``"base"`` (SD v1.5: the base model, training, the
+    untrained reference) and/or ``"released"`` (the released weights).
+
+    `released_evaluation` needs only the released weights. Any other run needs the base, as it always did,
+    and also the released weights when it materialises a released evaluation asset; a run of released
+    evaluation assets alone (or with the tables: a re-run from the UI) needs no base.
+    """
+    if run is None:
+        return {"base"}
+    if run.job_name == RELEASED_JOB:
+        return {"released"}
+    names = {key.to_user_string() for key in (run.asset_selection or ())}
+    released = {n for n in names if n.startswith("eval_") and n.endswith("_released")}
+    if not released:
+        return {"base"}
+    return {"released"} if names <= released | {"table1", "table2", "table3"} else {"base", "released"}
 
 
 class MlflowTracking(dg.ConfigurableResource):

@@ -117,7 +117,7 @@ def test_eval_assets_and_tables_are_generated_from_the_table():
         "table1": ("nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub"),
         "table2": ("fss1000",), "table3": ("ade20k_heldout",)}
     deps = {dep.asset_key for dep in results_tables.specs_by_key[dg.AssetKey("table2")].deps}
-    assert deps == {dg.AssetKey("eval_fss1000_fp"), dg.AssetKey("eval_fss1000_rp")}
+    assert deps == {dg.AssetKey("eval_fss1000_fp"), dg.AssetKey("eval_fss1000_rp"), dg.AssetKey("eval_fss1000_released")}
 
 
 # ------------------------------------------------------------------------------------------------
