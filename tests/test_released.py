@@ -376,3 +376,22 @@ def test_doctor_checks_the_released_weights_for_the_job(released_dir, tmp_path):
     missing = released_row(RELEASED_MODEL)
     assert " missing " in missing.splitlines()[0] and f"`hf download {RELEASED_MODEL} --local-dir <folder>`" in missing
     assert "released weights download 4.3 GB" in missing
+
+
+def test_compare_shows_the_released_run_beside_fp_and_rp(tmp_path):
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from instructcv_core.cli import cli
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("instructcv", artifact_location=(tmp_path / "artifacts").as_uri())
+    for name, value in (("eval-fp-mini", 0.5), ("eval-rp-mini", 0.25), ("eval-released-mini", 0.75)):
+        run = client.create_run(experiment, run_name=name)
+        client.log_metric(run.info.run_id, "eval/ade20k/paper/miou", value)
+        client.set_terminated(run.info.run_id)
+    result = CliRunner().invoke(cli, ["compare", "--profile", "mini", "--tracking-uri", uri, "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    header, row = result.output.splitlines()[:2]
+    assert header.split(",")[3:6] == ["FP", "RP", "released"] and row.split(",")[3:6] == ["0.5", "0.25", "0.75"]

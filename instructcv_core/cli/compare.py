@@ -1,4 +1,5 @@
-"""``instructcv compare``: export the MLflow comparison of FP vs RP (both protocols) as Markdown / CSV."""
+"""``instructcv compare``: export the MLflow comparison of FP vs RP (both protocols) as Markdown / CSV, with the
+untrained reference and the released weights beside them when they were evaluated."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import click
 
 from instructcv_core.cli._io import CONTEXT_SETTINGS, PROJECT_DIR, write_text
 
-VARIANTS = (("fp", "FP"), ("rp", "RP"), ("untrained", "untrained"))
+VARIANTS = (("fp", "FP"), ("rp", "RP"), ("untrained", "untrained"), ("released", "released"))
+#: Runs shown when they exist (the reference and the authors' released weights), not required.
+OPTIONAL_VARIANTS = ("untrained", "released")
 
 
 def latest_run(client, experiment_id: str, run_name: str):
@@ -139,7 +142,7 @@ def compare(tracking_uri: str | None, experiment: str, profile: str, out: Path |
         name = f"eval-{variant}-{profile}"
         run = latest_run(client, found.experiment_id, name)
         if run is None:
-            if variant == "untrained":
+            if variant in OPTIONAL_VARIANTS:
                 continue
             raise click.ClickException(
                 f"no finished run named {name!r} in experiment {experiment!r} ({tracking_uri}); evaluate the "
