@@ -45,7 +45,7 @@ def _datasets_dir(settings: InstructCVSettings) -> Path:
     return settings.profile_dir / "datasets"
 
 
-def _build_config(config: DatasetBuildConfig, settings: InstructCVSettings) -> BuildConfig:
+def build_config(config: DatasetBuildConfig, settings: InstructCVSettings) -> BuildConfig:
     """The core `BuildConfig`: dataclass defaults < profile preset < run config < settings."""
     from instructcv_core.presets import resolve
 
@@ -82,7 +82,7 @@ def encoded_pairs(context: dg.AssetExecutionContext, config: DatasetBuildConfig,
     from instructcv_core.construction.pairs import build_units, plan_units, shard_of
     from instructcv_core.data.records import atomic_write_text
 
-    build = _build_config(config, settings)
+    build = build_config(config, settings)
     out = _datasets_dir(settings)
     units = plan_units(_sources(settings))
     shards = sorted(context.partition_keys)
@@ -294,7 +294,7 @@ def _manifest_checks(asset: dg.AssetsDefinition, name: str) -> list:
 
         manifest = pd.read_parquet(path_of(settings), columns=["task", "dataset", "split"])
         actual = manifest.groupby(["task", "dataset", "split"]).size().to_dict()
-        build = _build_config(DatasetBuildConfig(), settings)
+        build = build_config(DatasetBuildConfig(), settings)
         quarantined = {q["path"] for q in _quarantine(settings)}
         expected: dict = {}
         for unit in plan_units(_sources(settings)):

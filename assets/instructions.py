@@ -5,6 +5,7 @@ from typing import Optional
 import dagster as dg
 from pydantic import Field
 
+from pipelines.config import RunFloat
 from pipelines.resources import InstructCVSettings
 
 
@@ -21,9 +22,9 @@ class ParaphraseBankConfig(dg.Config):
         description="When the model is not available, use the bundled hand-reviewed bank (rows labelled "
         "source=bundled). Unset = allowed in the mini profile only.",
     )
-    num_return_sequences: int = Field(default=10, description="Candidates per generation round.")
-    num_rounds: int = Field(default=5, description="Sampling rounds per template (each seeded).")
-    min_similarity: float = Field(default=0.6, description="Semantic similarity threshold of the quality filter.")
+    num_return_sequences: int = Field(default=10, ge=1, description="Candidates per generation round.")
+    num_rounds: int = Field(default=5, ge=1, description="Sampling rounds per template (each seeded).")
+    min_similarity: RunFloat = Field(default=0.6, description="Semantic similarity threshold of the quality filter.")
     seed: Optional[int] = Field(default=None, description="Generation seed; unset = settings.seed.")
 
 

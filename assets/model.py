@@ -31,6 +31,17 @@ def base_model_dir(settings: InstructCVSettings) -> Path:
     return settings.profile_dir / "model" / "base"
 
 
+def base_model_recipe(config: BaseModelAssetConfig, settings: InstructCVSettings) -> BaseModelConfig | None:
+    """The mini base's `BaseModelConfig`: the profile's preset < run config < the settings' resolution and
+    seed; None in the paper profile, which loads settings.base_model and ignores this config."""
+    from instructcv_core.presets import resolve
+
+    if settings.profile == "paper":
+        return None
+    return resolve(BaseModelConfig, settings.profile, "base_model", run_config_overrides(config),
+                   image_size=settings.resolution_px, seed=settings.seed)
+
+
 def resolve_base_model(settings: InstructCVSettings) -> str:
     """What training loads: the paper profile's SD v1.5 source, or the mini profile's built folder."""
     if settings.profile == "paper":
@@ -55,11 +66,9 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelAssetConfig, 
                                               "allow_network": settings.allow_network})
 
     from instructcv_core.data.imagestore import ImageStore
-    from instructcv_core.presets import resolve
 
     store = ImageStore(settings.profile_dir / "datasets" / "images")
-    recipe = resolve(BaseModelConfig, settings.profile, "base_model", run_config_overrides(config),
-                     image_size=settings.resolution_px, seed=settings.seed)
+    recipe = base_model_recipe(config, settings)
     target = base_model_dir(settings)
     if recipe.pretrained:
         source, source_digest = _pretrained_source(context, settings, recipe)

@@ -4,17 +4,20 @@ The table of `instructcv plan` (`instructcv_core.evaluation.cost_plan`), counted
 test and training manifests, as asset metadata: the UI shows it before the `train` and `eval` steps.
 """
 
+from typing import Optional
+
 import dagster as dg
 
 from assets.datasets import fp_manifest, test_manifests
+from pipelines.config import RunFloat
 from pipelines.resources import InstructCVSettings
 
 
 class CostPlanConfig(dg.Config):
     """Throughputs to plan with (unset: the published anchors the plan names)."""
 
-    unet_evals_per_second: float | None = None
-    train_samples_per_second: float | None = None
+    unet_evals_per_second: Optional[RunFloat] = None
+    train_samples_per_second: Optional[RunFloat] = None
 
 
 @dg.asset(group_name="plan", deps=[test_manifests, fp_manifest], kinds={"python"},

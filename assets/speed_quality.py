@@ -23,6 +23,13 @@ SpeedQualityAssetConfig = run_config_class(
     doc="Checkpoints, sampler points, benchmarks and images of the speed-quality curve; unset knobs take the "
         "profile's preset (stage speed_quality).")
 
+def speed_quality_config(config: SpeedQualityAssetConfig, settings: InstructCVSettings) -> SpeedQualityConfig:
+    """The curve's `SpeedQualityConfig`: the profile's preset (stage speed_quality) < the run config."""
+    from instructcv_core.presets import resolve
+
+    return resolve(SpeedQualityConfig, settings.profile, "speed_quality", run_config_overrides(config))
+
+
 #: The checkpoint assets a point may ask (their latest materialisation names the pipeline folder).
 CHECKPOINT_ASSETS = ("instructcv_fp_checkpoint", "instructcv_rp_checkpoint", "instructcv_fp_onestep_checkpoint",
                      "instructcv_rp_onestep_checkpoint")
@@ -50,10 +57,9 @@ def speed_quality(context: dg.AssetExecutionContext, config: SpeedQualityAssetCo
     from instructcv_core.evaluation.run import evaluate_benchmark
     from instructcv_core.evaluation import speed_quality as sq
     from instructcv_core.inference.sampler import resolve_device
-    from instructcv_core.presets import resolve
     from PIL import Image
 
-    curve = resolve(SpeedQualityConfig, settings.profile, "speed_quality", run_config_overrides(config))
+    curve = speed_quality_config(config, settings)
     # The profile's evaluation settings (resolution, batch size, dtype, device, seed, instructions) with
     # the standard protocol only, on the curve's image subset; each point sets the sampler's preset.
     base = eval_config(EvalAssetConfig(), settings)

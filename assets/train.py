@@ -31,9 +31,9 @@ from pipelines.resources import InstructCVSettings, MlflowTracking
 class TrainDeployment(dg.Config):
     """Where training runs (deployment, not recipe: a different world size is a different run)."""
 
-    num_processes: int = Field(default=1, description="accelerate world size on this machine (GPUs).")
-    num_machines: int = Field(default=1, description="Nodes (multi-node also needs machine_rank and main_process_ip).")
-    machine_rank: int = Field(default=0, description="This node's rank.")
+    num_processes: int = Field(default=1, ge=1, description="accelerate world size on this machine (GPUs).")
+    num_machines: int = Field(default=1, ge=1, description="Nodes (multi-node also needs machine_rank and main_process_ip).")
+    machine_rank: int = Field(default=0, ge=0, description="This node's rank.")
     main_process_ip: Optional[str] = Field(default=None, description="Rank-0 node address for multi-node training.")
 
 
@@ -44,6 +44,23 @@ FIXED_FIELDS = ("base_model", "manifest", "image_store", "output_dir", "resoluti
 TrainAssetConfig = run_config_class(
     TrainConfig, "TrainAssetConfig", exclude=FIXED_FIELDS, base=TrainDeployment,
     doc="The training recipe (every TrainConfig knob; unset: the profile's preset) and the deployment.")
+# The same knobs, resolved over the train_onestep preset (its own class, so that the run-config check
+# at the start of a run, `pipelines.run_config_check`, resolves each asset's config over its preset).
+OnestepTrainAssetConfig = run_config_class(
+    TrainConfig, "OnestepTrainAssetConfig", exclude=FIXED_FIELDS, base=TrainDeployment,
+    doc="The one-step fine-tune's recipe (every TrainConfig knob; unset: the profile's train_onestep preset) "
+        "and the deployment.")
+#: The run-config class of each training stage (preset).
+STAGE_CONFIG_CLASSES = {"train": TrainAssetConfig, "train_onestep": OnestepTrainAssetConfig}
+
+
+def train_recipe(config: TrainAssetConfig, settings: InstructCVSettings, stage: str, **paths: str) -> TrainConfig:
+    """The `TrainConfig` of the ``stage`` preset < run config < the settings (resolution, seed, network) and
+    ``paths`` (base_model, manifest, image_store, output_dir; an unset one is empty: the run-config check
+    resolves before upstream steps made them, and no value check looks at a path)."""
+    paths = dict.fromkeys(("base_model", "manifest", "image_store", "output_dir"), "") | paths
+    return resolve(TrainConfig, settings.profile, stage, run_config_overrides(config), **paths,
+                   resolution=settings.resolution_px, seed=settings.seed, allow_network=settings.allow_network)
 
 
 def resolved_train_config(config: TrainAssetConfig, settings: InstructCVSettings, variant: str, *,
@@ -61,11 +78,9 @@ def resolved_train_config(config: TrainAssetConfig, settings: InstructCVSettings
 
     datasets = settings.profile_dir / "datasets"
     variant_dir = settings.profile_dir / "train" / variant
-    recipe = resolve(TrainConfig, settings.profile, stage, run_config_overrides(config),
-                     base_model=base or resolve_base_model(settings),
-                     manifest=str(datasets / f"{manifest or variant}_manifest.parquet"),
-                     image_store=str(datasets / "images"), output_dir=str(variant_dir),
-                     resolution=settings.resolution_px, seed=settings.seed, allow_network=settings.allow_network)
+    recipe = train_recipe(config, settings, stage, base_model=base or resolve_base_model(settings),
+                          manifest=str(datasets / f"{manifest or variant}_manifest.parquet"),
+                          image_store=str(datasets / "images"), output_dir=str(variant_dir))
     world_size = config.num_processes * config.num_machines
     # Concrete accumulation and step count for this world size (effective batch, epochs: training/recipe.py).
     recipe = resolve_for_manifest(recipe, world_size)
@@ -109,7 +124,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition, *, manif
         kinds={"pytorch", "accelerate", "mlflow"},
         description=description,
     )
-    def _checkpoint(context: dg.AssetExecutionContext, config: TrainAssetConfig, settings: InstructCVSettings,
+    def _checkpoint(context: dg.AssetExecutionContext, config: STAGE_CONFIG_CLASSES[stage], settings: InstructCVSettings,
                     mlflow_tracking: MlflowTracking, pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.MaterializeResult:
         import mlflow
         import pandas as pd

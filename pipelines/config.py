@@ -17,19 +17,69 @@ Types follow ``typing.get_type_hints`` of the dataclass: ``X | None`` becomes ``
 lists (Dagster config has no tuples; the dataclasses convert them back), ``Literal`` choices stay
 choices (as an Enum named ``<class>_<field>``: Dagster config has no optional ``Literal``), so Dagster
 rejects a wrong type or choice before the run starts, naming the key.
+
+Floats are :data:`RunFloat`: Dagster checks them as ``Any`` and the Config class takes a number and
+nothing else. PyYAML reads ``1e-4`` as the *text* "1e-4" (YAML 1.1 wants a dot and a signed exponent:
+``1.0e-4``), which Dagster's Float check would refuse without saying why; a text value here is refused
+with the spelling to write instead, and NaN (no knob means anything by it, and it passes every range
+check) is refused too. The project's executor builds every step's config when the run starts
+(`pipelines.run_config_check`), so these are refused before any step runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import re
 import sys
 import types
 import typing
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import dagster as dg
-from pydantic import Field, create_model
+import yaml
+from pydantic import Field, PlainValidator, WithJsonSchema, create_model
+
+_SCIENTIFIC = re.compile(r"([-+]?)([0-9][0-9_]*)(?:\.([0-9_]*))?[eE]([-+]?)([0-9]+)")
+
+
+def yaml_float_spelling(text: str) -> str:
+    """How to write the number ``text`` so that YAML 1.1 (PyYAML) reads a float: ``1e-4`` -> ``1.0e-4``,
+    ``5E3`` -> ``5.0e+3``, ``inf`` -> ``.inf``; a number without an exponent as it is (unquoted)."""
+    text, number = text.strip(), float(text)
+    if math.isinf(number):
+        return "-.inf" if number < 0 else ".inf"
+    match = _SCIENTIFIC.fullmatch(text)
+    if match:
+        sign, whole, fraction, exponent_sign, exponent = match.groups()
+        text = f"{sign}{whole}.{fraction or '0'}e{exponent_sign or '+'}{exponent}"
+    return text if yaml.safe_load(text) == number else repr(number)
+
+
+def run_float(value: Any) -> float:
+    """A float knob's value: a number (int or float, not NaN); text gets the YAML spelling to write."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got the text {value!r}") from None
+        if math.isnan(number):
+            raise ValueError(f"expected a number, got the text {value!r}")
+        reason = ("YAML reads scientific notation as a number only with a dot and a signed exponent"
+                  if _SCIENTIFIC.fullmatch(value.strip()) else
+                  "YAML spells infinity .inf" if math.isinf(number) else "a quoted number stays text")
+        raise ValueError(f"{value!r} is text, not a number ({reason}); write {yaml_float_spelling(value)}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {value!r}")
+    if math.isnan(value):
+        raise ValueError("NaN is not a valid value (it passes every range check and means nothing here)")
+    return float(value)
+
+
+#: A float run-config field: Dagster checks it as Any (so a text value reaches `run_float`, which names
+#: the fix); the asset gets a float. Shown as a number in the config's JSON schema.
+RunFloat = Annotated[Any, PlainValidator(run_float), WithJsonSchema({"type": "number"})]
 
 
 def _config_type(hint: Any, enum_name: str) -> Any:
@@ -49,7 +99,9 @@ def _config_type(hint: Any, enum_name: str) -> Any:
         return list[_config_type(args[0], enum_name)]
     if origin is Literal:
         return enum.Enum(enum_name, {str(choice): choice for choice in args})
-    if hint in (bool, int, float, str):
+    if hint is float:
+        return RunFloat
+    if hint in (bool, int, str):
         return hint
     raise TypeError(f"no Dagster config type for {hint}")
 

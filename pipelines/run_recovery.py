@@ -177,7 +177,11 @@ def release_stale_runs(instance: dg.DagsterInstance, exclude: Sequence[str] = ()
 
 
 class _RecoveringExecutor(Executor):
-    """The configured executor, after releasing stale runs so that none can hold a slot this run needs."""
+    """The configured executor, after releasing stale runs so that none can hold a slot this run needs.
+
+    Before that, the run's config is checked as its steps will use it (`pipelines.run_config_check`):
+    a value a step would refuse fails the run here, before any step runs.
+    """
 
     def __init__(self, inner: Executor):
         self._inner = inner
@@ -191,7 +195,11 @@ class _RecoveringExecutor(Executor):
         return self._inner.step_dependency_config
 
     def execute(self, plan_context, execution_plan) -> Iterator[dg.DagsterEvent]:
+        from pipelines.run_config_check import refuse_invalid_run_config
+
         run = plan_context.dagster_run
+        steps = execution_plan.get_steps_to_execute_in_topo_order()
+        refuse_invalid_run_config(plan_context.job.get_definition(), run.run_config, [s.node_handle for s in steps])
         plan_context.instance.add_run_tags(run.run_id, {HOST_TAG: socket.gethostname()})
         release_stale_runs(plan_context.instance, exclude=[run.run_id], warn=plan_context.log.warning)
         yield from self._inner.execute(plan_context, execution_plan)
@@ -203,8 +211,8 @@ class _RecoveringExecutor(Executor):
     requirements=multi_or_in_process_executor.get_requirements,
 )
 def recovering_executor(init_context: dg.InitExecutorContext) -> Executor:
-    """Dagster's default executor (`multiprocess` or `in_process`, same config) that first releases
-    runs whose processes died, so a killed run never blocks this one."""
+    """Dagster's default executor (`multiprocess` or `in_process`, same config) that first refuses a run
+    config a step would refuse and releases runs whose processes died, so a killed run never blocks this one."""
     return _RecoveringExecutor(multi_or_in_process_executor.executor_creation_fn(init_context))
 
 

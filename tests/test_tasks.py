@@ -199,13 +199,13 @@ def test_eval_config_takes_the_profile_preset_then_the_run_config():
 
 
 def test_build_config_takes_the_preset_the_run_config_and_the_settings():
-    from assets.datasets import DatasetBuildConfig, _build_config
+    from assets.datasets import DatasetBuildConfig, build_config
     from instructcv_core.construction.config import BuildConfig
     from pipelines.resources import InstructCVSettings
 
     settings = InstructCVSettings(profile="mini", seed=5)
-    assert _build_config(DatasetBuildConfig(), settings) == BuildConfig(resolution=64, seed=5, box_width=12)  # mini preset
-    chosen = _build_config(DatasetBuildConfig(box_colour="red", pets_variants=["binary"], workers=1), settings)
+    assert build_config(DatasetBuildConfig(), settings) == BuildConfig(resolution=64, seed=5, box_width=12)  # mini preset
+    chosen = build_config(DatasetBuildConfig(box_colour="red", pets_variants=["binary"], workers=1), settings)
     assert (chosen.box_colour, chosen.pets_variants, chosen.box_width) == ("red", ("binary",), 12)
     with pytest.raises(ValueError, match="box_colour"):
-        _build_config(DatasetBuildConfig(box_colour="teal"), settings)
+        build_config(DatasetBuildConfig(box_colour="teal"), settings)
