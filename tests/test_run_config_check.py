@@ -95,6 +95,19 @@ def test_a_value_checked_against_the_assets_own_preset(full_job):
     assert run_config_problems(full_job, {"resources": {"settings": {"config": {"profile": "paper"}}}, "ops": ops}) == []
 
 
+def test_every_stage_config_of_every_job_is_resolved_by_the_check():
+    from pipelines.definitions import defs
+    from pipelines.run_config_check import _config_class, stage_configs
+
+    table, unchecked = stage_configs(), set()
+    for job in defs.resolve_all_job_defs():
+        for handle in job.graph.iterate_node_handles():
+            config_cls = _config_class(job, handle)
+            if hasattr(config_cls, "__core_config__") and not any(cls in table for cls in config_cls.__mro__):
+                unchecked.add(f"{job.name}: {handle} ({config_cls.__name__})")
+    assert not unchecked, "add to pipelines.run_config_check.stage_configs: " + ", ".join(sorted(unchecked))
+
+
 @pytest.mark.parametrize("name", [None, "paper.yaml"])
 def test_the_project_configs_pass_the_check(full_job, name):
     from pipelines.run_config_check import run_config_problems
