@@ -10,6 +10,7 @@ import stat
 import tarfile
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -299,6 +300,60 @@ def test_declared_bytes_over_budget_are_refused(tmp_path, out):
     with pytest.raises(ArchiveContentError, match="declare 46 bytes, over the limit of 45"):
         safe_extract(archive, out / "big", limits=ExtractionLimits(max_bytes=45))
     assert safe_extract(archive, out / "big", limits=ExtractionLimits(max_bytes=46)) == out / "big"
+
+
+def test_zip_bomb_refusal_names_the_member_that_expands_most(tmp_path, out):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("README", b"a dataset\n")
+        zf.writestr("data/zeros.bin", b"\0" * (8 << 20))
+        zf.writestr("data/noise.bin", random.Random(0).randbytes(4096))  # incompressible: ratio ~1
+    compressed = zipfile.ZipFile(archive).getinfo("data/zeros.bin").compress_size
+    with pytest.raises(ArchiveContentError, match=(
+            rf"over the limit of 100: member 'data/zeros\.bin' expands to 8,388,608 bytes from {compressed:,} "
+            rf"compressed \(a ratio of {(8 << 20) / compressed:,.0f}\)$")):
+        safe_extract(archive, out / "bomb", limits=ExtractionLimits(ratio_floor_bytes=1 << 20, max_ratio=100))
+    assert list(out.iterdir()) == []
+
+
+def test_tar_bomb_refusal_names_the_member_at_which_the_ratio_is_passed(tmp_path, out):
+    archive = make_tar(tmp_path / "bomb.tar.gz", "w:gz", {"README": b"a dataset\n", "data/zeros.bin": b"\0" * (8 << 20),
+                                                        "data/after.txt": b"x"})
+    with pytest.raises(ArchiveContentError, match=(
+            r"over the limit of 100: the total passes it at member 'data/zeros\.bin' \(8,388,608 bytes, "
+            r"8,388,618 bytes so far\)$")):
+        safe_extract(archive, out / "bomb", limits=ExtractionLimits(ratio_floor_bytes=1 << 20, max_ratio=100))
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_byte_budget_refusal_names_the_member_at_which_the_total_passes_it(tmp_path, out, kind):
+    files = {"a.bin": b"a" * 10, "b.bin": b"b" * 30, "c.bin": b"c" * 5}  # 10, 40, 45 bytes so far
+    archive = make_tar(tmp_path / "x.tar", files=files) if kind == "tar" else make_zip(tmp_path / "x.zip", files)
+    with pytest.raises(ArchiveContentError, match=(
+            r"declare 45 bytes, over the limit of 39: the total passes it at member 'b\.bin' \(30 bytes, 40 bytes so far\)$")):
+        safe_extract(archive, out / "x", limits=ExtractionLimits(max_bytes=39))
+    with pytest.raises(ArchiveContentError, match=r"the total passes it at member 'c\.bin' \(5 bytes, 45 bytes so far\)$"):
+        safe_extract(archive, out / "x", limits=ExtractionLimits(max_bytes=44))
+    assert list(out.iterdir()) == []
+
+
+def test_member_count_refusal_names_the_first_member_past_the_limit(tmp_path, out):
+    archive = make_zip(tmp_path / "many.zip", {f"f{i}.txt": b"x" for i in range(5)})
+    with pytest.raises(ArchiveContentError, match=r"5 members exceed the limit of 3: member 'f3\.txt' is number 4$"):
+        safe_extract(archive, out / "many", limits=ExtractionLimits(max_members=3))
+    assert safe_extract(archive, out / "many", limits=ExtractionLimits(max_members=5)) == out / "many"
+
+
+def test_disk_space_refusal_names_the_largest_member(tmp_path, out, monkeypatch):
+    import instructcv_core.data.extract as extract
+
+    archive = make_zip(tmp_path / "x.zip", {"small.txt": b"x", "large.bin": b"y" * 100})
+    monkeypatch.setattr(extract.shutil, "disk_usage", lambda path: SimpleNamespace(total=1000, used=0, free=1000))
+    with pytest.raises(ArchiveContentError, match=r"needs 101 bytes but .* has 1,000 free \(the largest member is "
+                                                  r"'large\.bin', 100 bytes\)"):
+        safe_extract(archive, out / "x")
+    assert list(out.iterdir()) == []
 
 
 def test_zip_member_inflating_past_its_declared_size_stops_there(tmp_path, out):

@@ -12,7 +12,9 @@
   name, size and mtime, and a matching marker makes the call return at once.
 - Nothing unbounded or ambiguous is extracted (`ArchiveContentError`, nothing written): the
   declared sizes of the members must fit `ExtractionLimits` (total bytes, and a ratio to the
-  archive's own size once past a floor) and the free disk space; no two members may name the
+  archive's own size once past a floor) and the free disk space, and a refusal names the member
+  that breaks the budget (the one at which the count or the total passes the limit; for the ratio
+  of a zip, the member that expands most over its own compressed size); no two members may name the
   same path; an archive must hold at least one file; a tar must end with its end-of-archive
   marker (a tar cut at a member boundary, or with a corrupt header midway, otherwise reads as a
   shorter valid one). While extracting, no member can write past its declared size (tarfile copies
@@ -205,9 +207,10 @@ class _TarSource:
             if reason:
                 raise UnsafeArchiveError(self.archive, member.name, reason)
 
-    def entries(self) -> list[tuple[str, bool, int]]:
-        """(name, is a folder, declared size) of every member."""
-        return [(m.name, m.isdir(), m.size if m.isreg() else 0) for m in self.members]
+    def entries(self) -> list[tuple[str, bool, int, int | None]]:
+        """(name, is a folder, declared size, compressed size) of every member; a tar's members
+        share one compressed stream, so theirs is None."""
+        return [(m.name, m.isdir(), m.size if m.isreg() else 0, None) for m in self.members]
 
     def normalised_modes(self, into: Path) -> list[dict[str, str]]:
         """Members whose mode the ``"data"`` filter changes (setuid, group/other write, ...)."""
@@ -263,8 +266,8 @@ class _ZipSource:
             if reason:
                 raise UnsafeArchiveError(self.archive, info.filename, reason)
 
-    def entries(self) -> list[tuple[str, bool, int]]:
-        return [(i.filename, i.is_dir(), i.file_size) for i in self.members]
+    def entries(self) -> list[tuple[str, bool, int, int | None]]:
+        return [(i.filename, i.is_dir(), i.file_size, i.compress_size) for i in self.members]
 
     def normalised_modes(self, into: Path) -> list[dict[str, str]]:
         """Members whose recorded Unix mode is not honoured (files are written with default modes)."""
@@ -318,12 +321,15 @@ def _check_content(source: _TarSource | _ZipSource, limits: ExtractionLimits, de
     """Refuse an empty, ambiguous or over-budget archive; return the declared bytes of its files."""
     entries = source.entries()
     archive = source.archive
-    if not any(not is_dir for _, is_dir, _ in entries):
+    if not any(not is_dir for _, is_dir, _, _ in entries):
         raise ArchiveContentError(archive, "holds no files (an empty archive is never a dataset)")
     if len(entries) > limits.max_members:
-        raise ArchiveContentError(archive, f"{len(entries):,} members exceed the limit of {limits.max_members:,}")
+        raise ArchiveContentError(
+            archive, f"{len(entries):,} members exceed the limit of {limits.max_members:,}: member "
+            f"'{entries[limits.max_members][0]}' is number {limits.max_members + 1:,}"
+        )
     seen: dict[str, tuple[str, bool]] = {}
-    for name, is_dir, _ in entries:
+    for name, is_dir, _, _ in entries:
         path = posixpath.normpath(name)
         if path == "." and is_dir:
             continue
@@ -332,23 +338,49 @@ def _check_content(source: _TarSource | _ZipSource, limits: ExtractionLimits, de
                 archive, f"members '{seen[path][0]}' and '{name}' name the same path (one would silently replace the other)"
             )
         seen[path] = (name, is_dir)
-    declared = sum(size for _, _, size in entries)
+    files = [(name, size, compressed) for name, is_dir, size, compressed in entries if not is_dir]
+    declared = sum(size for _, size, _ in files)
     size = archive.stat().st_size
     if declared > limits.max_bytes:
-        raise ArchiveContentError(archive, f"members declare {declared:,} bytes, over the limit of {limits.max_bytes:,}")
+        raise ArchiveContentError(
+            archive, f"members declare {declared:,} bytes, over the limit of {limits.max_bytes:,}: "
+            f"{_passing_member(files, limits.max_bytes)}"
+        )
     if declared > limits.ratio_floor_bytes and declared > limits.max_ratio * size:
         raise ArchiveContentError(
             archive, f"members declare {declared:,} bytes from {size:,} archive bytes, a ratio of "
-            f"{declared / size:,.0f} over the limit of {limits.max_ratio:g}"
+            f"{declared / size:,.0f} over the limit of {limits.max_ratio:g}: "
+            f"{_most_expanding_member(files) or _passing_member(files, limits.max_ratio * size)}"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest.parent).free
     if declared + _DISK_HEADROOM_BYTES > free:
+        largest, largest_size, _ = max(files, key=lambda file: file[1])
         raise ArchiveContentError(
-            archive, f"needs {declared:,} bytes but {dest.parent} has {free:,} free; free some space or "
-            "extract elsewhere"
+            archive, f"needs {declared:,} bytes but {dest.parent} has {free:,} free (the largest member is "
+            f"'{largest}', {largest_size:,} bytes); free some space or extract elsewhere"
         )
     return declared
+
+
+def _passing_member(files: list[tuple[str, int, int | None]], budget: float) -> str:
+    """The member at which the running total of declared bytes passes ``budget``, described."""
+    total = 0
+    for name, size, _ in files:
+        total += size
+        if total > budget:
+            return f"the total passes it at member '{name}' ({size:,} bytes, {total:,} bytes so far)"
+    raise AssertionError("the total does not pass the budget")  # the caller checked that it does
+
+
+def _most_expanding_member(files: list[tuple[str, int, int | None]]) -> str | None:
+    """The member with the largest expansion over its own compressed size, described; None when the
+    members' compressed sizes are unknown (a tar: one stream for all) or none expands."""
+    known = [(size / compressed, name, size, compressed) for name, size, compressed in files if compressed]
+    if not known or max(known)[0] <= 1:
+        return None
+    ratio, name, size, compressed = max(known)
+    return f"member '{name}' expands to {size:,} bytes from {compressed:,} compressed (a ratio of {ratio:,.0f})"
 
 
 def _written_bytes(folder: Path) -> int:
