@@ -13,7 +13,9 @@ silence. `check_run_config` refuses each of them, naming the file, the line and 
   ancestor is not a writable folder (a missing one is created by the run; that is announced).
 
 ``instructcv reproduce`` runs this check before starting the job; before ``dagster job execute
--c FILE``, run ``python -m instructcv_core.run_config FILE``.
+-c FILE``, run ``python -m instructcv_core.run_config FILE``. The *values* (NaN, a batch size of 0,
+``1e-4`` read as text, ...) are checked by every run itself before its first step, however it was
+started (the pipeline's run-config check).
 """
 
 from __future__ import annotations
