@@ -103,9 +103,20 @@ def run_config_problems(job: dg.JobDefinition, run_config: Mapping[str, Any],
 
 
 def refuse_invalid_run_config(job: dg.JobDefinition, run_config: Mapping[str, Any],
-                              handles: Iterable[NodeHandle] | None = None) -> None:
-    """Raise `RunConfigRefused` listing :func:`run_config_problems`, if there are any."""
-    problems = run_config_problems(job, run_config, handles)
+                              handles: Iterable[NodeHandle] | None = None,
+                              warn: Callable[[str], None] | None = None) -> None:
+    """Raise `RunConfigRefused` listing :func:`run_config_problems`, if there are any.
+
+    With ``warn``, a failure of the check itself (a fault here, not in the run config) is reported
+    through it and the run goes on: its steps still check their own config.
+    """
+    try:
+        problems = run_config_problems(job, run_config, handles)
+    except Exception as exc:
+        if warn is None:
+            raise
+        warn(f"the run-config check could not run ({type(exc).__name__}: {exc}); each step checks its own config")
+        return
     if problems:
         raise RunConfigRefused("the run config is refused before any step runs:\n- " + "\n- ".join(problems))
 

@@ -199,7 +199,8 @@ class _RecoveringExecutor(Executor):
 
         run = plan_context.dagster_run
         steps = execution_plan.get_steps_to_execute_in_topo_order()
-        refuse_invalid_run_config(plan_context.job.get_definition(), run.run_config, [s.node_handle for s in steps])
+        refuse_invalid_run_config(plan_context.job.get_definition(), run.run_config, [s.node_handle for s in steps],
+                                  warn=plan_context.log.warning)
         plan_context.instance.add_run_tags(run.run_id, {HOST_TAG: socket.gethostname()})
         release_stale_runs(plan_context.instance, exclude=[run.run_id], warn=plan_context.log.warning)
         yield from self._inner.execute(plan_context, execution_plan)

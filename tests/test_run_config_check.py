@@ -108,6 +108,20 @@ def test_every_stage_config_of_every_job_is_resolved_by_the_check():
     assert not unchecked, "add to pipelines.run_config_check.stage_configs: " + ", ".join(sorted(unchecked))
 
 
+def test_a_fault_of_the_check_itself_is_reported_and_does_not_stop_the_run(full_job, monkeypatch):
+    import pipelines.run_config_check as check
+
+    def broken():
+        raise KeyError("stage")
+
+    monkeypatch.setattr(check, "stage_configs", broken)
+    warnings = []
+    check.refuse_invalid_run_config(full_job, {}, warn=warnings.append)
+    assert warnings == ["the run-config check could not run (KeyError: 'stage'); each step checks its own config"]
+    with pytest.raises(KeyError):
+        check.refuse_invalid_run_config(full_job, {})
+
+
 @pytest.mark.parametrize("name", [None, "paper.yaml"])
 def test_the_project_configs_pass_the_check(full_job, name):
     from pipelines.run_config_check import run_config_problems
