@@ -500,3 +500,21 @@ def test_bts_depth_of_another_size_is_quarantined_naming_it(tmp_path):
         ("sync/kitchen_0001/sync_depth_00001.png", "depth is 20x20 but sync/kitchen_0001/rgb_00001.jpg is 40x30")
     ]
     assert warnings == []
+
+
+def test_ade_class_list_names_every_bad_line_and_every_repeated_name(tmp_path):
+    lines = ["Idx\tRatio\tTrain\tVal\tName"] + [f"{i}\t0.1\t1\t1\tclass{i}, other" for i in range(1, 151)]
+    lines[3] = "3 0.1 1 1 class3"  # spaces, not tabs
+    lines[40] = "x\t0.1\t1\t1\tclass40"
+    path = tmp_path / "objectInfo150.txt"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ade20k.DatasetLayoutError) as error:
+        ade20k.read_object_info(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: 2 problems:")
+    assert "line 4: expected 'Idx" in message and "line 41: expected 'Idx" in message
+
+    lines = ["Idx\tRatio\tTrain\tVal\tName"] + [f"{i}\t0.1\t1\t1\tclass{i % 148}" for i in range(1, 151)]  # 149, 150 repeat 1, 2
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ade20k.DatasetLayoutError, match=r"first synonyms are not unique: class1, class2$"):
+        ade20k.read_object_info(path)

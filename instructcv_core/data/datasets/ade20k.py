@@ -34,7 +34,7 @@ from instructcv_core.data.datasets.base import (
 )
 from instructcv_core.data.images import read_label
 from instructcv_core.data.records import Category, ImageRecord, QuarantineEntry, ReadWarning
-from instructcv_core.data.schema import AnnotationError
+from instructcv_core.data.schema import MAX_LISTED, AnnotationError, listed
 
 FOLDERS = {"train": "training", "val": "validation"}
 NUM_CLASSES = 150
@@ -81,21 +81,32 @@ SPEC = DatasetSpec(
 
 
 def read_object_info(path: Path) -> list[Category]:
-    """Parse objectInfo150.txt into categories 1..150 named by their first synonym."""
+    """Parse objectInfo150.txt into categories 1..150 named by their first synonym.
+
+    A bad file is one error naming every malformed line (up to `MAX_LISTED`), then the order and
+    uniqueness problems of the lines that parsed.
+    """
     lines = require(Path(path), "ADE20K class list objectInfo150.txt").read_text().splitlines()
-    categories = []
+    categories, problems = [], []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         fields = line.split("\t")
         if len(fields) != 5 or not fields[0].strip().isdigit():
-            raise DatasetLayoutError(f"{path}:{number}: expected 'Idx<TAB>Ratio<TAB>Train<TAB>Val<TAB>Name', got {line!r}")
+            problems.append(f"line {number}: expected 'Idx<TAB>Ratio<TAB>Train<TAB>Val<TAB>Name', got {line!r}")
+            continue
         categories.append(Category(int(fields[0].strip()), fields[4].split(",")[0].strip()))
-    if [c.id for c in categories] != list(range(1, NUM_CLASSES + 1)):
-        raise DatasetLayoutError(f"{path}: expected Idx 1..{NUM_CLASSES} in order")
+    if not problems and [c.id for c in categories] != list(range(1, NUM_CLASSES + 1)):
+        problems.append(f"expected Idx 1..{NUM_CLASSES} in order")
     names = [c.name for c in categories]
-    if len(set(names)) != len(names):
-        raise DatasetLayoutError(f"{path}: first synonyms are not unique")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.append(f"first synonyms are not unique: {listed(repeated)}")
+    if len(problems) == 1:
+        raise DatasetLayoutError(f"{path}: {problems[0]}")
+    if problems:
+        shown = problems[:MAX_LISTED] + ([f"and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else [])
+        raise DatasetLayoutError(f"{path}: {len(problems)} problems:\n" + "\n".join(f"  {p}" for p in shown))
     return categories
 
 
