@@ -17,10 +17,10 @@ from instructcv_core.data.records import read_records
 from instructcv_core.evaluation.config import EvalConfig
 from instructcv_core.evaluation.data import load_benchmark
 from instructcv_core.evaluation.instruction_following import (
-    TASK_KINDS,
     check_instruction_following,
     output_kind,
     plan_probes,
+    task_kinds,
 )
 from instructcv_core.inference.config import SamplerConfig
 from instructcv_core.tasks.classification import encode_classification
@@ -110,7 +110,8 @@ def test_probes_are_seeded_bounded_and_cover_both_kinds(profile_dir):
     assert len(switches) == 4 * min(CONFIG.following_images, len(bench.image_ids))
     fewer = plan_probes(bench, EvalConfig(sampler=CONFIG.sampler, following_pairs=1, following_images=0))
     assert list(fewer["probe"]) == ["swap"]
-    assert set(switches["expected_kind"]) == set(TASK_KINDS.values())
+    assert task_kinds() == {"segmentation": "mask", "detection": "boxes", "depth": "depth", "classification": "colour"}
+    assert set(switches["expected_kind"]) == set(task_kinds().values())
     pets = plan_probes(_bench(profile_dir, "pets"), CONFIG)
     assert set(pets[pets["probe"] == "swap"]["role"]) == {"asked", "other"}  # classification asks both classes
     depth = plan_probes(_bench(profile_dir, "nyuv2"), CONFIG)

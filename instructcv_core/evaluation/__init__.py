@@ -11,7 +11,8 @@
 * :mod:`.tables`: the paper's Tables 1–3 from the results;
 * :mod:`.metrics` and :mod:`.protocols`: the metric maths (generic, `paper`, `standard`).
 
-Task-specific knowledge (questions, reducers, previews) lives in `instructcv_core.tasks`; the
-benchmark table in `instructcv_core.benchmarks`. Units: mIoU, AP and accuracy in percent (as the
+Task-specific knowledge (questions, reducers, previews, instruction-following probes, query counts)
+lives in `instructcv_core.tasks`, which imports nothing of this package at load; the benchmark table
+in `instructcv_core.benchmarks`. Units: mIoU, AP and accuracy in percent (as the
 paper's tables); RMSE in metres; AbsRel and δ as fractions.
 """

@@ -5,8 +5,8 @@ Per job (:data:`JOBS`): ``full_reproduction`` evaluates FP, RP and the untrained
 ``released_evaluation`` evaluates the authors' released weights once, with no training, one-step
 fine-tune or speed-quality curve.
 
-Queries follow the planner's rules (`evaluation.planning`, the tasks' ``questions``): depth asks
-each image once; closed-set segmentation and detection ask the paper protocol for each GT-present
+Queries follow the planner's rules (`evaluation.planning`, the tasks' ``questions``; by count, each
+task's ``query_counts``): depth asks each image once; closed-set segmentation and detection ask the paper protocol for each GT-present
 category and the standard protocol for every category (the paper questions are a subset, so both
 protocols together generate the standard set); classification asks every class (standard) and the
 binary cat/dog or true/other pair (paper); FSS-1000 asks each image its own class; Table 3 asks 200
@@ -198,22 +198,16 @@ class CostPlan:
 
 
 def queries_from_sizes(spec: Benchmark, size: SplitSize, images: int, heldout_phrasings: int) -> tuple[int, int, int]:
-    """(paper, standard, generated) query counts of ``images`` images of a split of ``size``."""
+    """(paper, standard, generated) query counts of ``images`` images of a split of ``size``: the rule of
+    the benchmark's evaluation (its task's ``query_counts``)."""
+    from instructcv_core.tasks import evaluation
+
     present = round(images * size.present_per_image)
-    if spec.kind in ("depth", "open_vocabulary"):
-        return images, images, images
-    if spec.kind == "heldout":
-        n = present * heldout_phrasings
-        return n, n, n
-    if spec.kind == "segmentation" or spec.kind == "detection":
-        standard = images * size.classes
-        return present, standard, standard  # paper questions are a subset of the standard ones
-    if spec.kind == "classification":
-        standard = images * size.classes
-        if spec.binary_species:  # cat/dog asked beside the 37 breeds: two more outputs per image
-            return 2 * images, standard + 2 * images, standard + 2 * images
-        return 2 * images, standard, standard  # true class + one other, both among the classes
-    raise ValueError(f"{spec.name}: no query rule for kind {spec.kind!r}")
+    try:
+        rule = evaluation(spec.task, spec.kind)
+    except KeyError:
+        raise ValueError(f"{spec.name}: no query rule for kind {spec.kind!r}") from None
+    return rule.query_counts(spec, images, size.classes, present, heldout_phrasings)
 
 
 def queries_from_manifest(name: str, datasets_dir: Path, raw_dir: Path, eval_config, heldout_phrasings) -> tuple[int, int, int, int]:

@@ -65,18 +65,4 @@ def load_benchmark(name: str, datasets_dir: Path, raw_dir: Path, limit: int | No
                          manifest_path)
 
 
-def present_categories(bench: BenchmarkData) -> dict[str, list[str]]:
-    """image id -> the categories its test rows name (sorted): what is in the image."""
-    return bench.frame.groupby("image_id")["category"].apply(lambda s: sorted(set(s.dropna()))).to_dict()
-
-
-def standard_categories(bench: BenchmarkData, config) -> list[str]:
-    """The categories the standard protocol asks of every image."""
-    if config.standard_classes == "all":
-        return list(bench.categories)
-    # the categories occurring anywhere in the test split (not only in the evaluated subset), in the dataset's order
-    in_split = set(pd.read_parquet(bench.manifest_path, columns=["category"])["category"].dropna())
-    return [c for c in bench.categories if c in in_split]
-
-
-__all__ = ["BenchmarkData", "load_benchmark", "present_categories", "select_images", "standard_categories"]
+__all__ = ["BenchmarkData", "load_benchmark", "select_images"]

@@ -10,8 +10,14 @@ to change the way the instruction changed:
   boxes found in the output against the filled ground-truth boxes). Classification asks "Show
   <positive> if the picture has A ..." for the true class A and for another class B: the margin
   towards the positive colour must be larger for A than for B;
-* **task-word switch** (every benchmark): one image asked to segment, detect, estimate depth and
-  classify; each output's kind (:func:`output_kind`) must be the kind the task draws.
+* **task-word switch** (every benchmark): one image asked for every registered task (segment,
+  detect, estimate depth, classify); each output's kind (:func:`output_kind`) must be the kind the
+  task draws.
+
+What is particular to a task lives in its module (`instructcv_core.tasks`): its evaluation of the
+benchmark's kind builds and judges the swaps (``swap_candidates``, ``swap_asks``, ``judge_swap``),
+and each task says how it is asked in a switch and what it draws (``probe_instruction``,
+``draws``). This module ranks, bounds and seeds the probes and judges the output kinds.
 
 It passes when both rates reach :data:`FOLLOW_RATE` (90 %); with nothing to ask it fails. The
 probes are a fixed, seeded, bounded set per benchmark (:func:`plan_probes`; at most 20 pairs and 5
@@ -32,14 +38,14 @@ import numpy as np
 import pandas as pd
 
 from instructcv_core.evaluation.config import EvalConfig
-from instructcv_core.evaluation.data import BenchmarkData, present_categories
-from instructcv_core.evaluation.planning import query_seed
+from instructcv_core.evaluation.data import BenchmarkData
+from instructcv_core.tasks import TASKS, evaluation, task
+from instructcv_core.tasks.base import present_categories, query_seed, swap_probe
 
 #: The share of category swaps and of task switches a model must follow.
 FOLLOW_RATE = 0.9
 
-#: What each task draws (the output kinds :func:`output_kind` tells apart).
-TASK_KINDS = {"segmentation": "mask", "detection": "boxes", "depth": "depth", "classification": "colour"}
+#: The output kinds :func:`output_kind` tells apart (a task's ``draws`` is one of the first four).
 OUTPUT_KINDS = ("mask", "boxes", "depth", "colour", "other")
 
 # Thresholds of :func:`output_kind` (0..255 units, means over pixels)
@@ -48,6 +54,11 @@ BINARY_SHARE = 0.8  # share of gray pixels < 64 or > 191 from which a gray image
 BLOCK_DEVIATION = 12.0  # mean |pixel - mean colour| below this: one flat colour
 BLOCK_CHROMA = 20.0  # ... and a colour block when that colour is not gray (max - min channel)
 INPUT_DISTANCE = 40.0  # mean |output - input| below this: the input redrawn (with outlines: boxes)
+
+
+def task_kinds() -> dict[str, str]:
+    """What each registered task draws (its ``draws``), by task name in the registry's order."""
+    return {name: t.draws for name, t in TASKS.items()}
 
 
 def output_kind(output: np.ndarray, image: np.ndarray) -> str:
@@ -90,18 +101,6 @@ def _rank(seed: int, name: str, key: str) -> str:
     return hashlib.sha256(f"{seed}|{name}|following|{key}".encode()).hexdigest()
 
 
-def _instruction(task: str, bench: BenchmarkData, category: str | None, config: EvalConfig) -> str:
-    from instructcv_core.instructions.templates import FP_TEMPLATES, render
-    from instructcv_core.tasks.category_names import prompt_name
-
-    if task == "depth":
-        return FP_TEMPLATES["depth"]
-    name = prompt_name(bench.dataset, category) if category else "object"
-    if task == "classification":
-        return render(FP_TEMPLATES[task], category=name, color=config.positive_colour, color2=config.negative_colour)
-    return render(FP_TEMPLATES[task], category=name)
-
-
 def _image_category(bench: BenchmarkData, image_id: str, present: dict[str, list[str]]) -> str | None:
     """A category to name in this image's task-switch instructions: one it holds, else its label."""
     if present.get(image_id):
@@ -112,7 +111,7 @@ def _image_category(bench: BenchmarkData, image_id: str, present: dict[str, list
 def plan_probes(bench: BenchmarkData, config: EvalConfig) -> pd.DataFrame:
     """The fixed, seeded probes of a benchmark, one row per output to generate: at most
     ``config.following_pairs`` category-swap pairs (one output each; classification two) and
-    ``config.following_images`` task-switch images (four outputs each).
+    ``config.following_images`` task-switch images (one output per registered task each).
 
     Columns: probe (``swap`` | ``switch``), pair (the probe's group: a swap pair or a switch
     image), image_id, input_digest, task, category, other (the swapped-away category), role
@@ -121,33 +120,22 @@ def plan_probes(bench: BenchmarkData, config: EvalConfig) -> pd.DataFrame:
     inputs = bench.frame.groupby("image_id")["input_original_digest"].first().to_dict()
     present = present_categories(bench)
     rows = []
-    task, kind = bench.spec.task, bench.spec.kind
-    if kind in ("segmentation", "detection", "classification"):
-        candidates = []
-        for image_id in bench.image_ids:
-            if task == "classification":
-                truth = bench.records[image_id].label_name
-                others = sorted(c for c in bench.categories if c != truth)
-                if truth and others:
-                    other = min(others, key=lambda c: _rank(config.seed, bench.name, f"{image_id}|{c}"))
-                    candidates.append((image_id, truth, other))
-            else:
-                held = present.get(image_id, [])
-                candidates += [(image_id, a, b) for a in held for b in held if a != b]
-        candidates.sort(key=lambda c: _rank(config.seed, bench.name, "|".join(c)))
-        for n, (image_id, a, b) in enumerate(candidates[:config.following_pairs]):
-            asked = [(a, "asked")] + ([(b, "other")] if task == "classification" else [])
-            for category, role in asked:
-                rows.append({"probe": "swap", "pair": f"swap-{n:03d}", "image_id": image_id, "task": task,
-                             "category": category, "other": b if role == "asked" else a, "role": role,
-                             "expected_kind": None, "instruction": _instruction(task, bench, category, config)})
+    own, scorer = task(bench.spec.task), evaluation(bench.spec.task, bench.spec.kind)
+    rank = lambda key: _rank(config.seed, bench.name, key)  # noqa: E731
+    candidates = scorer.swap_candidates(bench, config, rank)
+    candidates.sort(key=lambda c: rank("|".join(c)))
+    for n, (image_id, a, b) in enumerate(candidates[:config.following_pairs]):
+        for category, role in scorer.swap_asks(a, b):
+            rows.append({"probe": "swap", "pair": f"swap-{n:03d}", "image_id": image_id, "task": own.name,
+                         "category": category, "other": b if role == "asked" else a, "role": role,
+                         "expected_kind": None, "instruction": own.probe_instruction(bench, category, config)})
     chosen = sorted(bench.image_ids, key=lambda i: _rank(config.seed, bench.name, f"switch|{i}"))[:config.following_images]
     for n, image_id in enumerate(chosen):
         category = _image_category(bench, image_id, present)
-        for asked_task, expected in TASK_KINDS.items():
-            rows.append({"probe": "switch", "pair": f"switch-{n:03d}", "image_id": image_id, "task": asked_task,
-                         "category": category, "other": None, "role": "asked", "expected_kind": expected,
-                         "instruction": _instruction(asked_task, bench, category, config)})
+        for asked in TASKS.values():
+            rows.append({"probe": "switch", "pair": f"switch-{n:03d}", "image_id": image_id, "task": asked.name,
+                         "category": category, "other": None, "role": "asked", "expected_kind": asked.draws,
+                         "instruction": asked.probe_instruction(bench, category, config)})
     frame = pd.DataFrame(rows, columns=["probe", "pair", "image_id", "task", "category", "other", "role",
                                         "expected_kind", "instruction"])
     frame["input_digest"] = [inputs[i] for i in frame["image_id"]]
@@ -160,48 +148,6 @@ def plan_probes(bench: BenchmarkData, config: EvalConfig) -> pd.DataFrame:
 # judging
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = int(np.count_nonzero(a | b))
-    return int(np.count_nonzero(a & b)) / union if union else 0.0
-
-
-def _box_mask(boxes, size: tuple[int, int]) -> np.ndarray:
-    width, height = size
-    mask = np.zeros((height, width), bool)
-    for x, y, w, h in boxes:
-        x0, y0 = max(int(round(x)), 0), max(int(round(y)), 0)
-        mask[y0:max(int(round(y + h)), y0), x0:max(int(round(x + w)), x0)] = True
-    return mask
-
-
-def _answer_mask(bench: BenchmarkData, image_id: str, output: np.ndarray, config: EvalConfig) -> np.ndarray:
-    """The region an output marks, at the image's size: its mask (segmentation) or filled boxes (detection)."""
-    from instructcv_core.tasks.base import record_size
-
-    size = record_size(bench.records[image_id])
-    if bench.spec.task == "detection":
-        from instructcv_core.tasks.box_detectors import detect_boxes
-
-        return _box_mask([(d.x, d.y, d.w, d.h) for d in detect_boxes(output, size=size)], size)
-    from instructcv_core.tasks.segmentation import segmentation_mask
-
-    return segmentation_mask(output, config.standard_threshold, "mean", size=size)
-
-
-def _truth_mask(bench: BenchmarkData, image_id: str, category: str, cache: dict) -> np.ndarray:
-    """The ground-truth region of ``category`` in the image (segmentation mask or filled boxes)."""
-    from instructcv_core.tasks.base import record_size
-
-    record = bench.records[image_id]
-    if bench.spec.task == "detection":
-        return _box_mask([(b.x, b.y, b.w, b.h) for b in record.boxes if b.category == category], record_size(record))
-    if image_id not in cache:
-        from instructcv_core.data.labels import load_class_masks
-
-        cache[image_id] = load_class_masks(record, bench.root)[0]
-    return cache[image_id].get(category, np.zeros((record.height, record.width), bool))
-
-
 def judge_probes(bench: BenchmarkData, probes: pd.DataFrame, output_image: Callable[[str], np.ndarray],
                  input_image: Callable[[str], np.ndarray], config: EvalConfig,
                  follow_rate: float = FOLLOW_RATE) -> tuple[dict, pd.DataFrame]:
@@ -209,22 +155,14 @@ def judge_probes(bench: BenchmarkData, probes: pd.DataFrame, output_image: Calla
 
     The summary holds ``pairs``, ``pairs_followed``, ``swap_rate``, ``switch_outputs``,
     ``switch_matched``, ``switch_rate``, ``kinds`` (expected -> found -> count), ``passed`` and
-    ``reason``.
+    ``reason``. The benchmark's evaluation judges each swap pair (its ``judge_swap``).
     """
-    from instructcv_core.tasks.classification import classification_margin
-
+    scorer = evaluation(bench.spec.task, bench.spec.kind)
     cache: dict = {}
     judged = []
     for pair, group in probes[probes["probe"] == "swap"].groupby("pair", sort=True):
-        asked = group[group["role"] == "asked"].iloc[0]
-        if bench.spec.task == "classification":
-            other = group[group["role"] == "other"].iloc[0]
-            mine = classification_margin(output_image(asked.output_digest), config.positive_colour, config.negative_colour)
-            theirs = classification_margin(output_image(other.output_digest), config.positive_colour, config.negative_colour)
-        else:
-            answer = _answer_mask(bench, asked.image_id, output_image(asked.output_digest), config)
-            mine = _iou(answer, _truth_mask(bench, asked.image_id, asked.category, cache))
-            theirs = _iou(answer, _truth_mask(bench, asked.image_id, asked.other, cache))
+        asked = swap_probe(group)
+        mine, theirs = scorer.judge_swap(bench, group, output_image, config, cache)
         judged.append({"probe": "swap", "pair": pair, "image_id": asked.image_id, "category": asked.category,
                        "other": asked.other, "score_asked": float(mine), "score_other": float(theirs),
                        "expected_kind": None, "found_kind": None, "followed": bool(mine > theirs)})
@@ -290,5 +228,5 @@ def check_instruction_following(bench: BenchmarkData, sampler_factory: Callable[
     return {**summary, "judged": judged, "path": str(summary_path)}
 
 
-__all__ = ["FOLLOW_RATE", "OUTPUT_KINDS", "TASK_KINDS", "check_instruction_following",
-           "judge_probes", "output_kind", "plan_probes"]
+__all__ = ["FOLLOW_RATE", "OUTPUT_KINDS", "check_instruction_following", "judge_probes", "output_kind", "plan_probes",
+           "task_kinds"]

@@ -17,12 +17,7 @@ from instructcv_core.evaluation.config import EvalConfig
 from instructcv_core.evaluation.data import BenchmarkData
 from instructcv_core.evaluation.subset import apply_standard_subset
 from instructcv_core.tasks import evaluation
-
-
-def query_seed(seed: int, benchmark: str, image_id: str, instruction: str) -> int:
-    """The noise seed of one output: a hash of what is asked, so it never depends on batching."""
-    digest = hashlib.sha256(f"{seed}|{benchmark}|{image_id}|{instruction}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+from instructcv_core.tasks.base import query_seed  # the tasks' seeded draws use it too: it lives below both
 
 
 def plan_queries(bench: BenchmarkData, config: EvalConfig, heldout_phrasings: list[str] | None = None) -> pd.DataFrame:

@@ -10,7 +10,12 @@ instead of branching on a name. A fifth task is one module here and one entry be
 * :mod:`~instructcv_core.tasks.classification`: colour blocks answering a yes/no question.
 
 Shared conventions: :mod:`~instructcv_core.tasks.arrays` (array shapes, resizing),
-:mod:`~instructcv_core.tasks.colours` (the official palette).
+:mod:`~instructcv_core.tasks.colours` (the official palette); helpers the task modules share with
+evaluation (seeds, the categories an image holds) are in :mod:`~instructcv_core.tasks.base`.
+
+This package sits below `instructcv_core.evaluation`, which asks the registry: importing it imports
+nothing of ``instructcv_core.evaluation``. A scorer imports the metric maths it reduces with
+(`evaluation.protocols`, `evaluation.streaming`, `evaluation.intervals`) when it runs.
 """
 
 from __future__ import annotations

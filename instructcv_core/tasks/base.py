@@ -3,12 +3,20 @@
 A task knows everything specific to one kind of label: how the label ``y`` is drawn as a target
 image ``v(y)`` and read back, which pairs an image yields for training, which questions evaluation
 asks of an image, how a generated output is post-processed into a prediction, how the `paper` and
-`standard` protocols reduce predictions to metrics, and how a prediction is previewed. The rest of
-the library asks the registry (`instructcv_core.tasks.TASKS`) and never branches on a task name.
+`standard` protocols reduce predictions to metrics, how a prediction is previewed, how the
+instruction-following check probes it (what a task switch asks and expects, how a category swap
+is built and judged), how many questions a split of a given size asks (the cost plan), and which
+folders of the official evaluation scripts are its own. The rest of the library asks the registry
+(`instructcv_core.tasks.TASKS`) and never branches on a task name.
+
+This module is the bottom of the package: it imports no task module, and nothing of
+`instructcv_core.evaluation` at load (the helpers both use, such as :func:`query_seed` and
+:func:`present_categories`, live here).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +112,30 @@ class Evaluation(Protocol):
         (`instructcv_core.evaluation.intervals`), from which its 95 % interval over images comes.
         """
 
+    # -- the cost plan (`instructcv_core.evaluation.cost_plan`)
+    def query_counts(self, benchmark: Benchmark, images: int, classes: int, present: int,
+                     phrasings: int) -> tuple[int, int, int]:
+        """``(paper, standard, generated)`` question counts of ``images`` images of a split with ``classes``
+        categories and ``present`` ground-truth-present (image, category) pairs in all, asked in
+        ``phrasings`` held-out phrasings: :meth:`questions`' rule by count, before a test manifest exists."""
+
+    # -- category swaps of the instruction-following check (`instructcv_core.evaluation.instruction_following`)
+    def swap_candidates(self, bench: BenchmarkData, config: EvalConfig,
+                        rank: Callable[[str], str]) -> list[tuple[str, str, str]]:
+        """Every category-swap candidate ``(image_id, asked, other)`` of the evaluated images (the check
+        orders them by ``rank`` of their ``|``-joined fields and keeps ``config.following_pairs``); ``rank``
+        also serves seeded choices within. Empty where this kind asks no category swap."""
+
+    def swap_asks(self, asked: str, other: str) -> list[tuple[str, str]]:
+        """The outputs one swap pair generates, as ``(category, role)``: the asked category (role
+        ``asked``) and, where judging compares two answers, the other one (role ``other``)."""
+
+    def judge_swap(self, bench: BenchmarkData, pair: pd.DataFrame, output_image: ImageReader, config: EvalConfig,
+                   cache: dict) -> tuple[float, float]:
+        """``(score for the asked category, score for the other)`` of one generated swap pair (its probe
+        rows, with ``output_digest``): the pair is followed when the first is larger. ``cache`` lives for
+        one judging (e.g. ground truth per image)."""
+
 
 class Task(Protocol):
     """One vision task cast as image generation (see the module docstring)."""
@@ -115,6 +147,13 @@ class Task(Protocol):
     instruction_hint: str
     #: Whether a match of :meth:`recognise` settles the task whatever other tasks' keywords say.
     decisive: bool
+    #: What its outputs look like, one of the kinds the instruction-following check tells apart
+    #: (`instructcv_core.evaluation.instruction_following.output_kind`: ``mask``, ``boxes``, ``depth``,
+    #: ``colour``): what an image asked for this task in a task switch must come back as.
+    draws: str
+    #: The last ``_``-separated field of this task's per-(image, category) folders in the official
+    #: evaluation scripts' layout (``{image}_{category}_det``); None where they read no such folders.
+    official_folder_tag: str | None
 
     # -- training and test pairs
     def has_labels(self, record: ImageRecord) -> bool:
@@ -151,17 +190,47 @@ class Task(Protocol):
     def reconstruction_metrics(self, originals: np.ndarray, round_trips: np.ndarray) -> dict[str, float]:
         """Task figures of how well ``round_trips`` (``(N, H, W, 3)`` uint8) keep ``originals``' labels."""
 
+    # -- the task-switch probes of the instruction-following check
+    def probe_instruction(self, bench: BenchmarkData, category: str | None, config: EvalConfig) -> str:
+        """The instruction that asks an image of ``bench`` for this task in the instruction-following
+        probes (its fixed FP template), naming ``category`` where the task names one ("object" when None)."""
 
-def expected_target(bench: BenchmarkData, row: Any, target_image: ImageReader) -> np.ndarray:
-    """The encoded test target of a query, or an empty mask for a category absent from the image."""
-    from instructcv_core.tasks.segmentation import encode_segmentation
 
-    frame = bench.frame
-    match = frame[(frame["image_id"] == row.image_id) & ((frame["category"] == row.category) | frame["category"].isna())]
-    if match.empty:  # a category absent from the image (standard protocol): an empty mask
-        record = bench.records[row.image_id]
-        return encode_segmentation(np.zeros((record.height, record.width), bool))
-    return target_image(match.iloc[0]["target_original_digest"])
+# --------------------------------------------------------------------------------------------
+# helpers of the task modules and of evaluation
+
+
+def query_seed(seed: int, benchmark: str, image_id: str, instruction: str) -> int:
+    """The noise seed of one output: a hash of what is asked, so it never depends on batching."""
+    digest = hashlib.sha256(f"{seed}|{benchmark}|{image_id}|{instruction}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def present_categories(bench: BenchmarkData) -> dict[str, list[str]]:
+    """image id -> the categories its test rows name (sorted): what is in the image."""
+    return bench.frame.groupby("image_id")["category"].apply(lambda s: sorted(set(s.dropna()))).to_dict()
+
+
+def standard_categories(bench: BenchmarkData, config) -> list[str]:
+    """The categories the standard protocol asks of every image."""
+    if config.standard_classes == "all":
+        return list(bench.categories)
+    import pandas as pd
+
+    # the categories occurring anywhere in the test split (not only in the evaluated subset), in the dataset's order
+    in_split = set(pd.read_parquet(bench.manifest_path, columns=["category"])["category"].dropna())
+    return [c for c in bench.categories if c in in_split]
+
+
+def region_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool regions of one shape; 0 when both are empty."""
+    union = int(np.count_nonzero(a | b))
+    return int(np.count_nonzero(a & b)) / union if union else 0.0
+
+
+def swap_probe(pair: pd.DataFrame, role: str = "asked") -> Any:
+    """The probe row of ``role`` (``asked`` or ``other``) of one category-swap pair."""
+    return pair[pair["role"] == role].iloc[0]
 
 
 def per_image_results(metric_fn, image_ids: list[str], samples: list) -> dict[str, dict]:
@@ -191,4 +260,5 @@ def record_size(record: ImageRecord) -> tuple[int, int]:
 
 
 __all__ = ["OVERLAY_ALPHA", "OVERLAY_RGB", "Evaluation", "ImageReader", "MetricRange", "MetricSpec", "Prediction", "Question", "Target", "Task",
-           "expected_target", "per_image", "per_image_means", "per_image_results", "record_size"]
+           "per_image", "per_image_means", "per_image_results", "present_categories", "query_seed", "record_size",
+           "region_iou", "standard_categories", "swap_probe"]

@@ -17,10 +17,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from instructcv_core.evaluation.intervals import PerImageMean
-from instructcv_core.evaluation.protocols import paper, standard
-from instructcv_core.instructions.templates import test_instruction
-from instructcv_core.tasks.base import MetricSpec, Prediction, Question, Target, per_image, per_image_means, per_image_results
+from instructcv_core.instructions.templates import FP_TEMPLATES, render, test_instruction
+from instructcv_core.tasks.base import (
+    MetricSpec,
+    Prediction,
+    Question,
+    Target,
+    per_image,
+    per_image_means,
+    per_image_results,
+    query_seed,
+    swap_probe,
+)
 from instructcv_core.tasks.category_names import prompt_name
 from instructcv_core.tasks.colours import PALETTE, Colour, draw_colour_pair, mean_rgb, rgb
 
@@ -153,7 +161,7 @@ class ClassificationEvaluation:
         "Show red if there exsits cat; if not, show green instead.", ``infer/edit_cli_cls.py``) for
         cat and dog there; elsewhere for the true class and one seeded other class, scored with the
         same official rule."""
-        from instructcv_core.evaluation.planning import query_seed
+        from instructcv_core.evaluation.protocols import paper
 
         pos, neg = config.positive_colour, config.negative_colour
 
@@ -183,7 +191,37 @@ class ClassificationEvaluation:
                 if others:
                     yield ask_paper(image_id, others[int(rng.integers(len(others)))])
 
+    def query_counts(self, benchmark, images, classes, present, phrasings):
+        standard = images * classes
+        if benchmark.binary_species:  # cat/dog asked beside the 37 breeds: two more outputs per image
+            return 2 * images, standard + 2 * images, standard + 2 * images
+        return 2 * images, standard, standard  # true class + one other, both among the classes
+
+    def swap_candidates(self, bench, config, rank):
+        """The true class of each image against one other class, the first by ``rank``."""
+        candidates = []
+        for image_id in bench.image_ids:
+            truth = bench.records[image_id].label_name
+            others = sorted(c for c in bench.categories if c != truth)
+            if truth and others:
+                other = min(others, key=lambda c: rank(f"{image_id}|{c}"))
+                candidates.append((image_id, truth, other))
+        return candidates
+
+    def swap_asks(self, asked, other):
+        return [(asked, "asked"), (other, "other")]  # both classes asked: their margins are compared
+
+    def judge_swap(self, bench, pair, output_image, config, cache):
+        """The margin towards the positive colour of the answer for A against that of the answer for B."""
+        asked, other = swap_probe(pair, "asked"), swap_probe(pair, "other")
+        mine = classification_margin(output_image(asked.output_digest), config.positive_colour, config.negative_colour)
+        theirs = classification_margin(output_image(other.output_digest), config.positive_colour, config.negative_colour)
+        return mine, theirs
+
     def score(self, bench, outputs, output_image, target_image, config):
+        from instructcv_core.evaluation.intervals import PerImageMean
+        from instructcv_core.evaluation.protocols import paper, standard
+
         predictions = []
         margins: dict[str, dict[str, float]] = {}
         paper_outputs: dict[str, dict[str, np.ndarray]] = {}
@@ -233,6 +271,8 @@ class ClassificationTask:
     evaluations = {"classification": ClassificationEvaluation()}
     instruction_hint = "'show <colour> if ..., otherwise <colour>'"
     decisive = True  # two colours and a condition: whatever else the instruction names
+    draws = "colour"
+    official_folder_tag = None  # the official classification script reads image files, not per-category folders
     _conditional = re.compile(r"\b(if|otherwise|else|when|whether|yes|no)\b", re.IGNORECASE)
 
     def has_labels(self, record) -> bool:
@@ -334,6 +374,11 @@ class ClassificationTask:
         before = nearest_palette(originals.reshape(len(originals), -1, 3).astype(np.float64).mean(axis=1))
         after = nearest_palette(round_trips.reshape(len(round_trips), -1, 3).astype(np.float64).mean(axis=1))
         return {"colour_accuracy": float((before == after).mean())}
+
+    def probe_instruction(self, bench, category, config) -> str:
+        """The FP template with the configured colours."""
+        return render(FP_TEMPLATES[self.name], category=prompt_name(bench.dataset, category) if category else "object",
+                      color=config.positive_colour, color2=config.negative_colour)
 
 
 TASK = ClassificationTask()

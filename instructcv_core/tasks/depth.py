@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from instructcv_core.evaluation import streaming
-from instructcv_core.instructions.templates import test_instruction
+from instructcv_core.instructions.templates import FP_TEMPLATES, test_instruction
 from instructcv_core.tasks.arrays import Size, channel_values, resize_to
-from instructcv_core.tasks.base import MetricSpec, Prediction, Question, Target, expected_target, record_size
+from instructcv_core.tasks.base import MetricSpec, Prediction, Question, Target, record_size
+from instructcv_core.tasks.segmentation import expected_target
 
 #: Depth that maps to gray level 255 (official: 255 = 10 m).
 DEPTH_MAX_M = 10.0
@@ -147,8 +147,21 @@ class DepthEvaluation:
             text = test_instruction("depth", config.instruction_mode(), config.seed, f"{bench.name}|{image_id}")
             yield Question(image_id, text, None, True, True)
 
+    def query_counts(self, benchmark, images, classes, present, phrasings):
+        return images, images, images  # one question per image
+
+    def swap_candidates(self, bench, config, rank):
+        return []  # no category to swap
+
+    def swap_asks(self, asked, other):
+        return [(asked, "asked")]
+
+    def judge_swap(self, bench, pair, output_image, config, cache):
+        raise ValueError(f"{bench.name}: depth asks no category, so it has no category swap to judge")
+
     def score(self, bench, outputs, output_image, target_image, config):
         from instructcv_core.data.labels import load_depth_m
+        from instructcv_core.evaluation import streaming
 
         predictions = []
         # Streaming: each output is reduced to its error values as it arrives (evaluation/streaming.py).
@@ -182,6 +195,8 @@ class DepthTask:
     evaluations = {"depth": DepthEvaluation()}
     instruction_hint = "depth/distance/far/close"
     decisive = False
+    draws = "depth"
+    official_folder_tag = None  # the official depth script reads image files, not per-category folders
     _keywords = re.compile(r"\b(depth\w*|distance\w*|far|farther|farthest|close|closer|closest)\b", re.IGNORECASE)
 
     def has_labels(self, record) -> bool:
@@ -232,6 +247,9 @@ class DepthTask:
         da = np.stack([decode_depth(im) for im in originals]).astype(np.float64)
         db = np.stack([decode_depth(im) for im in round_trips]).astype(np.float64)
         return {"rmse_m": float(np.sqrt(((da - db) ** 2).mean()))}
+
+    def probe_instruction(self, bench, category, config) -> str:
+        return FP_TEMPLATES[self.name]  # names no category
 
 
 TASK = DepthTask()

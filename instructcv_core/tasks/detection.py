@@ -18,14 +18,28 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from instructcv_core.evaluation.data import standard_categories
-from instructcv_core.evaluation.protocols import paper, standard
+from instructcv_core.instructions.templates import FP_TEMPLATES, render
 from instructcv_core.tasks.arrays import check_image, round_half_up
-from instructcv_core.tasks.base import OVERLAY_RGB, MetricSpec, Prediction, Target, expected_target, per_image, record_size
+from instructcv_core.tasks.base import (
+    OVERLAY_RGB,
+    MetricSpec,
+    Prediction,
+    Target,
+    per_image,
+    record_size,
+    region_iou,
+    standard_categories,
+    swap_probe,
+)
 from instructcv_core.tasks.box_detectors import DEFAULT_BOX_COLOUR, detect_boxes, paper_boxes
 from instructcv_core.tasks.category_names import prompt_name
 from instructcv_core.tasks.colours import PALETTE, Colour, rgb
-from instructcv_core.tasks.segmentation import closed_set_questions
+from instructcv_core.tasks.segmentation import (
+    closed_set_query_counts,
+    closed_set_questions,
+    closed_set_swap_candidates,
+    expected_target,
+)
 
 #: Outline width in pixels (official COCO setting; VOC used 5, Pets 6).
 DEFAULT_BOX_WIDTH = 4
@@ -148,11 +162,26 @@ def decode_detection(
 # evaluation
 
 
+#: The last field of the official detection folders, ``{image}_{category}_det`` (``genGT.generate_coco_gt``).
+OFFICIAL_FOLDER_TAG = "det"
+
+
 def _folder_name(image_id: str, category: str) -> str:
     """The official ``{image}_{category}_det`` folder name ('_' inside names becomes '-'; spaces stay, as the
     official folders keep 'dining table', which its COCO name filter matches)."""
     clean = lambda text: str(text).strip().replace("_", "-")  # noqa: E731
-    return f"{clean(image_id)}_{clean(category)}_det"
+    return f"{clean(image_id)}_{clean(category)}_{OFFICIAL_FOLDER_TAG}"
+
+
+def filled_boxes(boxes, size: tuple[int, int]) -> np.ndarray:
+    """bool ``(height, width)`` mask of ``size = (width, height)`` with every ``(x, y, w, h)`` box filled
+    (corners rounded to whole pixels)."""
+    width, height = size
+    mask = np.zeros((height, width), bool)
+    for x, y, w, h in boxes:
+        x0, y0 = max(int(round(x)), 0), max(int(round(y)), 0)
+        mask[y0:max(int(round(y + h)), y0), x0:max(int(round(x + w)), x0)] = True
+    return mask
 
 
 def _xyxy(box) -> tuple[float, float, float, float]:
@@ -174,7 +203,30 @@ class DetectionEvaluation:
     def questions(self, bench, config, phrasings=None):
         return closed_set_questions(bench, config, "detection")
 
+    def query_counts(self, benchmark, images, classes, present, phrasings):
+        return closed_set_query_counts(images, classes, present)
+
+    def swap_candidates(self, bench, config, rank):
+        return closed_set_swap_candidates(bench)
+
+    def swap_asks(self, asked, other):
+        return [(asked, "asked")]
+
+    def judge_swap(self, bench, pair, output_image, config, cache):
+        """The boxes found in the output for A, filled, against the filled ground-truth boxes of A and of B."""
+        asked = swap_probe(pair)
+        record = bench.records[asked.image_id]
+        size = record_size(record)
+        answer = filled_boxes([(d.x, d.y, d.w, d.h) for d in detect_boxes(output_image(asked.output_digest), size=size)], size)
+
+        def truth(category):
+            return filled_boxes([(b.x, b.y, b.w, b.h) for b in record.boxes if b.category == category], record_size(record))
+
+        return region_iou(answer, truth(asked.category)), region_iou(answer, truth(asked.other))
+
     def score(self, bench, outputs, output_image, target_image, config):
+        from instructcv_core.evaluation.protocols import paper, standard
+
         predictions, folders, images = [], [], []
         for image_id, group in outputs.groupby("image_id", sort=False):
             record = bench.records[image_id]
@@ -212,6 +264,8 @@ class DetectionTask:
     evaluations = {"detection": DetectionEvaluation()}
     instruction_hint = "detect/box/locate/find"
     decisive = False
+    draws = "boxes"
+    official_folder_tag = OFFICIAL_FOLDER_TAG
     _keywords = re.compile(r"\b(detect\w*|box\w*|bounding|locat\w*|find\w*|rectangle\w*)\b", re.IGNORECASE)
 
     def has_labels(self, record) -> bool:
@@ -274,8 +328,11 @@ class DetectionTask:
         b = np.abs(round_trips.astype(np.int16) - blue).max(axis=3) <= 60
         return {"outline_iou": float((a & b).sum() / max((a | b).sum(), 1))}
 
+    def probe_instruction(self, bench, category, config) -> str:
+        return render(FP_TEMPLATES[self.name], category=prompt_name(bench.dataset, category) if category else "object")
+
 
 TASK = DetectionTask()
 
-__all__ = ["DEFAULT_BOX_COLOUR", "DEFAULT_BOX_WIDTH", "TASK", "DetectionEvaluation", "DetectionTask",
-           "box_pixel_edges", "decode_detection", "encode_detection"]
+__all__ = ["DEFAULT_BOX_COLOUR", "DEFAULT_BOX_WIDTH", "OFFICIAL_FOLDER_TAG", "TASK", "DetectionEvaluation", "DetectionTask",
+           "box_pixel_edges", "decode_detection", "encode_detection", "filled_boxes"]

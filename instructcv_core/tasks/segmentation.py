@@ -16,10 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from instructcv_core.evaluation.data import present_categories, standard_categories
-from instructcv_core.evaluation import streaming
-from instructcv_core.evaluation.intervals import MeanOf, PerImageMean
-from instructcv_core.instructions.templates import render, test_instruction
+from instructcv_core.instructions.templates import FP_TEMPLATES, render, test_instruction
 from instructcv_core.tasks.arrays import Size, channel_values, resize_to
 from instructcv_core.tasks.base import (
     OVERLAY_ALPHA,
@@ -28,8 +25,11 @@ from instructcv_core.tasks.base import (
     Prediction,
     Question,
     Target,
-    expected_target,
+    present_categories,
     record_size,
+    region_iou,
+    standard_categories,
+    swap_probe,
 )
 from instructcv_core.tasks.category_names import prompt_name
 
@@ -88,6 +88,16 @@ def decode_segmentation(image: np.ndarray, threshold: int = 127, channel: str | 
     return values > threshold
 
 
+def expected_target(bench, row, target_image) -> np.ndarray:
+    """The encoded test target of a query, or an empty mask for a category absent from the image."""
+    frame = bench.frame
+    match = frame[(frame["image_id"] == row.image_id) & ((frame["category"] == row.category) | frame["category"].isna())]
+    if match.empty:  # a category absent from the image (standard protocol): an empty mask
+        record = bench.records[row.image_id]
+        return encode_segmentation(np.zeros((record.height, record.width), bool))
+    return target_image(match.iloc[0]["target_original_digest"])
+
+
 # --------------------------------------------------------------------------------------------
 # post-processing of generated outputs
 
@@ -136,7 +146,50 @@ def closed_set_questions(bench, config, task: str):
             yield Question(image_id, text, category, category in mine, category in asked or not want_standard)
 
 
-class ClosedSetSegmentation:
+def closed_set_swap_candidates(bench) -> list[tuple[str, str, str]]:
+    """Segmentation and detection: every ordered pair (A, B) of two categories one image holds."""
+    present = present_categories(bench)
+    candidates = []
+    for image_id in bench.image_ids:
+        held = present.get(image_id, [])
+        candidates += [(image_id, a, b) for a in held for b in held if a != b]
+    return candidates
+
+
+def closed_set_query_counts(images: int, classes: int, present: int) -> tuple[int, int, int]:
+    """Segmentation and detection: the paper asks the present categories, the standard protocol every
+    category of every image (the paper questions are a subset of the standard ones)."""
+    standard = images * classes
+    return present, standard, standard
+
+
+class SegmentationSwaps:
+    """How every segmentation kind judges a category swap: ``IoU(mask for A, GT of A)`` against
+    ``IoU(mask for A, GT of B)``; only closed-set segmentation plans swaps (:meth:`swap_candidates`)."""
+
+    def swap_candidates(self, bench, config, rank):
+        return []
+
+    def swap_asks(self, asked, other):
+        return [(asked, "asked")]
+
+    def judge_swap(self, bench, pair, output_image, config, cache):
+        from instructcv_core.data.labels import load_class_masks
+
+        asked = swap_probe(pair)
+        record = bench.records[asked.image_id]
+        answer = segmentation_mask(output_image(asked.output_digest), config.standard_threshold, "mean",
+                                   size=record_size(record))
+
+        def truth(category):
+            if asked.image_id not in cache:
+                cache[asked.image_id] = load_class_masks(record, bench.root)[0]
+            return cache[asked.image_id].get(category, np.zeros((record.height, record.width), bool))
+
+        return region_iou(answer, truth(asked.category)), region_iou(answer, truth(asked.other))
+
+
+class ClosedSetSegmentation(SegmentationSwaps):
     """ADE20K, VOC: per-image mean IoU of present classes (paper); confusion-matrix mIoU (standard)."""
 
     kind = "segmentation"
@@ -150,7 +203,16 @@ class ClosedSetSegmentation:
     def questions(self, bench, config, phrasings=None):
         return closed_set_questions(bench, config, "segmentation")
 
+    def query_counts(self, benchmark, images, classes, present, phrasings):
+        return closed_set_query_counts(images, classes, present)
+
+    def swap_candidates(self, bench, config, rank):
+        return closed_set_swap_candidates(bench)
+
     def score(self, bench, outputs, output_image, target_image, config):
+        from instructcv_core.evaluation import streaming
+        from instructcv_core.evaluation.intervals import PerImageMean
+
         from_names = {name: i for i, name in enumerate(bench.categories)}
         background = 0 if bench.spec.background_class else None
         offset = 1 if background is not None else 0  # VOC: 0 = background, classes 1..20
@@ -193,7 +255,7 @@ class ClosedSetSegmentation:
         return out
 
 
-class OpenVocabularySegmentation:
+class OpenVocabularySegmentation(SegmentationSwaps):
     """FSS-1000: each image asked for its own (unseen) class; mIoU per class (Table 2)."""
 
     kind = "open_vocabulary"
@@ -211,7 +273,13 @@ class OpenVocabularySegmentation:
                                         f"{bench.name}|{image_id}|{category}", category=prompt_name(bench.dataset, category))
                 yield Question(image_id, text, category, True, True)
 
+    def query_counts(self, benchmark, images, classes, present, phrasings):
+        return images, images, images  # each image asked its own class
+
     def score(self, bench, outputs, output_image, target_image, config):
+        from instructcv_core.evaluation import streaming
+        from instructcv_core.evaluation.intervals import PerImageMean
+
         predictions = []
         paper_scores, standard_scores = streaming.PaperSegmentation(), streaming.ClassIoUSums()
         for row in outputs.itertuples():
@@ -233,7 +301,7 @@ class OpenVocabularySegmentation:
         return out
 
 
-class HeldoutPhrasingSegmentation:
+class HeldoutPhrasingSegmentation(SegmentationSwaps):
     """Table 3: the present categories asked with each held-out phrasing; mIoU per phrasing and their mean."""
 
     kind = "heldout"
@@ -251,8 +319,15 @@ class HeldoutPhrasingSegmentation:
                     text = render(phrasing, category=prompt_name(bench.dataset, category))
                     yield Question(image_id, text, category, True, True, phrasing=phrasing)
 
+    def query_counts(self, benchmark, images, classes, present, phrasings):
+        n = present * phrasings  # each present category in each phrasing
+        return n, n, n
+
     def score(self, bench, outputs, output_image, target_image, config):
         """Both protocols per phrasing (standard: per-class accumulated IoU over the asked classes)."""
+        from instructcv_core.evaluation import streaming
+        from instructcv_core.evaluation.intervals import MeanOf, PerImageMean
+
         predictions = []
         per_phrasing = {p: {"paper": streaming.PaperSegmentation(), "standard": streaming.ClassIoUSums()}
                         for p in outputs["phrasing"].unique()}
@@ -295,6 +370,8 @@ class SegmentationTask:
     evaluations = {e.kind: e for e in (ClosedSetSegmentation(), OpenVocabularySegmentation(), HeldoutPhrasingSegmentation())}
     instruction_hint = "segment/mask/cut out/highlight"
     decisive = False
+    draws = "mask"
+    official_folder_tag = "seg"  # ADE_val_00000001.jpg_wall_seg
     _keywords = re.compile(r"\b(segment\w*|mask\w*|cut\s+out|highlight\w*)\b", re.IGNORECASE)
 
     def has_labels(self, record) -> bool:
@@ -353,9 +430,13 @@ class SegmentationTask:
         return {"iou": float(np.where(union > 0, inter / np.maximum(union, 1), 1.0).mean()),
                 "iou_pooled": float(inter.sum() / max(union.sum(), 1))}
 
+    def probe_instruction(self, bench, category, config) -> str:
+        return render(FP_TEMPLATES[self.name], category=prompt_name(bench.dataset, category) if category else "object")
+
 
 TASK = SegmentationTask()
 
 __all__ = ["TASK", "ClosedSetSegmentation", "HeldoutPhrasingSegmentation", "OpenVocabularySegmentation",
-           "SegmentationTask", "closed_set_questions", "decode_segmentation", "encode_segmentation",
+           "SegmentationSwaps", "SegmentationTask", "closed_set_query_counts", "closed_set_questions",
+           "closed_set_swap_candidates", "decode_segmentation", "encode_segmentation", "expected_target",
            "segmentation_mask", "segmentation_scores"]

@@ -204,18 +204,29 @@ def official_category_filter(categories: Iterable[str], names: Sequence[str] = O
     return [c for c in categories if c in keep]
 
 
+def official_folder_tag(task_name: str) -> str | None:
+    """The field that marks a task's folders in the official scripts' layout (``det`` for detection),
+    as the task's module declares it (``official_folder_tag``; None where the official scripts read no
+    per-category folders of the task)."""
+    from instructcv_core.tasks import task
+
+    return task(task_name).official_folder_tag
+
+
 def official_det_folder_fields(folder_name: str) -> tuple[str, str]:
     """``(image, category)`` of a detection folder name, as ``imgname, clsname, _ = name.split('_')``.
 
     The official evaluation reads folders ``{image_id}_{category}_det`` (written by
-    ``genGT.generate_coco_gt``). The training builders' layout ``{image_id}_det_{category}`` is
-    accepted too and read the same way. Any other number of ``_``-separated fields raises
-    ``ValueError``, as the official unpacking does (a category name must not contain ``_``).
+    ``genGT.generate_coco_gt``; the tag ``det`` is the detection task's :func:`official_folder_tag`).
+    The training builders' layout ``{image_id}_det_{category}`` is accepted too and read the same way.
+    Any other number of ``_``-separated fields raises ``ValueError``, as the official unpacking does
+    (a category name must not contain ``_``).
     """
+    tag = official_folder_tag("detection")
     parts = folder_name.split("_")
-    if len(parts) == 3 and parts[2] == "det":
+    if len(parts) == 3 and parts[2] == tag:
         return parts[0], parts[1]
-    if len(parts) == 3 and parts[1] == "det":
+    if len(parts) == 3 and parts[1] == tag:
         return parts[0], parts[2]
     raise ValueError(
         f"{folder_name!r}: expected '{{image_id}}_{{category}}_det' (three '_'-separated fields; "
@@ -677,6 +688,7 @@ __all__ = [
     "official_gt_metres",
     "official_pred_metres",
     "official_det_folder_fields",
+    "official_folder_tag",
     "official_mask_iou",
     "official_pets_label",
     "official_seg_folder_fields",
