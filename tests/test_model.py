@@ -258,6 +258,47 @@ def test_widen_conv_in_keeps_the_pretrained_function(base_dir, tmp_path):
         widen_conv_in(unet, 8)
 
 
+def test_widen_conv_in_copy_init_reads_the_image_through_the_pretrained_layer(base_dir):
+    # Marigold's init: on cat(x, x) the widened UNet computes what the original did on x, and the
+    # image half is not zero (the image condition acts from the first step).
+    base = load_base(str(base_dir))
+    unet = base.unet.eval()
+    old_weight = unet.conv_in.weight.detach().clone()
+    x = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = encode_prompt(base.tokenizer, base.text_encoder, ["Segment the dog.", "Estimate the depth of this image."])
+    with torch.no_grad():
+        before = unet(x, torch.tensor([10, 500]), encoder_hidden_states=text).sample
+    widen_conv_in(unet, 8, init="copy")
+    weight = unet.conv_in.weight
+    assert torch.equal(weight[:, :4], old_weight / 2) and torch.equal(weight[:, 4:], old_weight / 2)
+    with torch.no_grad():
+        after = unet(torch.cat([x, x], dim=1), torch.tensor([10, 500]), encoder_hidden_states=text).sample
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+    fresh = load_base(str(base_dir)).unet
+    with pytest.raises(ValueError, match="unknown conv_in init 'ones'"):
+        widen_conv_in(fresh, 8, init="ones")
+    with pytest.raises(ValueError, match="multiple of 4"):
+        widen_conv_in(fresh, 6, init="copy")
+
+
+def test_train_config_image_conv_in_init_reaches_the_trainable_unet(base_dir, tmp_path):
+    from instructcv_core.training.config import TrainConfig
+    from instructcv_core.training.setup import load_trainable_base
+
+    def conv_in(init):
+        config = TrainConfig(base_model=str(base_dir), manifest="m.parquet", image_store=str(tmp_path),
+                             output_dir=str(tmp_path / "out"), resolution=64, image_conv_in_init=init)
+        return load_trainable_base(config).unet.conv_in.weight.detach()
+
+    zeros, copy = conv_in("zeros"), conv_in("copy")
+    assert torch.count_nonzero(zeros[:, 4:]) == 0
+    torch.testing.assert_close(copy[:, 4:], zeros[:, :4] / 2)
+    with pytest.raises(ValueError, match="image_conv_in_init"):
+        TrainConfig(base_model=str(base_dir), manifest="m.parquet", image_store=str(tmp_path),
+                    output_dir=str(tmp_path / "out"), image_conv_in_init="ones")
+
+
 # --------------------------------------------------------------------------------------------------
 # fit_autoencoder / reconstruction_report
 

@@ -31,6 +31,9 @@ OBJECTIVES = typing.get_args(Objective)
 OnestepLoss = Literal["latent", "pixel_l1", "pixel_l2"]
 ONESTEP_LOSSES = typing.get_args(OnestepLoss)
 
+ConvInInit = Literal["zeros", "copy"]
+CONV_IN_INITS = typing.get_args(ConvInInit)
+
 
 @dataclass
 class TrainConfig:
@@ -85,6 +88,10 @@ class TrainConfig:
     onestep_loss: OnestepLoss = knob(
         "latent", "The one-step loss: `latent` (MSE between x0 and the target's scaled posterior mean), `pixel_l1` or "
         "`pixel_l2` (x0 decoded by the frozen VAE, whose decoder gradients pass through, against the target image).")
+    image_conv_in_init: ConvInInit = knob(
+        "zeros", "How the image-latent input channels of the widened conv_in start (`model.conv_in.widen_conv_in`): "
+        "`zeros` (InstructPix2Pix: no effect at first) or `copy` (Marigold: the pretrained input weights, both halves "
+        "halved). Only used when the base UNet has 4 input channels.")
     cache_latents: bool = knob(False, "Encode every input and target once with the frozen VAE (VAE encoding "
                                       "dominates at small resolutions; same statistics).")
     dataloader_num_workers: int = knob(0, "DataLoader worker processes.")
@@ -120,6 +127,8 @@ class TrainConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.onestep_loss not in ONESTEP_LOSSES:
             raise ValueError(f"onestep_loss must be one of {ONESTEP_LOSSES}, got {self.onestep_loss!r}")
+        if self.image_conv_in_init not in CONV_IN_INITS:
+            raise ValueError(f"image_conv_in_init must be one of {CONV_IN_INITS}, got {self.image_conv_in_init!r}")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
         for name in ("resolution", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "log_every",

@@ -46,7 +46,7 @@ def load_trainable_base(config: TrainConfig) -> BaseComponents:
     if config.prediction_type is not None:
         components.noise_scheduler.register_to_config(prediction_type=config.prediction_type)
     if unet.config.in_channels == 4:
-        widen_conv_in(unet, 8)  # new channels zero: training starts from the base's behaviour
+        widen_conv_in(unet, 8, init=config.image_conv_in_init)  # zeros: training starts from the base's behaviour
     if unet.config.in_channels != 8:
         raise ValueError(f"the base UNet has {unet.config.in_channels} input channels; expected 4 (SD) or 8 (InstructPix2Pix)")
     if tokenizer.model_max_length > MAX_PROMPT_TOKENS:
