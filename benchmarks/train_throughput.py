@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py --model tiny --resolution 64 --batch 32 --threads 1  # CPU
     python benchmarks/train_throughput.py --model tiny --unet-channels 64 128 --threads 1     # a wider tiny UNet
+    python benchmarks/train_throughput.py --model tiny --attention math --profile             # where a CPU step goes
     python benchmarks/train_throughput.py --model sd15 --resolution 256 --batch 64 \\
         --precision bf16 [--gradient-checkpointing] [--no-cache]                          # GPU
 
@@ -9,12 +10,15 @@
 published configs with random weights (nothing is downloaded). With latents cached (the default) a
 step is UNet forward + backward + AdamW; `--no-cache` adds the VAE encoding of input and target, as
 a run without latent caching does. Text embeddings are computed once (the few distinct instructions
-are cached in training too).
+are cached in training too). `--attention` pins the backend of torch's scaled-dot-product attention
+(which diffusers' default processor calls); `--profile` prints the operators that took the most time
+over the timed steps (torch.profiler).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -61,6 +65,9 @@ def main() -> None:
     parser.add_argument("--unet-channels", type=int, nargs="+", default=None,
                         help="tiny model: UNet channels per level (default: the mini profile's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--attention", choices=("default", "flash", "math"), default="default",
+                        help="scaled-dot-product attention backend (default: torch's choice)")
+    parser.add_argument("--profile", action="store_true", help="print the top operators of the timed steps")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,21 +100,35 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"default": contextlib.nullcontext(), "flash": sdpa_kernel([SDPBackend.FLASH_ATTENTION]),
+               "math": sdpa_kernel([SDPBackend.MATH])}[args.attention]
+    profiler = contextlib.nullcontext()
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        profiler = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else []))
+    with backend:
+        for _ in range(args.warmup):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        with profiler as prof:
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
     params = sum(p.numel() for p in unet.parameters()) / 1e6
     print(f"model {args.model} ({params:.1f}M UNet params, {tuple(unet.config.block_out_channels)}) on {device} "
           f"({torch.get_num_threads()} threads): resolution {r}, batch {b}, {args.precision}, "
-          f"cache {'off' if args.no_cache else 'on'}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}")
+          f"cache {'off' if args.no_cache else 'on'}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
+          f"attention {args.attention}")
     print(f"{args.steps} steps in {seconds:.2f} s: {args.steps * b / seconds:.1f} samples/s, {seconds / args.steps * 1000:.0f} ms/step")
+    if args.profile:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     if device == "cuda":
         print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
