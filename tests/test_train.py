@@ -340,11 +340,14 @@ RECIPE_CHANGES = {"effective_batch_size": ({"effective_batch_size": 8}, "gradien
 def test_resume_key_covers_the_trajectory_and_nothing_else(tiny_base, data, tmp_path):
     import shutil
 
-    from instructcv_core.training.checkpoint import ONESTEP_FIELDS, TRAJECTORY_FIELDS, resume_key, run_digest
+    from instructcv_core.training.checkpoint import (DEFAULT_OMITTED_FIELDS, ONESTEP_FIELDS, TRAJECTORY_FIELDS,
+                                                     resume_key, run_digest)
 
     assert set(TRAJECTORY_CHANGES) == set(TRAJECTORY_FIELDS)
-    # the one-step objective's fields count in one-step runs only (test_onestep.py)
+    # the one-step objective's fields count in one-step runs only (test_onestep.py), the conv_in init
+    # when it is not the default (below)
     assert set(TRAJECTORY_CHANGES) | set(CADENCE_CHANGES) | set(RECIPE_CHANGES) | set(ONESTEP_FIELDS) | \
+        set(DEFAULT_OMITTED_FIELDS) | \
         {"base_model", "manifest", "image_store"} == {f.name for f in dataclasses.fields(TrainConfig)}
     config = config_for(tiny_base, data, tmp_path / "out")
     key = resume_key(config, 1)
@@ -357,6 +360,10 @@ def test_resume_key_covers_the_trajectory_and_nothing_else(tiny_base, data, tmp_
         changed = resume_key(dataclasses.replace(config, **values), 1)
         assert {k for k in key if key[k] != changed[k]} == {changes}, name
     assert resume_key(config, 2)["num_processes"] == 2
+    # the conv_in init: absent from the key at its default (old keys unchanged), counted otherwise
+    assert "image_conv_in_init" not in key
+    copied = resume_key(dataclasses.replace(config, image_conv_in_init="copy"), 1)
+    assert {k for k in copied if key.get(k) != copied[k]} == {"image_conv_in_init"}
     # the manifest by its bytes, the base model by its content (a base rebuilt at the same path differs)
     manifest = tmp_path / "manifest.parquet"
     shutil.copy(config.manifest, manifest)

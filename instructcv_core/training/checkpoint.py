@@ -33,6 +33,9 @@ TRAJECTORY_FIELDS = (
 #: The fields of the one-step objective: in the key of a one-step run only, so the key (and the folder
 #: name) of a diffusion run stays what it was before the objective existed.
 ONESTEP_FIELDS = ("objective", "onestep_loss")
+#: Fields that count only when they differ from their default, for the same reason: the starting
+#: weights differ with the conv_in init, and a run with the default keeps its key and folder.
+DEFAULT_OMITTED_FIELDS = {"image_conv_in_init": "zeros"}
 
 
 def file_digest(path: str | Path) -> str:
@@ -58,7 +61,8 @@ def resume_key(config: TrainConfig, num_processes: int) -> dict:
     # effective_batch_size and num_train_epochs count through what they resolve to (accumulation, max_steps)
     values = resolve_for_manifest(config, num_processes).to_dict()
     onestep = {name: values[name] for name in ONESTEP_FIELDS} if config.objective != "diffusion" else {}
-    return {**{name: values[name] for name in TRAJECTORY_FIELDS}, **onestep, "num_processes": int(num_processes),
+    changed = {name: values[name] for name, default in DEFAULT_OMITTED_FIELDS.items() if values[name] != default}
+    return {**{name: values[name] for name in TRAJECTORY_FIELDS}, **onestep, **changed, "num_processes": int(num_processes),
             "manifest": file_digest(config.manifest), "base_model": base_identity(config.base_model)}
 
 
