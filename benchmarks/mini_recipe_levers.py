@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     import pandas as pd
 
     from instructcv_core.data.imagestore import ImageStore
+    from instructcv_core.data.records import atomic_write_text
     from instructcv_core.evaluation.config import EvalConfig
     from instructcv_core.evaluation.data import load_benchmark
     from instructcv_core.evaluation.instruction_following import check_instruction_following
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"task switches {row['switches'][0]}/{row['switches'][1]}", flush=True)
     summary = {"name": args.name, "overrides": overrides, "steps": result.steps, "batch": config.train_batch_size,
                "train_seconds": round(seconds, 1), "final_loss": result.final_loss, "benchmarks": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
 
 
