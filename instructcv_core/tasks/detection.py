@@ -220,7 +220,7 @@ class DetectionEvaluation:
         answer = filled_boxes([(d.x, d.y, d.w, d.h) for d in detect_boxes(output_image(asked.output_digest), size=size)], size)
 
         def truth(category):
-            return filled_boxes([(b.x, b.y, b.w, b.h) for b in record.boxes if b.category == category], record_size(record))
+            return filled_boxes([(b.x, b.y, b.w, b.h) for b in record.boxes if b.category == category], size)
 
         return region_iou(answer, truth(asked.category)), region_iou(answer, truth(asked.other))
 
