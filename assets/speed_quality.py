@@ -90,7 +90,7 @@ def speed_quality(context: dg.AssetExecutionContext, config: SpeedQualityAssetCo
 
             context.log.info(f"speed-quality: {point.checkpoint} with {point.sampler.label} "
                              f"({point.sampler.unet_evaluations(1)} UNet evaluations per query)")
-            rows += sq.measure_point(point, curve.benchmarks, evaluate, root, device)
+            rows += sq.measure_point(point, curve.benchmarks_for(point.sampler.preset), evaluate, root, device)
         frame = sq.frame_of(rows)
         summary = sq.one_step_summary(frame)
         tables = settings.profile_dir / "tables"
@@ -111,7 +111,8 @@ def speed_quality(context: dg.AssetExecutionContext, config: SpeedQualityAssetCo
         "path": dg.MetadataValue.path(str(parquet)), "plot_path": dg.MetadataValue.path(str(picture)),
         "points": int(frame[["checkpoint", "sampler"]].drop_duplicates().shape[0]), "rows": len(frame),
         "device": device, "images_per_benchmark": curve.images or "all",
-        "images_per_benchmark_paper_preset": curve.images_for("paper") or "all", "mlflow_run": dg.MetadataValue.url(url)})
+        "images_per_benchmark_paper_preset": curve.images_for("paper") or "all",
+        "benchmarks_paper_preset": ", ".join(curve.benchmarks_for("paper")), "mlflow_run": dg.MetadataValue.url(url)})
 
 
 def _markdown(frame, summary) -> str:
@@ -120,7 +121,8 @@ def _markdown(frame, summary) -> str:
     shown = frame.assign(**{"value [95 % CI]": [f"{r.value:.4g} [{r.ci_low:.4g}, {r.ci_high:.4g}]" for r in frame.itertuples()]})
     shown = shown[["checkpoint", "sampler", "unet_evals_per_query", "images_per_second", "benchmark", "metric",
                    "value [95 % CI]", "n"]]
-    text = to_markdown(shown) + "\n\n(n: images per benchmark; the `paper` preset's points may use fewer, the first of the same seeded subset.)"
+    text = to_markdown(shown) + ("\n\n(n: images per benchmark; the `paper` preset's points may use fewer, the first of the "
+                                 "same seeded subset, and fewer benchmarks: `paper_images`, `paper_benchmarks`.)")
     if len(summary):
         text += ("\n\nOne step against the paper's sampler (best `one` setting vs best `paper` setting per benchmark; "
                  "quality_ratio >= 0.95 is within 5 %):\n\n" + to_markdown(summary))

@@ -64,12 +64,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # 95 % interval mean something) and 50 ADE20K images for Table 3's held-out phrasings.
         "eval": {"max_images": None, "heldout_images": 50},
         # The speed-quality curve on 4 images per in-domain benchmark: the `paper` preset (300 UNet
-        # evaluations per query, ~1.4 s per query on 2 cores) for FP only and on the first of them alone
-        # (it cost 4 min 20 s of the job on 6 images); every checkpoint with `one`; the guidance sweep with
+        # evaluations per query, ~1.7 s per query on 2 cores) for FP only, on the first image of NYUv2
+        # alone (one query; on one image of each in-domain benchmark it was 32 queries, 58 s of a 97 s
+        # asset, where the asset's goal is <= 90 s); every checkpoint with `one`; the guidance sweep with
         # the one-step sampler (3 UNet evaluations per query).
         "speed_quality": {"grid": ("fp:paper", "fp:few:4", "fp:one", "rp:one", "fp_onestep:one", "rp_onestep:one"),
                           "guidance": ("3.0/1.5", "7.5/1.5"), "guidance_sampler": "one", "guidance_checkpoints": ("fp",),
-                          "images": 4, "paper_images": 1},
+                          "images": 4, "paper_images": 1, "paper_benchmarks": ("nyuv2",)},
     },
     # Paper: the official recipe (AlaaLab/InstructCV configs/train_rp_model.yaml, scripts/slurm_train).
     "paper": {

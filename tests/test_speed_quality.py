@@ -134,3 +134,14 @@ def test_the_asset_writes_the_curve_and_its_plot(tiny_pipeline_dir, tmp_path):
         rerun = dg.materialize([speed_quality], instance=instance, resources=resources, run_config=run_config)
         assert rerun.success  # everything reused: the same table, the throughput measured the first time
         assert pd.read_parquet(profile / "tables" / "speed_quality.parquet").equals(frame)
+
+
+def test_the_paper_preset_can_measure_fewer_benchmarks():
+    curve = sq.SpeedQualityConfig(images=4, paper_images=1, paper_benchmarks=("nyuv2",))
+    assert curve.benchmarks_for("paper") == ("nyuv2",)
+    assert curve.benchmarks_for("one") == curve.benchmarks_for("few") == sq.IN_DOMAIN
+    assert sq.SpeedQualityConfig(paper_benchmarks="pets").paper_benchmarks == ("pets",)
+    assert sq.SpeedQualityConfig().benchmarks_for("paper") == sq.IN_DOMAIN
+    for bad in ((), ("voc",)):
+        with pytest.raises(ValueError, match="paper_benchmarks must be a non-empty subset of benchmarks"):
+            sq.SpeedQualityConfig(benchmarks=("nyuv2", "pets"), paper_benchmarks=bad)

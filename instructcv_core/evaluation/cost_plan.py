@@ -296,9 +296,9 @@ def speed_quality_cost(profile: str, datasets_dir: Path | None, eval_config) -> 
 
     curve = resolve(SpeedQualityConfig, profile, "speed_quality")
 
-    def standard_queries(limit: int | None) -> int:
+    def standard_queries(limit: int | None, benchmarks: tuple[str, ...]) -> int:
         standard = 0
-        for name in curve.benchmarks:
+        for name in benchmarks:
             spec = BENCHMARKS[name]
             manifest = datasets_dir / "test" / f"{spec.test_manifest}.parquet" if datasets_dir is not None else None
             if manifest is not None and manifest.exists():
@@ -311,8 +311,9 @@ def speed_quality_cost(profile: str, datasets_dir: Path | None, eval_config) -> 
         return standard
 
     grid = points(curve, eval_config.sampler)
-    queries = {limit: standard_queries(limit) for limit in {curve.images_for(p.sampler.preset) for p in grid}}
-    return len(grid), sum(queries[curve.images_for(p.sampler.preset)] * p.sampler.unet_evals_per_query for p in grid)
+    subset = lambda preset: (curve.images_for(preset), curve.benchmarks_for(preset))  # noqa: E731
+    queries = {key: standard_queries(*key) for key in {subset(p.sampler.preset) for p in grid}}
+    return len(grid), sum(queries[subset(p.sampler.preset)] * p.sampler.unet_evals_per_query for p in grid)
 
 
 __all__ = ["ANCHORS", "JOBS", "SPLIT_SIZES", "BenchmarkCost", "CostPlan", "make_plan", "queries_from_sizes", "speed_quality_cost"]

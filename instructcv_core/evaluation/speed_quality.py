@@ -65,10 +65,20 @@ class SpeedQualityConfig:
     paper_images: int | None = field(default=None, metadata={
         "help": "Images per benchmark for the `paper` preset's points (300 UNet evaluations per query), the first of "
                 "the same seeded subset; None: `images`."})
+    paper_benchmarks: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "Benchmarks of the `paper` preset's points, a subset of `benchmarks` (its cost is per query: a "
+                "benchmark asking many categories per image costs many queries); None: `benchmarks`."})
 
     def __post_init__(self) -> None:
         from instructcv_core.benchmarks import benchmark
 
+        if self.paper_benchmarks is not None:
+            value = self.paper_benchmarks
+            object.__setattr__(self, "paper_benchmarks", (value,) if isinstance(value, str) else tuple(value))
+            stray = [b for b in self.paper_benchmarks if b not in self.benchmarks]
+            if stray or not self.paper_benchmarks:
+                raise ValueError(f"speed-quality: paper_benchmarks must be a non-empty subset of benchmarks "
+                                 f"{list(self.benchmarks)}; not in it: {stray}")
         for name in ("grid", "guidance", "guidance_checkpoints", "benchmarks"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
@@ -97,6 +107,10 @@ class SpeedQualityConfig:
     def images_for(self, preset: str) -> int | None:
         """Images per benchmark of a point of sampler preset ``preset``."""
         return self.paper_images if preset == "paper" and self.paper_images is not None else self.images
+
+    def benchmarks_for(self, preset: str) -> tuple[str, ...]:
+        """The benchmarks a point of sampler preset ``preset`` measures."""
+        return self.paper_benchmarks if preset == "paper" and self.paper_benchmarks is not None else self.benchmarks
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
