@@ -7,7 +7,19 @@
     fp_manifest,rp_manifest,test_manifests,base_model"
     # then one run per lever (TrainConfig overrides on top of the mini `train` preset)
     .venv/bin/python benchmarks/mini_recipe_levers.py --data /tmp/levers/mini --name steps1080 \\
-        --override '{"max_steps": 1080}' [--benchmarks ade20k coco pets nyuv2]
+        --override '{"max_steps": 1080}' [--benchmarks ade20k coco pets nyuv2] [--experiment zeros-input]
+
+Two levers are not knobs of the project and exist here only, as experiments (``--experiment``, applied
+to training and sampling alike):
+
+* ``zeros-input``: the latent the UNet sees at t = 999 is zeros instead of Gaussian noise, in training
+  and in the one-step sampler (Garcia et al.'s choice, `shared` fast-mode notes): a deterministic
+  regression of the target from the image and the instruction.
+* ``skip-top-self-attention``: the self-attention of the UNet's top (16x16) level returns 0 (its
+  residual branch is skipped), the pretrained weights otherwise unchanged; the cross-attention there
+  runs through diffusers' classic ``AttnProcessor`` (faster than torch's CPU flash kernel on 4-dim
+  heads). It halves the time of a training step of the mini UNet (the top level's self-attention is
+  half of it) and asks what the fine-tune loses without it.
 
 Trains the FP checkpoint with the training code (`instructcv_core.training.train`, in process) from
 the job's base (`<data>/model/base`) on the job's FP manifest, with the mini `train` preset plus the
@@ -27,6 +39,98 @@ import time
 from pathlib import Path
 
 IN_DOMAIN = ("ade20k", "coco", "pets", "nyuv2")
+EXPERIMENTS = ("zeros-input", "skip-top-self-attention", "image-as-sample")
+#: The timestep of the ``image-as-sample`` experiment (``--feature-timestep``).
+FEATURE_TIMESTEP = [400]
+
+
+def apply_experiment(name: str) -> None:
+    """Patch the training step and the sampler (or the UNet class) for the experiment ``name``."""
+    import types
+
+    import torch
+
+    if name == "zeros-input":
+        from instructcv_core.inference import sampler
+        from instructcv_core.training import step
+
+        class ZerosForRandn(types.ModuleType):
+            """``torch`` as the two modules see it, except that ``randn`` gives zeros: the noisy input at
+            t = 999 (and, in training, the posterior draw: the target is then the posterior mean)."""
+
+            def __getattr__(self, attr):
+                return getattr(torch, attr)
+
+            @staticmethod
+            def randn(*args, generator=None, **kwargs):
+                return torch.zeros(*args, **kwargs)
+
+        step.torch = sampler.torch = ZerosForRandn("torch")
+    elif name == "skip-top-self-attention":
+        from diffusers import UNet2DConditionModel
+        from diffusers.models.attention_processor import AttnProcessor
+
+        class Skip:
+            def __call__(self, attn, hidden_states, *args, **kwargs):
+                return torch.zeros_like(hidden_states)
+
+        forward = UNet2DConditionModel.forward
+
+        def patched(self, *args, **kwargs):
+            if not getattr(self, "_top_self_attention_skipped", False):
+                for blocks in (self.down_blocks[0].attentions, self.up_blocks[-1].attentions):
+                    for transformer in blocks:
+                        for block in transformer.transformer_blocks:
+                            block.attn1.set_processor(Skip())
+                            block.attn2.set_processor(AttnProcessor())
+                self._top_self_attention_skipped = True
+            return forward(self, *args, **kwargs)
+
+        UNet2DConditionModel.forward = patched
+    elif name == "image-as-sample":
+        import torch.nn.functional as F
+
+        from instructcv_core.inference.sampler import InstructCVSampler
+        from instructcv_core.model import conv_in
+        from instructcv_core.training.step import DiffusionObjective, predicted_x0
+
+        zeros_widen = conv_in.widen_conv_in
+
+        def widen(unet, in_channels=8, init="zeros"):
+            """The image channels (4-7) read through the pretrained input layer; the noise channels start at 0."""
+            pretrained = unet.conv_in.weight.detach().clone()
+            zeros_widen(unet, in_channels, "zeros")
+            with torch.no_grad():
+                unet.conv_in.weight.zero_()
+                unet.conv_in.weight[:, pretrained.shape[1]:].copy_(pretrained)
+            return unet
+
+        conv_in.widen_conv_in = widen
+
+        def x0_from_image(unet, scheduler, image_latents, text, scaling):
+            """x0 the base would denoise to, were the (scaled) image latent its sample at the feature timestep."""
+            z = image_latents.float() * scaling
+            t = torch.full((len(z),), FEATURE_TIMESTEP[0], dtype=torch.long, device=z.device)
+            pred = unet(torch.cat([torch.zeros_like(z), z], dim=1).to(unet.dtype), t, encoder_hidden_states=text).sample
+            return predicted_x0(scheduler, pred, z, t)
+
+        def onestep_loss(self, batch, flip, image_latents, target_mean, generator):
+            x0 = x0_from_image(self.unet, self.noise_scheduler, image_latents, self.texts(batch["instruction"]),
+                               self.scaling_factor)
+            return F.mse_loss(x0, target_mean.float() * self.scaling_factor, reduction="mean")
+
+        DiffusionObjective._onestep_loss = onestep_loss
+
+        @torch.no_grad()
+        def denoise(self, requests, images):
+            scheduler = self._scheduler_cls.from_config(self._scheduler_config)
+            image_latents = self.image_latents([r.image_key for r in requests], images)
+            text = self.text_embeddings([r.instruction for r in requests])
+            return x0_from_image(self.unet, scheduler, image_latents, text, self.vae.config.scaling_factor).to(self.dtype)
+
+        InstructCVSampler.denoise = denoise
+    else:
+        raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,7 +140,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--override", default="{}", help="TrainConfig overrides as JSON, on the mini train preset")
     parser.add_argument("--benchmarks", nargs="+", default=list(IN_DOMAIN))
     parser.add_argument("--out", type=Path, default=Path("/tmp/mini-recipe-levers"))
+    parser.add_argument("--experiment", choices=EXPERIMENTS, action="append", default=[],
+                        help="a lever that is not a project knob (see the module docstring); repeatable")
+    parser.add_argument("--feature-timestep", type=int, default=FEATURE_TIMESTEP[0],
+                        help="image-as-sample: the timestep at which the image latent is the UNet's sample")
     args = parser.parse_args(argv)
+    FEATURE_TIMESTEP[0] = args.feature_timestep
+    for name in args.experiment:
+        apply_experiment(name)
 
     import pandas as pd
 
@@ -92,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
                           for m in row["metrics"][:2])
         print(f"  {name}: {shown} | swaps {row['swaps'][0]}/{row['swaps'][1]}, "
               f"task switches {row['switches'][0]}/{row['switches'][1]}", flush=True)
-    summary = {"name": args.name, "overrides": overrides, "steps": result.steps, "batch": config.train_batch_size,
+    summary = {"name": args.name, "overrides": overrides, "experiments": args.experiment, "steps": result.steps, "batch": config.train_batch_size,
                "train_seconds": round(seconds, 1), "final_loss": result.final_loss, "benchmarks": rows}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary
