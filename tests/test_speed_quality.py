@@ -145,3 +145,6 @@ def test_the_paper_preset_can_measure_fewer_benchmarks():
     for bad in ((), ("voc",)):
         with pytest.raises(ValueError, match="paper_benchmarks must be a non-empty subset of benchmarks"):
             sq.SpeedQualityConfig(benchmarks=("nyuv2", "pets"), paper_benchmarks=bad)
+    assert sq.SpeedQualityConfig(benchmarks="nyuv2", paper_benchmarks="nyuv2").benchmarks_for("paper") == ("nyuv2",)
+    with pytest.raises(ValueError, match="not in it: \\['nyu'\\]"):  # a name, not a substring of a name
+        sq.SpeedQualityConfig(benchmarks="nyuv2", paper_benchmarks="nyu")

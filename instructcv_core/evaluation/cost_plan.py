@@ -311,7 +311,9 @@ def speed_quality_cost(profile: str, datasets_dir: Path | None, eval_config) -> 
         return standard
 
     grid = points(curve, eval_config.sampler)
-    subset = lambda preset: (curve.images_for(preset), curve.benchmarks_for(preset))  # noqa: E731
+    def subset(preset: str) -> tuple[int | None, tuple[str, ...]]:
+        return curve.images_for(preset), curve.benchmarks_for(preset)
+
     queries = {key: standard_queries(*key) for key in {subset(p.sampler.preset) for p in grid}}
     return len(grid), sum(queries[subset(p.sampler.preset)] * p.sampler.unet_evals_per_query for p in grid)
 

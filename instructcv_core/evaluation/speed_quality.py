@@ -72,6 +72,9 @@ class SpeedQualityConfig:
     def __post_init__(self) -> None:
         from instructcv_core.benchmarks import benchmark
 
+        for name in ("grid", "guidance", "guidance_checkpoints", "benchmarks"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         if self.paper_benchmarks is not None:
             value = self.paper_benchmarks
             object.__setattr__(self, "paper_benchmarks", (value,) if isinstance(value, str) else tuple(value))
@@ -79,9 +82,6 @@ class SpeedQualityConfig:
             if stray or not self.paper_benchmarks:
                 raise ValueError(f"speed-quality: paper_benchmarks must be a non-empty subset of benchmarks "
                                  f"{list(self.benchmarks)}; not in it: {stray}")
-        for name in ("grid", "guidance", "guidance_checkpoints", "benchmarks"):
-            value = getattr(self, name)
-            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         if not self.grid or not self.benchmarks:
             raise ValueError("speed-quality: grid and benchmarks must each name at least one")
         for entry in self.grid:
