@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 IN_DOMAIN = ("ade20k", "coco", "pets", "nyuv2")
-EXPERIMENTS = ("zeros-input", "skip-top-self-attention", "image-as-sample")
+EXPERIMENTS = ("zeros-input", "skip-top-self-attention", "image-as-sample", "absent-categories")
 #: The timestep of the ``image-as-sample`` experiment (``--feature-timestep``).
 FEATURE_TIMESTEP = [400]
 
@@ -87,6 +87,8 @@ def apply_experiment(name: str) -> None:
             return forward(self, *args, **kwargs)
 
         UNet2DConditionModel.forward = patched
+    elif name == "absent-categories":
+        pass  # a manifest change (`absent_category_manifest`), made in `main`
     elif name == "image-as-sample":
         import torch.nn.functional as F
 
@@ -133,6 +135,37 @@ def apply_experiment(name: str) -> None:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
 
 
+def absent_category_manifest(manifest: Path, store: Path, out: Path, seed: int = 0) -> Path:
+    """``manifest`` plus one absent category per segmentation/detection image, written to ``out``."""
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+
+    from instructcv_core.construction.manifest import write_table_frame
+    from instructcv_core.data.imagestore import ImageStore
+    from instructcv_core.instructions.templates import FP_TEMPLATES, render
+
+    frame, images, rows = pd.read_parquet(manifest), ImageStore(store), []
+    for task in ("segmentation", "detection"):
+        pairs = frame[frame["task"] == task]
+        names = sorted(pairs["category"].unique())
+        for image_id, asked in pairs.groupby("image_id", sort=True):
+            absent = [c for c in names if c not in set(asked["category"])]
+            if not absent:
+                continue
+            rng = np.random.default_rng([seed, int(hashlib.sha256(f"{task}|{image_id}".encode()).hexdigest()[:8], 16)])
+            category, first = absent[int(rng.integers(len(absent)))], asked.iloc[0]
+            if task == "segmentation":
+                target = images.put(np.zeros_like(images.get(first["target_digest"])))
+            else:
+                target = first["input_digest"]
+            rows.append({**first.to_dict(), "pair_id": f"absent-{task}-{image_id}", "category": category,
+                         "category_text": category, "instruction": render(FP_TEMPLATES[task], category=category),
+                         "target_digest": target, "boxes": []})
+    return write_table_frame(pd.concat([frame, pd.DataFrame(rows)], ignore_index=True), out)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="the profile folder of a job's data root (<data_root>/mini)")
@@ -166,8 +199,11 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = json.loads(args.override)
     out = args.out / args.name
     datasets = args.data / "datasets"
+    manifest = datasets / "fp_manifest.parquet"
+    if "absent-categories" in args.experiment:
+        manifest = absent_category_manifest(manifest, datasets / "images", out / "fp_manifest_absent.parquet")
     config = resolve(TrainConfig, "mini", "train", {"checkpointing_steps": 100_000, **overrides},
-                     base_model=str(args.data / "model" / "base"), manifest=str(datasets / "fp_manifest.parquet"),
+                     base_model=str(args.data / "model" / "base"), manifest=str(manifest),
                      image_store=str(datasets / "images"), output_dir=str(out / "train"), resolution=64, seed=0)
     start = time.monotonic()
     result = train(config)
