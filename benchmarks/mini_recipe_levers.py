@@ -40,12 +40,11 @@ from pathlib import Path
 
 IN_DOMAIN = ("ade20k", "coco", "pets", "nyuv2")
 EXPERIMENTS = ("zeros-input", "skip-top-self-attention", "image-as-sample", "absent-categories")
-#: The timestep of the ``image-as-sample`` experiment (``--feature-timestep``).
-FEATURE_TIMESTEP = [400]
 
 
-def apply_experiment(name: str) -> None:
-    """Patch the training step and the sampler (or the UNet class) for the experiment ``name``."""
+def apply_experiment(name: str, feature_timestep: int = 400) -> None:
+    """Patch the training step and the sampler (or the UNet class) for the experiment ``name``
+    (``feature_timestep``: the timestep of ``image-as-sample``)."""
     import types
 
     import torch
@@ -112,7 +111,7 @@ def apply_experiment(name: str) -> None:
         def x0_from_image(unet, scheduler, image_latents, text, scaling):
             """x0 the base would denoise to, were the (scaled) image latent its sample at the feature timestep."""
             z = image_latents.float() * scaling
-            t = torch.full((len(z),), FEATURE_TIMESTEP[0], dtype=torch.long, device=z.device)
+            t = torch.full((len(z),), feature_timestep, dtype=torch.long, device=z.device)
             pred = unet(torch.cat([torch.zeros_like(z), z], dim=1).to(unet.dtype), t, encoder_hidden_states=text).sample
             return predicted_x0(scheduler, pred, z, t)
 
@@ -175,12 +174,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("/tmp/mini-recipe-levers"))
     parser.add_argument("--experiment", choices=EXPERIMENTS, action="append", default=[],
                         help="a lever that is not a project knob (see the module docstring); repeatable")
-    parser.add_argument("--feature-timestep", type=int, default=FEATURE_TIMESTEP[0],
+    parser.add_argument("--feature-timestep", type=int, default=400,
                         help="image-as-sample: the timestep at which the image latent is the UNet's sample")
     args = parser.parse_args(argv)
-    FEATURE_TIMESTEP[0] = args.feature_timestep
     for name in args.experiment:
-        apply_experiment(name)
+        apply_experiment(name, args.feature_timestep)
 
     import pandas as pd
 
@@ -205,6 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
     config = resolve(TrainConfig, "mini", "train", {"checkpointing_steps": 100_000, **overrides},
                      base_model=str(args.data / "model" / "base"), manifest=str(manifest),
                      image_store=str(datasets / "images"), output_dir=str(out / "train"), resolution=64, seed=0)
+    if "image-as-sample" in args.experiment and (config.objective, config.onestep_loss) != ("onestep", "latent"):
+        parser.error("--experiment image-as-sample trains the one-step latent loss: add "
+                     '"objective": "onestep", "onestep_loss": "latent" to --override')
     start = time.monotonic()
     result = train(config)
     seconds = time.monotonic() - start
