@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, required=True, help="the profile folder of a job's data root (<data_root>/mini)")
     parser.add_argument("--name", required=True, help="name of this lever's run (a folder under --out)")
     parser.add_argument("--override", default="{}", help="TrainConfig overrides as JSON, on the mini train preset")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="an assembled base folder to fine-tune (default: the job's, <data>/model/base); e.g. a "
+                             "`pretrain_mini build --out X` folder put through `pretrain_mini.assemble_base`")
     parser.add_argument("--benchmarks", nargs="+", default=list(IN_DOMAIN))
     parser.add_argument("--out", type=Path, default=Path("/tmp/mini-recipe-levers"))
     parser.add_argument("--experiment", choices=EXPERIMENTS, action="append", default=[],
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "absent-categories" in args.experiment:
         manifest = absent_category_manifest(manifest, datasets / "images", out / "fp_manifest_absent.parquet")
     config = resolve(TrainConfig, "mini", "train", {"checkpointing_steps": 100_000, **overrides},
-                     base_model=str(args.data / "model" / "base"), manifest=str(manifest),
+                     base_model=str(args.base or args.data / "model" / "base"), manifest=str(manifest),
                      image_store=str(datasets / "images"), output_dir=str(out / "train"), resolution=64, seed=0)
     if "image-as-sample" in args.experiment and (config.objective, config.onestep_loss) != ("onestep", "latent"):
         parser.error("--experiment image-as-sample trains the one-step latent loss: add "

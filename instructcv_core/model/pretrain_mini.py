@@ -70,9 +70,13 @@ class PretrainConfig:
     unet_lr: float = knob(1e-3, "Peak learning rate of text-to-image training (200 warm-up steps, cosine to 5 %).")
     caption_dropout: float = knob(0.1, "Share of text-to-image samples trained with the empty caption (SD: 10 %).")
     seed: int = knob(0, "Seeds the corpus, the initialisation and every draw of training.")
+    attention_head_dim: int = knob(
+        8, "The UNet's attention heads per block (diffusers' `attention_head_dim`, see TinyModelConfig). 8 heads of "
+        "4 dimensions at the top level make torch's CPU attention kernel half of a training step; 2 heads cost "
+        "about 2/3 of the step time (docs/benchmarks.md).")
 
     def __post_init__(self) -> None:
-        for name in ("corpus_images", "image_size", "autoencoder_batch", "unet_batch"):
+        for name in ("corpus_images", "image_size", "autoencoder_batch", "unet_batch", "attention_head_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("autoencoder_steps", "unet_steps"):
@@ -84,7 +88,8 @@ class PretrainConfig:
     def model(self) -> TinyModelConfig:
         """The tiny model's shape: the mini profile's (MiniLM text encoder, v-prediction, zero terminal SNR)."""
         return TinyModelConfig(image_size=self.image_size, text_encoder="minilm", prediction_type="v_prediction",
-                               zero_terminal_snr=True, seed=self.seed)
+                               zero_terminal_snr=True, seed=self.seed,
+                               attention_head_dim=self.attention_head_dim)
 
 
 # --------------------------------------------------------------------------------------------
