@@ -72,8 +72,8 @@ class PretrainConfig:
     seed: int = knob(0, "Seeds the corpus, the initialisation and every draw of training.")
     attention_head_dim: int = knob(
         8, "The UNet's attention heads per block (diffusers' `attention_head_dim`, see TinyModelConfig). 8 heads of "
-        "4 dimensions at the top level make torch's CPU attention kernel half of a training step; 2 heads cost "
-        "about 2/3 of the step time (docs/benchmarks.md).")
+        "4 dimensions at the top level make torch's CPU attention kernel half of a training step; with 2 heads a "
+        "fine-tune step takes 181 ms instead of 390 ms (benchmarks/unet_layout_cost.py, docs/benchmarks.md).")
 
     def __post_init__(self) -> None:
         for name in ("corpus_images", "image_size", "autoencoder_batch", "unet_batch", "attention_head_dim"):
