@@ -93,7 +93,7 @@ def test_base_model_stamp_of_the_mini_defaults():
     config = resolve(BaseModelConfig, "mini", "base_model", image_size=64, seed=0)
     assert config.tiny() == TinyModelConfig(zero_terminal_snr=True)
     tiny = {"image_size": 64, "vae_block_out_channels": [8, 16, 32], "vae_layers_per_block": 1, "latent_channels": 4,
-            "unet_block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": 8,
+            "unet_block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": 2,
             "text_encoder": "minilm", "prediction_type": "v_prediction", "zero_terminal_snr": True, "seed": 0}
     assert config.pretrained and not config.rebuild
     assert config.stamp("d") == {"tiny": tiny, "pretrained": "d", "rebuild": False}

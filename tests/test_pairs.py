@@ -197,6 +197,38 @@ def test_fp_binary_pets_questions_use_the_official_fixed_colours(built, sources)
         assert "Show purple if the picture has cat, otherwise show orange." in set(fp["instruction"]) or record.species == "dog"
 
 
+def test_fp_binary_pets_questions_with_random_colours_are_rps_questions(built, sources, tmp_path):
+    # fp_binary_colours: random (the mini preset): no fixed-colour questions are built, FP takes the
+    # seeded random-colour ones, and FP and RP hold the same pairs, phrased differently
+    from instructcv_core.construction.manifest import fp_pairs, rp_pairs
+
+    config = dataclasses.replace(CONFIG, fp_binary_colours="random")
+    records, _, _ = sources["pets"]
+    units = [u for u in plan_units(sources) if u.record.dataset == "pets"]
+    result = build_units(units, config, tmp_path / "store", workers=1)
+    frame = pd.DataFrame(result.rows)
+    train_units = [u for u in units if u.role == "train"]
+    train = frame[frame["role"] == "train"]
+    assert len(frame) == sum(expected_pairs(u, config) for u in units)
+    assert "binary_fp" not in set(frame["variant"])
+    for name, select in (("fp", fp_pairs), ("rp", rp_pairs)):
+        assert len(select(train)) == sum(expected_pairs(u, config, name) for u in train_units), name
+    assert sorted(fp_pairs(train)["pair_id"]) == sorted(rp_pairs(train)["pair_id"])
+    fp = attach_fp(train)
+    assert set(fp["variant"]) == {"binary", "breeds"}
+    # the random-colour questions are the same pairs the official build gives RP
+    _, official, _ = built
+    official_rp = pd.DataFrame(official.rows)
+    official_rp = official_rp[(official_rp["dataset"] == "pets") & (official_rp["variant"] == "binary")]
+    binary = train[train["variant"] == "binary"]
+    assert sorted(binary["pair_id"]) == sorted(official_rp[official_rp["role"] == "train"]["pair_id"])
+    assert {(r.color, r.color2) for r in binary.itertuples()} != {("purple", "orange")}
+    for row in fp[fp["variant"] == "binary"].itertuples():
+        assert row.instruction == f"Show {row.color} if the picture has {row.category_text}, otherwise show {row.color2}."
+    with pytest.raises(ValueError, match="fp_binary_colours must be 'official' or 'random'"):
+        BuildConfig(fp_binary_colours="fixed")
+
+
 def test_build_is_deterministic_across_worker_counts(built, tmp_path):
     units, result, _ = built
     again = build_units(units, CONFIG, tmp_path / "store", workers=2)

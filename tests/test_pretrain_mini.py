@@ -75,12 +75,9 @@ def test_zero_terminal_snr_needs_v_prediction():
 def test_the_versioned_base_matches_its_checksums_and_was_made_by_the_documented_command():
     verify_checksums(VERSIONED_BASE)
     record = json.loads((VERSIONED_BASE / RECORD).read_text())
-    # the record predates the `attention_head_dim` knob: every other knob is compared exactly, the heads
-    # through the model section the record was built with
-    defaults = dataclasses.asdict(PretrainConfig())
-    assert record["config"] == {k: v for k, v in defaults.items() if k != "attention_head_dim"}
-    assert record["model"]["attention_head_dim"] == PretrainConfig().attention_head_dim == 8
-    assert record["command"].startswith("python -m instructcv_core.model.pretrain_mini build")
+    assert record["config"] == dataclasses.asdict(PretrainConfig())
+    assert record["model"] == json.loads(json.dumps(dataclasses.asdict(PretrainConfig().model())))
+    assert record["command"] == "python -m instructcv_core.model.pretrain_mini build"
     size = sum(p.stat().st_size for p in VERSIONED_BASE.rglob("*") if p.is_file())
     assert size <= 30 * 2**20
 
@@ -136,13 +133,24 @@ def test_the_pretrain_command_writes_a_checked_folder_and_is_deterministic(tmp_p
 
 
 def test_the_attention_heads_are_a_pretraining_knob_that_reaches_the_unet(tmp_path):
-    assert PretrainConfig(attention_head_dim=2).model().attention_head_dim == 2
+    assert PretrainConfig(attention_head_dim=4).model().attention_head_dim == 4
     with pytest.raises(ValueError, match="attention_head_dim must be >= 1"):
         PretrainConfig(attention_head_dim=0)
     args = ["--corpus-images", "4", "--autoencoder-steps", "1", "--autoencoder-batch", "2", "--unet-steps", "1",
-            "--unet-batch", "2", "--workers", "1", "--attention-head-dim", "2"]
+            "--unet-batch", "2", "--workers", "1", "--attention-head-dim", "4"]
     assert main(["build", "--out", str(tmp_path / "b"), *args]) == 0
-    assert json.loads((tmp_path / "b" / "unet" / "config.json").read_text())["attention_head_dim"] == 2
-    check_shape(tmp_path / "b", PretrainConfig(attention_head_dim=2).model())
+    assert json.loads((tmp_path / "b" / "unet" / "config.json").read_text())["attention_head_dim"] == 4
+    check_shape(tmp_path / "b", PretrainConfig(attention_head_dim=4).model())
     with pytest.raises(BaseModelError, match="attention_head_dim"):
         check_shape(tmp_path / "b", PretrainConfig().model())
+
+
+def test_the_command_line_help_lists_every_knob(capsys):
+    # argparse expands %-formats in help texts: a knob's "5 %" once made --help crash
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build", "--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    for f in dataclasses.fields(PretrainConfig):
+        assert "--" + f.name.replace("_", "-") in shown
+    assert "cosine to 5 %" in shown

@@ -20,6 +20,11 @@ class BuildConfig:
         "help": "Oxford-IIIT Pet classification variants: binary (cat/dog) and/or breeds (37)."})
     classification_negatives: int = field(default=1, metadata={
         "help": "Negative questions per image for the multi-class variants."})
+    fp_binary_colours: str = field(default="official", metadata={
+        "help": "Colours of the FP manifest's binary cat/dog questions: `official` (the official FP builder's "
+                "fixed colour triples, each of which occurs with one species only, so the answer can be read from "
+                "the instruction without the image) or `random` (seeded random colour pairs, the RP builder's "
+                "questions: the FP and RP manifests then differ only in their phrasing)."})
 
     def __post_init__(self) -> None:
         from instructcv_core.tasks.colours import PALETTE
@@ -30,6 +35,8 @@ class BuildConfig:
         unknown = set(self.pets_variants) - {"binary", "breeds"}
         if unknown:
             raise ValueError(f"pets_variants: unknown variant(s) {sorted(unknown)} (known: binary, breeds)")
+        if self.fp_binary_colours not in ("official", "random"):
+            raise ValueError(f"fp_binary_colours must be 'official' or 'random', got {self.fp_binary_colours!r}")
         if self.resolution < 8 or self.box_width < 1 or self.classification_negatives < 0:
             raise ValueError(f"resolution must be >= 8, box_width >= 1 and classification_negatives >= 0 "
                              f"(got {self.resolution}, {self.box_width}, {self.classification_negatives})")

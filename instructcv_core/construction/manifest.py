@@ -87,10 +87,16 @@ def read_pairs(paths: list[Path]) -> pd.DataFrame:
 
 def fp_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
     """The pairs of the FP manifest: all but those only RP takes (Pets' binary questions with random
-    colours; FP has them with the official fixed colours instead)."""
-    from instructcv_core.tasks.classification import RP_ONLY_VARIANTS
+    colours), where FP has them with the official fixed colours instead. Pairs built with
+    ``BuildConfig.fp_binary_colours: random`` have no fixed-colour questions: FP then takes the
+    random-colour ones, as RP."""
+    from instructcv_core.tasks.classification import FP_ONLY_VARIANTS, RP_ONLY_VARIANTS
 
-    return pairs[~pairs["variant"].isin(RP_ONLY_VARIANTS)] if "variant" in pairs else pairs
+    if "variant" not in pairs:
+        return pairs
+    if not pairs["variant"].isin(FP_ONLY_VARIANTS).any():
+        return pairs
+    return pairs[~pairs["variant"].isin(RP_ONLY_VARIANTS)]
 
 
 def rp_pairs(pairs: pd.DataFrame) -> pd.DataFrame:

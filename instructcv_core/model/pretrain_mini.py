@@ -71,9 +71,9 @@ class PretrainConfig:
     caption_dropout: float = knob(0.1, "Share of text-to-image samples trained with the empty caption (SD: 10 %).")
     seed: int = knob(0, "Seeds the corpus, the initialisation and every draw of training.")
     attention_head_dim: int = knob(
-        8, "The UNet's attention heads per block (diffusers' `attention_head_dim`, see TinyModelConfig). 8 heads of "
-        "4 dimensions at the top level make torch's CPU attention kernel half of a training step; with 2 heads a "
-        "fine-tune step takes 181 ms instead of 390 ms (benchmarks/unet_layout_cost.py, docs/benchmarks.md).")
+        2, "The UNet's attention heads per block (diffusers' `attention_head_dim`, see TinyModelConfig). 2, not "
+        "SD's 8: torch's CPU attention kernel costs heads x tokens^2, and a fine-tune step takes 181 ms with 2 "
+        "heads instead of 390 ms with 8 (benchmarks/unet_layout_cost.py, docs/benchmarks.md).")
 
     def __post_init__(self) -> None:
         for name in ("corpus_images", "image_size", "autoencoder_batch", "unet_batch", "attention_head_dim"):
@@ -393,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     embed.add_argument("--out", type=Path, required=True)
     for p in (build, embed):
         for f in dataclasses.fields(PretrainConfig):
-            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default, help=f.metadata["help"])
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                           help=f.metadata["help"].replace("%", "%%"))
     args = parser.parse_args(argv)
     config = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
     if args.command == "embed":

@@ -45,7 +45,9 @@ OFFICIAL_FP_BINARY: dict[str, tuple[tuple[str, str, str, str], ...]] = {
             ("cat", "orange", "red", "red"), ("cat", "orange", "blue", "blue")),
 }
 #: Pair variants only one manifest takes: the binary questions with random colour pairs (RP, the
-#: official ``proc_oxford_pets_binary_ifelse``) and with the fixed official FP colours.
+#: official ``proc_oxford_pets_binary_ifelse``) and with the fixed official FP colours. Where the
+#: fixed-colour questions are not built (``BuildConfig.fp_binary_colours: random``), FP takes the
+#: random-colour ones (`construction.manifest.fp_pairs`).
 RP_ONLY_VARIANTS = frozenset({"binary"})
 FP_ONLY_VARIANTS = frozenset({"binary_fp"})
 
@@ -281,9 +283,10 @@ class ClassificationTask:
     def targets(self, record, root: Path, image, class_names, config) -> list[Target]:
         """Positive and negative colour blocks; every draw is seeded by the image and the question.
 
-        Pets' binary cat/dog questions come twice: with seeded random colour pairs (variant
-        ``binary``, for the RP manifest, as the official RP builder) and with the official FP
-        builder's fixed colours (variant ``binary_fp``, :data:`OFFICIAL_FP_BINARY`, for the FP manifest)."""
+        Pets' binary cat/dog questions come with seeded random colour pairs (variant ``binary``, for
+        the RP manifest, as the official RP builder) and, with ``fp_binary_colours: official``, once more
+        with the official FP builder's fixed colours (variant ``binary_fp``, :data:`OFFICIAL_FP_BINARY`,
+        for the FP manifest; with ``random`` the FP manifest takes the ``binary`` questions too)."""
         size = (image.shape[1], image.shape[0])
         questions: list[tuple[str, str, bool]] = []  # (variant, class named, is it the image's class)
         if record.species is not None:
@@ -301,7 +304,7 @@ class ClassificationTask:
             color, color2 = draw_colour_pair(rng)
             block = encode_classification(PALETTE[color if positive else color2], size)
             targets.append(Target(block, name, prompt_name(record.dataset, name), variant, positive, color, color2))
-        if record.species is not None and "binary" in config.pets_variants:
+        if record.species is not None and "binary" in config.pets_variants and config.fp_binary_colours == "official":
             for name, color, color2, shown in OFFICIAL_FP_BINARY[record.species]:
                 targets.append(Target(encode_classification(shown, size), name, prompt_name(record.dataset, name),
                                       "binary_fp", name == record.species, color, color2, tag=f"{color}/{color2}"))
@@ -310,15 +313,17 @@ class ClassificationTask:
     def expected_pairs(self, record, class_names, config) -> int:
         negatives = min(config.classification_negatives, max(0, len(class_names) - 1))
         if record.species is not None:
-            binary = 2 + len(OFFICIAL_FP_BINARY[record.species])  # RP's two questions, FP's fixed ones
+            # RP's two questions, and FP's fixed ones where FP does not share RP's
+            binary = 2 + len(OFFICIAL_FP_BINARY[record.species]) * (config.fp_binary_colours == "official")
             return binary * ("binary" in config.pets_variants) + (1 + negatives) * ("breeds" in config.pets_variants)
         return 1 + negatives
 
     def manifest_pairs(self, record, class_names, config, manifest: str) -> int:
         """:meth:`expected_pairs` of one training manifest: less the binary questions only the other one
-        takes (FP: the random-colour pairs, RP: the fixed official FP colours)."""
+        takes (FP: the random-colour pairs, RP: the fixed official FP colours; with ``fp_binary_colours:
+        random`` both take the random-colour pairs)."""
         total = self.expected_pairs(record, class_names, config)
-        if record.species is None or "binary" not in config.pets_variants:
+        if record.species is None or "binary" not in config.pets_variants or config.fp_binary_colours == "random":
             return total
         return total - (2 if manifest == "fp" else len(OFFICIAL_FP_BINARY[record.species]))
 
