@@ -32,8 +32,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # optimiser steps fitting its autoencoder on mini-benchmark images.
         "base_model": {"text_encoder": "minilm", "prediction_type": "v_prediction", "zero_terminal_snr": True, "fit_steps": 600, "fit_images": 4000},
         # A fixed step count (never wall clock): the same config and seed give the same checkpoint.
-        # Fine-tuning the pretrained mini base at its pretraining peak rate (not above it).
-        "train": {"max_steps": 360, "train_batch_size": 32, "learning_rate": 1e-3, "lr_scheduler": "cosine",
+        # Fine-tuning the pretrained mini base at its pretraining peak rate (not above it). 1,080 steps:
+        # samples, not updates, move the category swaps (docs/benchmarks.md, "Levers measured after the
+        # pretrained base"); on the 2-head base they cost ~4 minutes on 2 cores.
+        "train": {"max_steps": 1080, "train_batch_size": 32, "learning_rate": 1e-3, "lr_scheduler": "cosine",
                   # the mini sampler takes one step from pure noise at t = 999; on the zero-terminal-SNR
                   # schedule that step regresses the target from the image and the instruction alone,
                   # and the fine-tune trains exactly that step

@@ -13,7 +13,7 @@ from pipelines.config import run_config_class, run_config_overrides
 
 FIXED = {"base_model": "b", "manifest": "m.parquet", "image_store": "i", "output_dir": "o"}
 #: The mini recipe (docs/benchmarks.md, "The mini recipe": each value's measured effect).
-MINI_TRAIN = {"max_steps": 360, "train_batch_size": 32, "learning_rate": 1e-3, "lr_scheduler": "cosine",
+MINI_TRAIN = {"max_steps": 1080, "train_batch_size": 32, "learning_rate": 1e-3, "lr_scheduler": "cosine",
               "train_timesteps": (999, 1000),
               "checkpointing_steps": 12, "mixed_precision": "no", "gradient_checkpointing": False, "cache_latents": True}
 MINI_BASE = {"text_encoder": "minilm", "prediction_type": "v_prediction", "zero_terminal_snr": True, "fit_steps": 600,
