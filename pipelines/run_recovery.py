@@ -34,6 +34,10 @@ from dagster._core.executor.base import Executor
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 HOST_TAG = "instructcv/host"
+#: The instance-wide pool of the GPU-bound steps (training, evaluation, the speed-quality curve).
+GPU_POOL = "gpu"
+UNLIMITED_POOL_FIX = ("use the project's dagster_home/dagster.yaml (`concurrency: pools: default_limit: 1`) as "
+                      "the instance's dagster.yaml, or run `dagster instance concurrency set gpu 1`")
 # Statuses in which a run has a process working on it (QUEUED and NOT_STARTED runs have none yet).
 RUNNING_STATUSES = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 # A process created more than this long after its pid was logged is not the logged one.
@@ -176,11 +180,33 @@ def release_stale_runs(instance: dg.DagsterInstance, exclude: Sequence[str] = ()
     return stale
 
 
+def gpu_pool_limit(instance: dg.DagsterInstance) -> int | None:
+    """How many steps of the ``gpu`` pool the instance runs at once: the pool's own limit where one is
+    set (`dagster instance concurrency set gpu N`), else the instance's ``concurrency: pools:
+    default_limit``; None: no limit."""
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits and GPU_POOL in storage.get_concurrency_keys():
+        return storage.get_concurrency_info(GPU_POOL).slot_count
+    return instance.get_concurrency_config().pool_config.default_pool_limit
+
+
+def unlimited_gpu_pool_warning(instance: dg.DagsterInstance) -> str | None:
+    """A warning when the instance sets no limit on the ``gpu`` pool (an instance folder without the
+    project's dagster.yaml): training and evaluation steps then run at once and share the machine."""
+    if gpu_pool_limit(instance) is not None:
+        return None
+    return (f"the Dagster instance sets no limit on the `{GPU_POOL}` pool: training and evaluation steps will run at "
+            f"once and share the accelerator or the CPU cores (measured on 2 cores: a mini training step ~13x slower "
+            f"with three such steps at once; results are unchanged, time is not). To run them one at a time, "
+            f"{UNLIMITED_POOL_FIX}.")
+
+
 class _RecoveringExecutor(Executor):
     """The configured executor, after releasing stale runs so that none can hold a slot this run needs.
 
     Before that, the run's config is checked as its steps will use it (`pipelines.run_config_check`):
-    a value a step would refuse fails the run here, before any step runs.
+    a value a step would refuse fails the run here, before any step runs. An instance without a limit
+    on the ``gpu`` pool gets a warning in the run log (:func:`unlimited_gpu_pool_warning`).
     """
 
     def __init__(self, inner: Executor):
@@ -203,6 +229,9 @@ class _RecoveringExecutor(Executor):
                                   warn=plan_context.log.warning)
         plan_context.instance.add_run_tags(run.run_id, {HOST_TAG: socket.gethostname()})
         release_stale_runs(plan_context.instance, exclude=[run.run_id], warn=plan_context.log.warning)
+        warning = unlimited_gpu_pool_warning(plan_context.instance)
+        if warning is not None:
+            plan_context.log.warning(warning)
         yield from self._inner.execute(plan_context, execution_plan)
 
 

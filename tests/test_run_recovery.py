@@ -261,3 +261,30 @@ def test_embedded_job_survives_ctrl_c_and_kill_9_during_training_and_resumes_exa
     read = lambda folder: [json.loads(line) for line in (folder / "losses.jsonl").read_text().splitlines()]  # noqa: E731
     assert read(resumed) == read(reference) and len(read(reference)) == 14
     assert _digest(resumed / "pipeline") == _digest(reference / "pipeline")
+
+
+def test_an_instance_without_a_gpu_pool_limit_is_named_by_the_run_and_the_doctor(tmp_path, monkeypatch):
+    # Without the project's dagster.yaml an instance runs every gpu-pool step at once (FP and RP training
+    # and the untrained evaluation together on 2 cores): the run log warns, `instructcv doctor` says so.
+    from instructcv_core.cli import cli
+    from pipelines.run_recovery import gpu_pool_limit, unlimited_gpu_pool_warning
+
+    project = dg.DagsterInstance.get()  # conftest: a DAGSTER_HOME holding the project's dagster.yaml
+    assert gpu_pool_limit(project) == 1 and unlimited_gpu_pool_warning(project) is None
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    args = ["doctor", "--profile", "mini", "--data-root", str(tmp_path / "data")]
+    monkeypatch.setenv("DAGSTER_HOME", str(bare))
+    before = CliRunner().invoke(cli, args)  # no storage yet: read from dagster.yaml, nothing created
+    row = next(line for line in before.output.splitlines() if line.startswith("dagster gpu pool"))
+    assert "missing" in row and "sets no limit on the gpu pool" in row, before.output
+    assert before.exit_code == 1 and not (bare / "storage").exists()
+    with dg.DagsterInstance.from_config(str(bare)) as instance:
+        assert gpu_pool_limit(instance) is None
+        assert "sets no limit on the `gpu` pool" in unlimited_gpu_pool_warning(instance)
+        instance.event_log_storage.set_concurrency_slots("gpu", 2)  # `dagster instance concurrency set gpu 2`
+        assert gpu_pool_limit(instance) == 2 and unlimited_gpu_pool_warning(instance) is None
+    after = CliRunner().invoke(cli, args)
+    row = next(line for line in after.output.splitlines() if line.startswith("dagster gpu pool"))
+    assert "ok" in row and "2 step(s) at a time" in row, after.output

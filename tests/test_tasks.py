@@ -349,7 +349,8 @@ def test_build_config_takes_the_preset_the_run_config_and_the_settings():
     from pipelines.resources import InstructCVSettings
 
     settings = InstructCVSettings(profile="mini", seed=5)
-    assert build_config(DatasetBuildConfig(), settings) == BuildConfig(resolution=64, seed=5, box_width=12)  # mini preset
+    assert build_config(DatasetBuildConfig(), settings) == BuildConfig(resolution=64, seed=5, box_width=12,
+                                                                       fp_binary_colours="random")  # mini preset
     chosen = build_config(DatasetBuildConfig(box_colour="red", pets_variants=["binary"], workers=1), settings)
     assert (chosen.box_colour, chosen.pets_variants, chosen.box_width) == ("red", ("binary",), 12)
     with pytest.raises(ValueError, match="box_colour"):

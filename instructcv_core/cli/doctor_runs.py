@@ -22,15 +22,30 @@ def instance_checks(release: bool) -> list:
     """One check per run in progress or holding pool slots, one for the pools; ``release`` frees stale runs."""
     from instructcv_core.cli.doctor import Check
 
-    home = dagster_home()
-    if not (home / "storage").is_dir() and not (home / "history").is_dir():
-        return [Check("dagster runs", "info", f"no runs recorded in {home} yet")]
     import dagster as dg
 
-    from pipelines.run_recovery import inspect_runs, release as release_run
+    from pipelines.run_recovery import UNLIMITED_POOL_FIX, gpu_pool_limit, inspect_runs, release as release_run
+
+    home = dagster_home()
+
+    def pool_check(limit):
+        if limit is None:
+            return Check("dagster gpu pool", "missing", f"{home} sets no limit on the gpu pool: training and "
+                         "evaluation steps would run at once and share the machine", UNLIMITED_POOL_FIX)
+        return Check("dagster gpu pool", "ok", f"{limit} step(s) at a time")
+
+    if not (home / "storage").is_dir() and not (home / "history").is_dir():
+        # no instance storage yet (and none created here): the limit the instance's dagster.yaml will set
+        import yaml
+
+        config_file = home / "dagster.yaml"
+        config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.exists() else {}
+        limit = ((config.get("concurrency") or {}).get("pools") or {}).get("default_limit")
+        return [pool_check(limit), Check("dagster runs", "info", f"no runs recorded in {home} yet")]
 
     checks = []
     with dg.DagsterInstance.from_config(str(home)) as instance:
+        checks.append(pool_check(gpu_pool_limit(instance)))
         states = inspect_runs(instance)
         for state in states:
             item = f"dagster run {state.run_id[:8]}"
