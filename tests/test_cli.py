@@ -277,7 +277,8 @@ def test_doctor_with_everything_present(pipeline_dir, tmp_path):
     table = rows(result.output)
     assert {k: v[0] for k, v in table.items()} == {
         **{f"dataset {n}": "ok" for n in DATASETS}, "base model": "ok", "paraphraser": table["paraphraser"][0],
-        "GPU": table["GPU"][0], "disk space": "ok", "python packages": "ok", "dagster runs": "info"}  # a fresh instance
+        "GPU": table["GPU"][0], "disk space": "ok", "python packages": "ok", "dagster runs": "info",
+        "dagster gpu pool": "ok"}  # a fresh instance with the project's dagster.yaml
     assert table["dataset pets"][1].startswith("images.tar.gz present (size ok); annotations.tar.gz present (size ok)")
     assert table["dataset coco"][1] == f"extracted copy at {tmp_path / 'extracted' / 'coco'}"
     assert "pets extraction 0.8 GB" in table["disk space"][1]
