@@ -203,7 +203,6 @@ def test_fp_binary_pets_questions_with_random_colours_are_rps_questions(built, s
     from instructcv_core.construction.manifest import fp_pairs, rp_pairs
 
     config = dataclasses.replace(CONFIG, fp_binary_colours="random")
-    records, _, _ = sources["pets"]
     units = [u for u in plan_units(sources) if u.record.dataset == "pets"]
     result = build_units(units, config, tmp_path / "store", workers=1)
     frame = pd.DataFrame(result.rows)
@@ -221,8 +220,9 @@ def test_fp_binary_pets_questions_with_random_colours_are_rps_questions(built, s
     official_rp = pd.DataFrame(official.rows)
     official_rp = official_rp[(official_rp["dataset"] == "pets") & (official_rp["variant"] == "binary")]
     binary = train[train["variant"] == "binary"]
-    assert sorted(binary["pair_id"]) == sorted(official_rp[official_rp["role"] == "train"]["pair_id"])
-    assert {(r.color, r.color2) for r in binary.itertuples()} != {("purple", "orange")}
+    official_rp = official_rp[official_rp["role"] == "train"]
+    assert sorted(zip(binary["pair_id"], binary["color"], binary["color2"], binary["target_digest"])) == \
+        sorted(zip(official_rp["pair_id"], official_rp["color"], official_rp["color2"], official_rp["target_digest"]))
     for row in fp[fp["variant"] == "binary"].itertuples():
         assert row.instruction == f"Show {row.color} if the picture has {row.category_text}, otherwise show {row.color2}."
     with pytest.raises(ValueError, match="fp_binary_colours must be 'official' or 'random'"):
