@@ -164,17 +164,17 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipelin
     datasets = tmp_path / "data" / "mini" / "datasets"
     fp = pd.read_parquet(datasets / "fp_manifest.parquet")
     rp = pd.read_parquet(datasets / "rp_manifest.parquet")
-    # the same pairs, except Pets' binary questions: RP with random colour pairs, FP with the official
-    # FP builder's fixed colours (5 questions per cat image, 4 per dog image)
-    shared_fp, shared_rp = fp[fp["variant"] != "binary_fp"], rp[rp["variant"] != "binary"]
+    # the same pairs: the mini preset asks FP's binary Pets questions with RP's random colour pairs
+    # (`fp_binary_colours: random`; the official fixed colours are answerable from the text)
+    shared_fp, shared_rp = fp, rp
     assert shared_fp["pair_id"].tolist() == shared_rp["pair_id"].tolist()
     assert set(fp["task"]) == {"segmentation", "detection", "depth", "classification"}
     assert set(fp["prompt_source"]) == {"fp"} and set(rp["prompt_source"]) == {"bundled"}
     assert (shared_fp["instruction"].to_numpy() != shared_rp["instruction"].to_numpy()).mean() > 0.9
     assert len(fp[fp["task"] == "depth"]) == 4 + 4  # NYUv2 train + BTS sync
     assert len(rp[rp["task"] == "classification"]) == 6 * 4  # binary cat/dog + breed positive/negative
-    fixed = fp[fp["variant"] == "binary_fp"].groupby("image_id").size()
-    assert len(fixed) == 6 and set(fixed) <= {4, 5} and len(fp[fp["variant"] == "breeds"]) == 6 * 2
+    assert "binary_fp" not in set(fp["variant"]) and len(fp[fp["variant"] == "binary"]) == 6 * 2
+    assert len(fp[fp["variant"] == "breeds"]) == 6 * 2
     for benchmark in ("nyuv2", "ade20k", "coco", "pets", "sunrgbd", "voc_seg", "voc_det", "imagenet_sub", "fss1000"):
         test = pd.read_parquet(datasets / "test" / f"{benchmark}.parquet")
         assert len(test) > 0 and set(test["role"]) == {"test"}, benchmark
