@@ -31,6 +31,7 @@ from instructcv_core.inference.config import SamplerConfig
 from instructcv_core.model.released import RELEASED_MODEL
 from pipelines.config import run_config_class, run_config_overrides
 from pipelines.resources import InstructCVSettings, MlflowTracking
+from pipelines.run_recovery import GPU_POOL
 
 
 # The knobs are declared once, on the library's configs (`SamplerConfig`, `EvalConfig`); the profiles'
@@ -155,7 +156,7 @@ def eval_assets(variant: str) -> dg.AssetsDefinition:
                             "to that category on >= 90 % of seeded pairs, and switching the task word switches the "
                             "output kind (mask, boxes, depth, colour block) on >= 90 % of outputs. " + severity))
 
-    @dg.multi_asset(name=f"evaluate_{variant}", specs=specs, check_specs=checks, can_subset=True, pool="gpu")
+    @dg.multi_asset(name=f"evaluate_{variant}", specs=specs, check_specs=checks, can_subset=True, pool=GPU_POOL)
     def _evaluate(context: dg.AssetExecutionContext, config: EvalAssetConfig, settings: InstructCVSettings,
                   mlflow_tracking: MlflowTracking):
         import mlflow

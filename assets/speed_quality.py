@@ -17,6 +17,7 @@ from assets.evaluate import EvalAssetConfig, eval_config, load_model
 from instructcv_core.evaluation.speed_quality import SpeedQualityConfig
 from pipelines.config import run_config_class, run_config_overrides
 from pipelines.resources import InstructCVSettings, MlflowTracking
+from pipelines.run_recovery import GPU_POOL
 
 SpeedQualityAssetConfig = run_config_class(
     SpeedQualityConfig, "SpeedQualityAssetConfig",
@@ -38,7 +39,7 @@ CHECKPOINT_ASSETS = ("instructcv_fp_checkpoint", "instructcv_rp_checkpoint", "in
 @dg.asset(
     group_name="eval",
     deps=[*CHECKPOINT_ASSETS, test_manifests],
-    pool="gpu",
+    pool=GPU_POOL,
     kinds={"pytorch", "parquet", "mlflow"},
     description="The speed-quality curve: each checkpoint x sampler preset (paper: 100 Euler-ancestral steps with "
     "3-way guidance; few: a few trailing DDIM steps; one: a single deterministic step) and the guidance sweep of "

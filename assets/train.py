@@ -26,6 +26,7 @@ from instructcv_core.presets import resolve
 from instructcv_core.training.config import TrainConfig
 from pipelines.config import run_config_class, run_config_overrides
 from pipelines.resources import InstructCVSettings, MlflowTracking
+from pipelines.run_recovery import GPU_POOL
 
 
 class TrainDeployment(dg.Config):
@@ -120,7 +121,7 @@ def checkpoint_asset(variant: str, manifest_asset: dg.AssetsDefinition, *, manif
         name=f"instructcv_{variant}_checkpoint",
         group_name="train",
         deps=[manifest_asset, start_from or base_model],
-        pool="gpu",
+        pool=GPU_POOL,
         kinds={"pytorch", "accelerate", "mlflow"},
         description=description,
     )

@@ -34,7 +34,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # A fixed step count (never wall clock): the same config and seed give the same checkpoint.
         # Fine-tuning the pretrained mini base at its pretraining peak rate (not above it). 1,080 steps:
         # samples, not updates, move the category swaps (docs/benchmarks.md, "Levers measured after the
-        # pretrained base"); on the 2-head base they cost ~4 minutes on 2 cores.
+        # pretrained base"); on the 2-head base they cost about 4.5 minutes on 2 cores (docs/benchmarks.md,
+        # "Time split of the mini job").
         "train": {"max_steps": 1080, "train_batch_size": 32, "learning_rate": 1e-3, "lr_scheduler": "cosine",
                   # the mini sampler takes one step from pure noise at t = 999; on the zero-terminal-SNR
                   # schedule that step regresses the target from the image and the instruction alone,
@@ -56,9 +57,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # Box outlines 12 px wide at the original resolution (~170 px mini images): ~4.5 px at 64 px,
         # where the official 4 px (1.5 px) do not survive the tiny autoencoder (round-trip outline IoU 0).
         # The binary cat/dog questions of FP with seeded random colours, as RP's: the official fixed
-        # colour triples each occur with one species only, so the mini fine-tune learned to read the answer
-        # from the instruction and never looked at the pet (Pets at chance at every length measured;
-        # docs/benchmarks.md). FP and RP then differ only in their phrasing.
+        # colour triples each occur with one species only, so their answer can be read from the
+        # instruction without the image. FP and RP then differ only in their phrasing. (Measured: Pets
+        # swaps 10 -> 16 of 20 at 1,080 steps, binary accuracy still at chance; docs/benchmarks.md.)
         "build": {"box_width": 12, "fp_binary_colours": "random"},
         # The `one` sampler preset: one deterministic, unguided denoising step from pure noise (DDIM,
         # trailing spacing: t = 999), i.e.

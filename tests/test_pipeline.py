@@ -166,11 +166,10 @@ def test_full_reproduction_materialises_the_raw_stage_and_logs_to_mlflow(pipelin
     rp = pd.read_parquet(datasets / "rp_manifest.parquet")
     # the same pairs: the mini preset asks FP's binary Pets questions with RP's random colour pairs
     # (`fp_binary_colours: random`; the official fixed colours are answerable from the text)
-    shared_fp, shared_rp = fp, rp
-    assert shared_fp["pair_id"].tolist() == shared_rp["pair_id"].tolist()
+    assert fp["pair_id"].tolist() == rp["pair_id"].tolist()
     assert set(fp["task"]) == {"segmentation", "detection", "depth", "classification"}
     assert set(fp["prompt_source"]) == {"fp"} and set(rp["prompt_source"]) == {"bundled"}
-    assert (shared_fp["instruction"].to_numpy() != shared_rp["instruction"].to_numpy()).mean() > 0.9
+    assert (fp["instruction"].to_numpy() != rp["instruction"].to_numpy()).mean() > 0.9
     assert len(fp[fp["task"] == "depth"]) == 4 + 4  # NYUv2 train + BTS sync
     assert len(rp[rp["task"] == "classification"]) == 6 * 4  # binary cat/dog + breed positive/negative
     assert "binary_fp" not in set(fp["variant"]) and len(fp[fp["variant"] == "binary"]) == 6 * 2

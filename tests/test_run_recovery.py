@@ -270,6 +270,7 @@ def test_an_instance_without_a_gpu_pool_limit_is_named_by_the_run_and_the_doctor
     from pipelines.run_recovery import gpu_pool_limit, unlimited_gpu_pool_warning
 
     project = dg.DagsterInstance.get()  # conftest: a DAGSTER_HOME holding the project's dagster.yaml
+    project_home = Path(os.environ["DAGSTER_HOME"])
     assert gpu_pool_limit(project) == 1 and unlimited_gpu_pool_warning(project) is None
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -288,3 +289,18 @@ def test_an_instance_without_a_gpu_pool_limit_is_named_by_the_run_and_the_doctor
     after = CliRunner().invoke(cli, args)
     row = next(line for line in after.output.splitlines() if line.startswith("dagster gpu pool"))
     assert "ok" in row and "2 step(s) at a time" in row, after.output
+
+    # the run itself: the project's executor warns before the first step on an unlimited instance only
+    def run_log(home: Path) -> str:
+        proc = subprocess.run(JOB, cwd=PROJECT_ROOT, env={**_env(tmp_path / f"marks-{home.name}", prepare=0, train=0),
+                                                           "DAGSTER_HOME": str(home)},
+                              capture_output=True, text=True, timeout=300)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "RUN_SUCCESS" in out, out[-3000:]
+        return out
+
+    unlimited = tmp_path / "unlimited"
+    unlimited.mkdir()
+    (unlimited / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    assert "sets no limit on the `gpu` pool" in run_log(unlimited)
+    assert "sets no limit" not in run_log(project_home)
