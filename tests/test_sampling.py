@@ -81,11 +81,22 @@ def test_images_and_instructions_are_encoded_once(pipeline_dir, images):
     s._encode_texts = lambda texts: (encoded_texts.append(list(texts)), encode_texts(texts))[1]
     s.unet.forward = lambda x, *a, **k: (unet_batches.append(x.shape[0]), unet_forward(x, *a, **k))[1]
     generate(s, REQUESTS, images)
-    assert encoded_images == [3]  # three distinct images in one VAE call
-    assert encoded_texts == [["segment the cat", "segment the dog", "estimate the depth", "detect the dog"]]
+    assert encoded_images == [1, 1, 1]  # three distinct images, each encoded alone
+    assert encoded_texts == [["segment the cat"], ["segment the dog"], ["estimate the depth"], ["detect the dog"]]
     assert unet_batches == [15, 15, 15]  # 5 items x 3 guidance branches, one call per step
     generate(s, REQUESTS[:2], images)  # cached: nothing re-encoded
-    assert encoded_images == [3] and len(encoded_texts) == 1
+    assert encoded_images == [1, 1, 1] and len(encoded_texts) == 4
+
+
+def test_encodings_do_not_depend_on_what_else_missed_the_cache(pipeline_dir, images):
+    """A resumed or sharded evaluation starts with an empty cache: an image's latent and an instruction's
+    embedding must be bit-identical to an uninterrupted run's, whichever others were encoded with them."""
+    first, fresh = sampler(pipeline_dir), sampler(pipeline_dir)
+    together = first.image_latents(["img0", "img1", "img2"], images)
+    texts = first.text_embeddings(["segment the cat", "segment the dog", "detect the dog"])
+    assert torch.equal(fresh.image_latents(["img2"], images), together[[2]])  # one miss vs three (measured to
+    assert torch.equal(fresh.image_latents(["img1", "img0"], images), together[[1, 0]])  # differ when batched)
+    assert torch.equal(fresh.text_embeddings(["detect the dog"]), texts[[2]])
 
 
 def test_no_guidance_runs_one_branch(pipeline_dir, images):

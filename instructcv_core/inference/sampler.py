@@ -108,10 +108,9 @@ class InstructCVSampler:
         return encode_prompt(self.tokenizer, self.text_encoder, list(texts)).to(self.dtype)
 
     def text_embeddings(self, instructions: Sequence[str], keep: int = 4096) -> torch.Tensor:
-        missing = list(dict.fromkeys(t for t in instructions if t not in self._text_cache))
-        if missing:
-            for text, emb in zip(missing, self._encode_texts(missing)):
-                self._text_cache[text] = emb
+        """The instructions' embeddings; each text encoded once, alone (see :meth:`image_latents`)."""
+        for text in dict.fromkeys(t for t in instructions if t not in self._text_cache):
+            self._text_cache[text] = self._encode_texts([text])[0]
         for text in instructions:
             self._text_cache.move_to_end(text)
         out = torch.stack([self._text_cache[t] for t in instructions])
@@ -121,12 +120,17 @@ class InstructCVSampler:
 
     @torch.no_grad()
     def image_latents(self, keys: Sequence[str], images: Mapping[str, np.ndarray], keep: int = 256) -> torch.Tensor:
-        """Posterior-mode latents (unscaled) of the images named by ``keys``; each image encoded once."""
-        missing = list(dict.fromkeys(k for k in keys if k not in self._image_cache))
-        if missing:
-            batch = images_to_tensor([self._square(images[k]) for k in missing]).to(self.device, self.dtype)
-            for key, latent in zip(missing, self.vae.encode(batch).latent_dist.mode()):
-                self._image_cache[key] = latent
+        """Posterior-mode latents (unscaled) of the images named by ``keys``; each image encoded once, alone.
+
+        Alone, because a batched convolution's rows differ from the same rows computed in another batch
+        in the last bits: an image's latent would then depend on which other images happened to miss the
+        cache with it, and a resumed or sharded evaluation (which starts with an empty cache) would not
+        reproduce an uninterrupted one bit for bit. Each image is encoded once per evaluation, so the
+        cost is small beside the UNet's steps.
+        """
+        for key in dict.fromkeys(k for k in keys if k not in self._image_cache):
+            pixels = images_to_tensor([self._square(images[key])]).to(self.device, self.dtype)
+            self._image_cache[key] = self.vae.encode(pixels).latent_dist.mode()[0]
         for key in keys:
             self._image_cache.move_to_end(key)
         out = torch.stack([self._image_cache[k] for k in keys])
