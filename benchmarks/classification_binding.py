@@ -23,7 +23,9 @@ nearer the right colour than the wrong one, on its training questions and on the
 
 ``--text-only`` prints only how much the frozen text encoder's states separate a colour word's slot
 from its identity: the cosine of "red" in the first slot with "red" in the second slot of the swapped
-sentence, and of "red" and "green" in the same slot, at every hidden layer.
+sentence, and of "red" and "green" in the same slot, at every hidden layer, as the pipelines run it
+(bidirectional) and with a causal attention mask (each token sees only those before it, as in the
+CLIP text encoder of Stable Diffusion).
 """
 
 from __future__ import annotations
@@ -113,13 +115,17 @@ def text_slots() -> list[dict]:
                        return_tensors="pt")
     words = tokenizer.convert_ids_to_tokens(tokens.input_ids[0])
     first, second = words.index(PAIR[0]), words.index(PAIR[1])
-    with torch.no_grad():
-        hidden = text_encoder(tokens.input_ids, output_hidden_states=True).hidden_states
+    length = tokens.input_ids.shape[1]
+    causal = torch.tril(torch.ones(length, length, dtype=torch.bool))[None, None].expand(2, 1, length, length)
     rows = []
-    for layer, states in enumerate(hidden):
-        s = torch.nn.functional.normalize(states, dim=-1)
-        rows.append({"layer": layer, "same_word_other_slot": round(float(s[0, first] @ s[1, second]), 3),
-                     "same_slot_other_word": round(float(s[0, first] @ s[1, first]), 3)})
+    for attention, mask in (("bidirectional", None), ("causal", causal)):
+        with torch.no_grad():
+            hidden = text_encoder(tokens.input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        for layer, states in enumerate(hidden):
+            s = torch.nn.functional.normalize(states, dim=-1)
+            rows.append({"attention": attention, "layer": layer,
+                         "same_word_other_slot": round(float(s[0, first] @ s[1, second]), 3),
+                         "same_slot_other_word": round(float(s[0, first] @ s[1, first]), 3)})
     return rows
 
 
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary: dict = {"text_slots": text_slots()}
     for row in summary["text_slots"]:
-        print(f"MiniLM layer {row['layer']}: 'red' first slot vs second slot {row['same_word_other_slot']:.3f}; "
+        print(f"MiniLM ({row['attention']}) layer {row['layer']}: 'red' first slot vs second slot {row['same_word_other_slot']:.3f}; "
               f"'red' vs 'green' in the first slot {row['same_slot_other_word']:.3f}", flush=True)
     if args.text_only:
         return summary
