@@ -21,6 +21,11 @@ nearer the right colour than the wrong one, on its training questions and on the
 * ``cat-redrawn-x4``: each question four times, with four fresh random colour pairs (the answer of a
   training question can no longer be memorised from its colour pair).
 
+Two text-side experiments (not project knobs): ``--causal-text`` fine-tunes a copy of the base whose
+MiniLM has ``is_decoder: true`` (a causal attention mask, in training and sampling alike: the copy's
+pipeline carries it); ``--position-code A`` adds a fixed sinusoidal position code of norm ``A`` to every
+token state, in training and sampling (MiniLM's token states have norms of about 5-12).
+
 ``--text-only`` prints only how much the frozen text encoder's states separate a colour word's slot
 from its identity: the cosine of "red" in the first slot with "red" in the second slot of the swapped
 sentence, and of "red" and "green" in the same slot, at every hidden layer, as the pipelines run it
@@ -129,15 +134,55 @@ def text_slots() -> list[dict]:
     return rows
 
 
+def causal_copy(base: Path, out: Path) -> Path:
+    """A copy of the base folder whose text encoder runs with a causal attention mask."""
+    import shutil
+
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(base, out)
+    config_path = out / "text_encoder" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["is_decoder"] = True
+    config_path.write_text(json.dumps(config, indent=2))
+    return out
+
+
+def add_position_code(norm: float) -> None:
+    """Every prompt's token states plus a sinusoidal position code of norm ``norm`` (training and sampler)."""
+    import torch
+
+    from instructcv_core.inference import sampler
+    from instructcv_core.model import prompts
+
+    encode = prompts.encode_prompt
+
+    def encode_with_positions(tokenizer, text_encoder, texts):
+        states = encode(tokenizer, text_encoder, texts)
+        length, width = states.shape[1:]
+        angles = torch.arange(length)[:, None] / 10000 ** (torch.arange(0, width, 2) / width)
+        code = torch.zeros(length, width)
+        code[:, 0::2], code[:, 1::2] = torch.sin(angles), torch.cos(angles)
+        code = code / code.norm(dim=-1, keepdim=True) * norm
+        return states + code.to(states.device, states.dtype)
+
+    prompts.encode_prompt = sampler.encode_prompt = encode_with_positions
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, help="the profile folder of a job's data root (<data_root>/mini)")
     parser.add_argument("--base", type=Path, default=None, help="the base to fine-tune (default <data>/model/base)")
     parser.add_argument("--steps", type=int, default=300, help="fine-tuning steps of every variant (fixed)")
+    parser.add_argument("--override", default="{}", help="other TrainConfig overrides as JSON, on the mini train preset")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=Path("/tmp/classification-binding"))
     parser.add_argument("--text-only", action="store_true", help="only the text encoder's slot cosines")
+    parser.add_argument("--causal-text", action="store_true", help="fine-tune a copy of the base with a causal MiniLM")
+    parser.add_argument("--position-code", type=float, default=0.0, help="norm of a position code added to token states")
     args = parser.parse_args(argv)
+    if args.position_code:
+        add_position_code(args.position_code)
 
     summary: dict = {"text_slots": text_slots()}
     for row in summary["text_slots"]:
@@ -164,14 +209,18 @@ def main(argv: list[str] | None = None) -> dict:
     test = pd.read_parquet(datasets / "test" / "pets.parquet")
     images = LazyImages(ImageStore(datasets / "images"))
     sampler_config = resolve(SamplerConfig, "mini", "sampler", {"resolution": 64})
-    summary["steps"], summary["variants"] = args.steps, {}
+    base = args.base or args.data / "model" / "base"
+    if args.causal_text:
+        base = causal_copy(base, args.out / "causal_base")
+    summary.update(steps=args.steps, override=json.loads(args.override), causal_text=args.causal_text,
+                   position_code=args.position_code, variants={})
     for name in args.variants:
         out = args.out / name
         out.mkdir(parents=True, exist_ok=True)
         train_rows, test_rows = variant_frames(name, manifest, test)
         train_rows.to_parquet(out / "manifest.parquet")
-        config = resolve(TrainConfig, "mini", "train", {"max_steps": args.steps, "checkpointing_steps": 100_000},
-                         base_model=str(args.base or args.data / "model" / "base"), manifest=str(out / "manifest.parquet"),
+        config = resolve(TrainConfig, "mini", "train", {"checkpointing_steps": 100_000, **json.loads(args.override), "max_steps": args.steps},
+                         base_model=str(base), manifest=str(out / "manifest.parquet"),
                          image_store=str(datasets / "images"), output_dir=str(out / "train"), resolution=64, seed=0)
         result = train(config)
         sampler = InstructCVSampler.from_pretrained(result.pipeline_dir, sampler_config)

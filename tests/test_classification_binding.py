@@ -54,3 +54,34 @@ def test_each_variant_asks_about_cat_and_targets_the_answers_colour(binding, nam
 def test_all_classification_keeps_every_classification_pair(binding):
     train, test = binding.variant_frames("all-classification", _rows(12, "t"), _rows(6, "e"))
     assert len(train) == 36 and len(test) == 18 and set(train["task"]) == {"classification"}
+
+
+def test_the_position_code_experiment_adds_a_code_of_the_given_norm_per_position(binding, monkeypatch):
+    import torch
+
+    from instructcv_core.inference import sampler
+    from instructcv_core.model import prompts
+
+    states = torch.ones(2, 77, 384)
+    monkeypatch.setattr(prompts, "encode_prompt", lambda tokenizer, text_encoder, texts: states.clone())
+    monkeypatch.setattr(sampler, "encode_prompt", prompts.encode_prompt)
+    binding.add_position_code(8.0)
+    assert sampler.encode_prompt is prompts.encode_prompt  # training and sampling see the same code
+    code = prompts.encode_prompt(None, None, ["a", "b"]) - states
+    assert torch.allclose(code.norm(dim=-1), torch.full((2, 77), 8.0), atol=1e-4)
+    assert torch.equal(code[0], code[1]) and not torch.allclose(code[0, 2], code[0, 11])
+
+
+def test_the_causal_copy_sets_only_is_decoder(binding, tmp_path):
+    import json
+
+    base = tmp_path / "base"
+    (base / "text_encoder").mkdir(parents=True)
+    (base / "text_encoder" / "config.json").write_text(json.dumps({"hidden_size": 384, "use_attention_mask": True}))
+    (base / "unet").mkdir()
+    (base / "unet" / "w").write_text("weights")
+    copy = binding.causal_copy(base, tmp_path / "causal")
+    assert json.loads((copy / "text_encoder" / "config.json").read_text()) == {
+        "hidden_size": 384, "use_attention_mask": True, "is_decoder": True}
+    assert (copy / "unet" / "w").read_text() == "weights"
+    assert "is_decoder" not in json.loads((base / "text_encoder" / "config.json").read_text())
