@@ -18,6 +18,8 @@ nearer the right colour than the wrong one, on its training questions and on the
   (species recognition alone: no colour word to read);
 * ``cat-swapped-order``: red and green, in a random order per question (the colour words' slots
   decide the answer; the vocabulary is two words);
+* ``cat-both-orders``: each question twice, red/green and green/red (the pet alone no longer answers
+  a training question; the test asks each pet in one random order);
 * ``cat-redrawn-x4``: each question four times, with four fresh random colour pairs (the answer of a
   training question can no longer be memorised from its colour pair).
 
@@ -39,7 +41,7 @@ import argparse
 import json
 from pathlib import Path
 
-VARIANTS = ("all-classification", "cat-random", "cat-fixed", "cat-swapped-order", "cat-redrawn-x4")
+VARIANTS = ("all-classification", "cat-random", "cat-fixed", "cat-swapped-order", "cat-both-orders", "cat-redrawn-x4")
 PAIR = ("red", "green")
 
 
@@ -70,8 +72,10 @@ def variant_frames(name: str, manifest, test, seed: int = 3):
             for k in range(draws):
                 if name == "cat-fixed":
                     a, b = PAIR
-                elif name == "cat-swapped-order":
+                elif name == "cat-swapped-order" or (name == "cat-both-orders" and not with_targets):
                     a, b = PAIR if rng.random() < 0.5 else PAIR[::-1]
+                elif name == "cat-both-orders":
+                    a, b = PAIR if k == 0 else PAIR[::-1]
                 else:
                     a, b = (str(c) for c in rng.choice(sorted(block), 2, replace=False))
                 new = {**row, "color": a, "color2": b, "instruction": _sentence(a, b), "pair_id": f"{row['pair_id']}-{k}"}
@@ -80,7 +84,7 @@ def variant_frames(name: str, manifest, test, seed: int = 3):
                 rows.append(new)
         return pd.DataFrame(rows)
 
-    draws = 4 if name == "cat-redrawn-x4" else 1
+    draws = {"cat-redrawn-x4": 4, "cat-both-orders": 2}.get(name, 1)
     return recoloured(train, draws, True), recoloured(test, 1, False)
 
 

@@ -34,10 +34,10 @@ def _rows(n: int, role: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("name", ["cat-random", "cat-fixed", "cat-swapped-order", "cat-redrawn-x4"])
+@pytest.mark.parametrize("name", ["cat-random", "cat-fixed", "cat-swapped-order", "cat-both-orders", "cat-redrawn-x4"])
 def test_each_variant_asks_about_cat_and_targets_the_answers_colour(binding, name):
     train, test = binding.variant_frames(name, _rows(12, "t"), _rows(6, "e"))
-    assert len(train) == 12 * (4 if name == "cat-redrawn-x4" else 1) and len(test) == 6
+    assert len(train) == 12 * {"cat-redrawn-x4": 4, "cat-both-orders": 2}.get(name, 1) and len(test) == 6
     for frame in (train, test):
         assert set(frame["category"]) == {"cat"} and set(frame["variant"]) == {"binary"}
         assert all(f"has cat, otherwise show {r.color2}." in r.instruction and r.instruction.startswith(f"Show {r.color} ")
@@ -47,6 +47,10 @@ def test_each_variant_asks_about_cat_and_targets_the_answers_colour(binding, nam
         assert set(zip(train["color"], train["color2"])) == {("red", "green")}
     if name == "cat-swapped-order":
         assert set(zip(train["color"], train["color2"])) == {("red", "green"), ("green", "red")}
+    if name == "cat-both-orders":  # every pet in both orders, its two answers two different colours
+        assert (train.groupby("input_digest")["color"].agg(sorted) == pd.Series([["green", "red"]] * 12)
+                .set_axis(sorted(train["input_digest"].unique()))).all()
+        assert train.groupby("input_digest")["target_digest"].nunique().eq(2).all()
     if name == "cat-redrawn-x4":
         assert train["pair_id"].is_unique and train.groupby("input_digest")["instruction"].nunique().min() > 1
 
