@@ -95,14 +95,13 @@ def colour_accuracy(sampler, frame, images) -> dict:
 
     from instructcv_core.evaluation.intervals import resample_indices
     from instructcv_core.inference.config import Request
-    from instructcv_core.tasks.colours import PALETTE
+    from instructcv_core.tasks.classification import decode_classification
 
     requests = [Request(r.input_digest, r.instruction, 7) for r in frame.itertuples()]
     outputs = dict(sampler.generate(requests, images))
     right, first = [], []
     for i, row in enumerate(frame.itertuples()):
-        mean = outputs[i].reshape(-1, 3).astype(float).mean(0)
-        says_first = np.linalg.norm(mean - PALETTE[row.color]) < np.linalg.norm(mean - PALETTE[row.color2])
+        says_first = decode_classification(outputs[i], row.color, row.color2)  # the task's own decoding
         right.append(says_first == bool(row.positive))
         first.append(says_first)
     right = np.array(right, float)

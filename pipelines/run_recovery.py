@@ -26,11 +26,13 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.definitions.executor_definition import multi_or_in_process_executor
 from dagster._core.events import DagsterEventType, EngineEventData
 from dagster._core.executor.base import Executor
+from dagster._core.instance.config import ConcurrencyConfig, dagster_instance_config
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 HOST_TAG = "instructcv/host"
@@ -188,6 +190,16 @@ def gpu_pool_limit(instance: dg.DagsterInstance) -> int | None:
     if storage.supports_global_concurrency_limits and GPU_POOL in storage.get_concurrency_keys():
         return storage.get_concurrency_info(GPU_POOL).slot_count
     return instance.get_concurrency_config().pool_config.default_pool_limit
+
+
+def configured_gpu_pool_limit(home: str | Path) -> int | None:
+    """The ``gpu`` pool limit an instance folder's dagster.yaml sets (``concurrency: pools: default_limit``),
+    read with Dagster's own validating loader and without creating the instance's storage; None: no limit
+    (or no dagster.yaml). Once the instance exists, :func:`gpu_pool_limit` also sees a limit set on the pool."""
+    if not (Path(home) / "dagster.yaml").is_file():
+        return None
+    config, _ = dagster_instance_config(str(home))
+    return ConcurrencyConfig.from_concurrency_settings(config.get("concurrency") or {}, None).pool_config.default_pool_limit
 
 
 def unlimited_gpu_pool_warning(instance: dg.DagsterInstance) -> str | None:

@@ -267,7 +267,7 @@ def test_an_instance_without_a_gpu_pool_limit_is_named_by_the_run_and_the_doctor
     # Without the project's dagster.yaml an instance runs every gpu-pool step at once (FP and RP training
     # and the untrained evaluation together on 2 cores): the run log warns, `instructcv doctor` says so.
     from instructcv_core.cli import cli
-    from pipelines.run_recovery import gpu_pool_limit, unlimited_gpu_pool_warning
+    from pipelines.run_recovery import configured_gpu_pool_limit, gpu_pool_limit, unlimited_gpu_pool_warning
 
     project = dg.DagsterInstance.get()  # conftest: a DAGSTER_HOME holding the project's dagster.yaml
     project_home = Path(os.environ["DAGSTER_HOME"])
@@ -275,6 +275,10 @@ def test_an_instance_without_a_gpu_pool_limit_is_named_by_the_run_and_the_doctor
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # from dagster.yaml alone, before any storage exists (what the doctor reads on a fresh folder)
+    assert configured_gpu_pool_limit(PROJECT_ROOT / "dagster_home") == 1
+    assert configured_gpu_pool_limit(bare) is None and configured_gpu_pool_limit(tmp_path) is None
+    assert sorted(p.name for p in bare.iterdir()) == ["dagster.yaml"]
     args = ["doctor", "--profile", "mini", "--data-root", str(tmp_path / "data")]
     monkeypatch.setenv("DAGSTER_HOME", str(bare))
     before = CliRunner().invoke(cli, args)  # no storage yet: read from dagster.yaml, nothing created

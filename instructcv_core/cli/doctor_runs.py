@@ -24,7 +24,13 @@ def instance_checks(release: bool) -> list:
 
     import dagster as dg
 
-    from pipelines.run_recovery import UNLIMITED_POOL_FIX, gpu_pool_limit, inspect_runs, release as release_run
+    from pipelines.run_recovery import (
+        UNLIMITED_POOL_FIX,
+        configured_gpu_pool_limit,
+        gpu_pool_limit,
+        inspect_runs,
+        release as release_run,
+    )
 
     home = dagster_home()
 
@@ -36,12 +42,7 @@ def instance_checks(release: bool) -> list:
 
     if not (home / "storage").is_dir() and not (home / "history").is_dir():
         # no instance storage yet (and none created here): the limit the instance's dagster.yaml will set
-        import yaml
-
-        config_file = home / "dagster.yaml"
-        config = (yaml.safe_load(config_file.read_text()) or {}) if config_file.exists() else {}
-        limit = ((config.get("concurrency") or {}).get("pools") or {}).get("default_limit")
-        return [pool_check(limit), Check("dagster runs", "info", f"no runs recorded in {home} yet")]
+        return [pool_check(configured_gpu_pool_limit(home)), Check("dagster runs", "info", f"no runs recorded in {home} yet")]
 
     checks = []
     with dg.DagsterInstance.from_config(str(home)) as instance:
